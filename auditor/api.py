@@ -1,0 +1,168 @@
+"""The Python API pipelines import: :func:`scan` (and, as they land, gate/clean/finetune).
+
+``scan`` runs discover -> measure (one decode per image, cached) -> checks -> rules ->
+outputs, and returns a :class:`ScanResult`. It never prints; the CLI does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .checks import CheckContext, Finding, load_all
+from .dataset import Discovery, discover
+from .extract import ExtractOptions, measure_all
+from .rules import Rules, apply_severities, judge, load_rules
+from .store import Store
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, advance, total)
+
+
+@dataclass
+class ScanResult:
+    """What a scan found. ``report`` is the ``report.json`` document; ``table`` the per-image
+    table (one row per item); ``out_dir`` where the files were written (None if not)."""
+
+    report: dict
+    table: pd.DataFrame
+    findings: list[Finding]
+    discovery: Discovery
+    rules: Rules
+    out_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["gate"]["passed"])
+
+
+def default_out_dir(dataset: str | os.PathLike) -> Path:
+    """``reports/<dataset-name>/`` under the current directory."""
+    name = Path(dataset).resolve().name or "dataset"
+    return Path("reports") / name
+
+
+def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -> pd.DataFrame:
+    """Join the items table with the measurements: one row per item, ``ok`` = decoded."""
+    rows = []
+    missing = set(disc.missing)
+    for item in disc.items.to_dict("records"):
+        if item["path"] in missing:
+            props: dict = {"error_kind": "missing", "error": "no such file"}
+            chash = None
+        else:
+            chash, props = measured[item["abs_path"]]
+        rows.append({**item, "content_hash": chash, **props})
+    table = pd.DataFrame(rows)
+    for col in ("error_kind", "error", "format", "pixel_hash", "phash", "dhash", "width", "height"):
+        if col not in table:
+            table[col] = None
+    table["ok"] = table["error_kind"].isna()
+    return table
+
+
+def run_checks(table: pd.DataFrame, rules: Rules, only: list[str] | None = None) -> list[Finding]:
+    """Run every enabled check (or those named in ``only``) and assign severities."""
+    registry = load_all()
+    ctx = CheckContext(table=table, settings=rules.settings)
+    findings: list[Finding] = []
+    for name, spec in registry.items():
+        rule = rules.checks[name]
+        if not rule.enabled or (only is not None and name not in only):
+            continue
+        findings.extend(spec.fn(ctx, rule.params))
+    return apply_severities(findings, rules)
+
+
+def dataset_summary(disc: Discovery, table: pd.DataFrame) -> dict:
+    labels = sorted({x for x in table["label"] if isinstance(x, str)})
+    splits = {str(k): int(v) for k, v in table["split"].dropna().value_counts().sort_index().items()}
+    return {
+        "root": str(disc.root.resolve()),
+        "images": int(len(table)),
+        "unreadable": int((~table["ok"]).sum()),
+        "classes": labels,
+        "splits": splits,
+        "layout": disc.layout,
+        "skipped": dict(sorted(disc.skipped.items())),
+    }
+
+
+def build_report(disc: Discovery, table: pd.DataFrame, findings: list[Finding], rules: Rules) -> dict:
+    registry = load_all()
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.check] = counts.get(f.check, 0) + 1
+    return {
+        "schema": "auditor.report/1",
+        "tool": {"name": "image-auditor", "version": __version__},
+        "dataset": dataset_summary(disc, table),
+        "backbone": None,
+        "rules": {"source": rules.source},
+        "checks": {
+            name: {
+                "enabled": rules.checks[name].enabled,
+                "severity": rules.checks[name].severity,
+                "findings": counts.get(name, 0),
+            }
+            for name in registry
+        },  # fmt: skip
+        "findings": [f.to_dict() for f in findings],
+        "shift": [],
+        "gate": judge(findings, rules, int(len(table))),
+    }
+
+
+def scan(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    layout: str = "auto",
+    manifest: str | os.PathLike | None = None,
+    rules: str | os.PathLike | Rules | None = None,
+    workers: int | None = None,
+    embed: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    follow_symlinks: bool = False,
+    max_pixels: int | None = None,
+    write: bool = True,
+    progress: ProgressFn | None = None,
+) -> ScanResult:
+    """Audit an image dataset.
+
+    Raises :class:`auditor.dataset.DatasetError` or :class:`auditor.rules.RulesError` for
+    input errors. Writes ``report.json``, ``images.parquet`` and ``report.html`` into ``out``
+    (default ``reports/<dataset-name>/``) unless ``write=False``. ``embed`` is reserved for
+    the backbone stage; with it off no deep-learning framework is imported.
+    """
+    rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
+    disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
+    present = [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True)
+               if rel not in set(disc.missing)]  # fmt: skip
+    options = ExtractOptions(max_pixels=max_pixels) if max_pixels else ExtractOptions()
+    store = Store.open_default(cache_dir) if use_cache else Store(None)
+    try:
+        if progress:
+            progress("measure", 0, len(present))
+        measured = measure_all(
+            present, store, workers=workers, options=options,
+            progress=(lambda n: progress("measure", n, len(present))) if progress else None,
+        )  # fmt: skip
+        table = build_table(disc, measured)
+        findings = run_checks(table, rules_obj)
+        report = build_report(disc, table, findings, rules_obj)
+        result = ScanResult(report, table, findings, disc, rules_obj)
+        if write:
+            from .report import write_outputs
+
+            result.out_dir = Path(out) if out is not None else default_out_dir(dataset)
+            result.files = write_outputs(result, store)
+    finally:
+        store.close()
+    return result

@@ -1,0 +1,110 @@
+"""Checks: functions from tables to findings, registered under stable names.
+
+A check never prints and never decides severity: it receives its thresholds (``params``)
+from the rules file and returns :class:`Finding` objects; :mod:`auditor.rules` assigns the
+severity and judges the gate. Adding a check = one function here, one rules entry, one
+report section, tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class Finding:
+    """One thing wrong with one image, a group of images, or the dataset (``paths`` empty).
+
+    ``score`` is the check's severity measure, larger = worse (documented per check);
+    ``paths`` are relative to the dataset root, POSIX.
+    """
+
+    check: str
+    paths: list[str]
+    score: float
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    severity: str = "info"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "severity": self.severity,
+            "paths": list(self.paths),
+            "score": _round(self.score),
+            "message": self.message,
+            "details": _jsonable(self.details),
+        }
+
+
+def _round(x: float) -> float:
+    return float(round(float(x), 6))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _round(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+@dataclass
+class CheckContext:
+    """What checks read. ``table`` has one row per item (see :mod:`auditor.api`): the items
+    columns (path, split, label, ...) plus every measured property; ``ok`` marks rows that
+    decoded. ``settings`` holds rules-wide settings (e.g. the minimum dataset size for
+    relative thresholds)."""
+
+    table: pd.DataFrame
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.table[self.table["ok"]]
+
+
+CheckFn = Callable[[CheckContext, dict[str, Any]], list[Finding]]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    fn: CheckFn
+    params: dict[str, type | tuple[type, ...]]  # parameter name -> accepted type(s)
+    family: str
+    description: str
+
+
+REGISTRY: dict[str, CheckSpec] = {}
+
+
+def register(name: str, family: str, params: dict[str, type | tuple[type, ...]] | None = None):
+    """Decorator: register a check under a stable ``name`` with its parameter schema."""
+
+    def deco(fn: CheckFn) -> CheckFn:
+        if name in REGISTRY:
+            raise ValueError(f"check {name!r} registered twice")
+        doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        REGISTRY[name] = CheckSpec(name, fn, dict(params or {}), family, doc)
+        return fn
+
+    return deco
+
+
+def load_all() -> dict[str, CheckSpec]:
+    """Import every check module (registration happens at import) and return the registry."""
+    from . import duplicates, integrity, quality  # noqa: F401
+
+    return REGISTRY

@@ -1,0 +1,190 @@
+"""The ``audit`` command: thin. Parses arguments, calls :mod:`auditor.api`, prints with rich.
+
+Exit codes: 0 success (or gate passed), 1 gate failed, 2 usage or input error (one-line
+reason on stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="audit",
+    help="Audit an image dataset before fine-tuning a pretrained vision model.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+_SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"error: {message}", style="red", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _progress():
+    """A rich progress bar driven by the API's (stage, advance, total) callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        console=err_console, transient=True, disable=not err_console.is_terminal,
+    )  # fmt: skip
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, advance: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, rate="")
+        task = bar.tasks[tasks[stage]]
+        speed = task.speed
+        bar.update(tasks[stage], advance=advance, rate=f"{speed:.0f} img/s" if speed else "")
+
+    return bar, update
+
+
+def print_summary(result, console: Console = out_console, examples: int = 2) -> None:
+    """A table of checks with counts and the worst examples, then the verdict."""
+    from rich.table import Table
+
+    report = result.report
+    ds = report["dataset"]
+    splits = ", ".join(f"{k} {v}" for k, v in ds["splits"].items()) or "no splits"
+    console.print(
+        f"[bold]{ds['images']}[/] images ({ds['unreadable']} unreadable), "
+        f"{len(ds['classes'])} classes, {splits}; layout [bold]{ds['layout']}[/]",
+        highlight=False,
+    )
+    by_check: dict[str, list[dict]] = {}
+    for f in report["findings"]:
+        by_check.setdefault(f["check"], []).append(f)
+    table = Table(title="Findings", show_lines=False)
+    table.add_column("check")
+    table.add_column("severity")
+    table.add_column("findings", justify="right")
+    table.add_column("worst examples", overflow="fold")
+    gate = {r["rule"]: r for r in report["gate"]["rules"]}
+    for name, info in report["checks"].items():
+        fs = by_check.get(name, [])
+        if not info["enabled"] or not fs:
+            continue
+        worst = sorted(fs, key=lambda f: -f["score"])[:examples]
+        ex = "; ".join(
+            (", ".join(f["paths"][:3]) + (" ..." if len(f["paths"]) > 3 else "")) or f["message"] for f in worst
+        )
+        status = gate.get(name, {}).get("status", "pass")
+        mark = {"fail": " [bold red]FAIL[/]", "warn": " [yellow]over limit[/]"}.get(status, "")
+        sev = info["severity"]
+        table.add_row(name, f"[{_SEV_STYLE[sev]}]{sev}[/]", str(len(fs)) + mark, ex)
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print("[green]No findings.[/]")
+    if report["gate"]["passed"]:
+        console.print("[bold green]Gate: passed[/]")
+    else:
+        failed = [r["rule"] for r in report["gate"]["rules"] if r["status"] == "fail"]
+        console.print(f"[bold red]Gate: failed[/] ({', '.join(failed)})")
+
+
+@app.command()
+def scan(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder [default: reports/<dataset-name>].")
+    ] = None,
+    no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip the backbone embeddings (no TensorFlow).")] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", min=1, help="Worker processes [default: CPU count].")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="auto, class-folders, split-folders, manifest or flat.")] = "auto",
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV with columns path,label[,split], paths relative to DATASET.")
+    ] = None,
+    rules: Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder [default: ~/.cache/image-auditor].")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the measurement cache.")] = False,
+    follow_symlinks: Annotated[bool, typer.Option(help="Follow symbolic links that leave the dataset folder.")] = False,
+    max_pixels: Annotated[
+        int | None, typer.Option(help="Refuse images larger than this many pixels [default: 100M].")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the report path.")] = False,
+) -> None:
+    """Scan DATASET and write report.json, images.parquet and report.html."""
+    from .api import scan as run_scan
+    from .dataset import DatasetError
+    from .rules import RulesError
+
+    if not no_embed:
+        # The backbone stage is not part of this release yet: scanning without embeddings
+        # is the same as --no-embed; say so rather than pretend.
+        err_console.print("note: embeddings are not available in this version; scanning without them",
+                          style="dim", highlight=False)  # fmt: skip
+    bar, update = _progress()
+    try:
+        with bar:
+            result = run_scan(
+                dataset, out, layout=layout, manifest=manifest, rules=rules, workers=workers,
+                cache_dir=cache_dir, use_cache=not no_cache, follow_symlinks=follow_symlinks,
+                max_pixels=max_pixels, progress=update,
+            )  # fmt: skip
+    except (DatasetError, RulesError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the cache keeps what was measured so far", style="yellow")
+        raise typer.Exit(130) from None
+    if not quiet:
+        print_summary(result)
+    out_console.print(f"Report: {result.files['html']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to build the demo dataset and report.")] = Path(
+        "reports/demo"
+    ),
+    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1)] = None,
+) -> None:
+    """Build a small labeled dataset offline from images shipped in scikit-image and
+    scikit-learn, inject one or more defect of every kind, scan it, and print the report path."""
+    from .api import scan as run_scan
+    from .demo import build_demo
+
+    data_dir = out / "dataset"
+    injected = build_demo(data_dir)
+    err_console.print(f"demo dataset: {data_dir} ({injected['images']} images, "
+                      f"{len(injected['defects'])} injected defects)", highlight=False)  # fmt: skip
+    bar, update = _progress()
+    with bar:
+        result = run_scan(data_dir, out, workers=workers, use_cache=False, progress=update)
+    print_summary(result)
+    found = {(f["check"], p) for f in result.report["findings"] for p in f["paths"]}
+    hit = sum(1 for d in injected["defects"] if (d["check"], d["path"]) in found)
+    out_console.print(f"Injected defects found: {hit}/{len(injected['defects'])}")
+    out_console.print(f"Report: {result.files['html']}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # `audit scan ... | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Measure every image: one decode per file, in parallel worker processes, through the store.
+
+:func:`measure_file` is the per-file job (pure: path in, record out). :func:`measure_all`
+streams files through a bounded pool of worker processes, writes results to the store in
+batches, and survives workers that crash inside a native decoder (the file that killed the
+worker becomes a ``corrupt`` record; the rest of the scan goes on).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import decode as dec
+from .hashing import perceptual_hashes, pixel_hash
+from .measure import MEASURE_VERSION, downscale_to, luminance, measure_pixels
+from .store import Store
+
+#: Longest side, in pixels, of the working copy the pixel properties are computed on.
+ANALYSIS_MAX_SIDE = 1024
+#: Longest side of the JPEG thumbnail kept for reports.
+THUMBNAIL_SIDE = 128
+#: Files per task sent to a worker (amortises inter-process overhead on small images).
+TASK_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    max_pixels: int = dec.DEFAULT_MAX_PIXELS
+    max_bytes: int = dec.DEFAULT_MAX_FILE_BYTES
+
+
+def _thumbnail(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def measure_file(path: str, options: ExtractOptions = ExtractOptions()) -> tuple[str | None, dict, bytes | None]:
+    """Decode one file once and compute every property the checks need.
+
+    Returns (content hash or None if unreadable, properties, thumbnail JPEG bytes or None).
+    Never raises for a bad file: decoding problems are recorded as ``error_kind`` /
+    ``error``.
+    """
+    result, data = dec.decode_file(path, options.max_pixels, options.max_bytes, ANALYSIS_MAX_SIDE * 2)
+    if data is None:
+        assert isinstance(result, dec.DecodeError)
+        return None, {"error_kind": result.kind, "error": result.message}, None
+    props: dict = {"file_size": len(data), "format": dec.sniff_format(data[:16])}
+    chash = dec.file_hash(data)
+    if isinstance(result, dec.DecodeError):
+        props.update(error_kind=result.kind, error=result.message)
+        return chash, props, None
+    work = downscale_to(result.rgb, ANALYSIS_MAX_SIDE)
+    gray = luminance(work)
+    gray_u8 = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    props.update(
+        width=result.width,
+        height=result.height,
+        mode=result.mode,
+        bit_depth=result.bit_depth,
+        has_alpha=result.has_alpha,
+        transparent_fraction=result.alpha_fraction_transparent,
+        n_frames=result.n_frames,
+        exif_rotated=result.exif_rotated,
+        jpeg_quality=result.jpeg_quality,
+        pixel_hash=pixel_hash(result.rgb),
+        **perceptual_hashes(gray_u8),
+        **measure_pixels(work),
+    )
+    return chash, props, _thumbnail(work)
+
+
+def _measure_task(paths: Sequence[str], options: ExtractOptions) -> list[tuple[str, str | None, dict, bytes | None]]:
+    return [(p, *measure_file(p, options)) for p in paths]
+
+
+def _crashed(path: str) -> tuple[str, str | None, dict, None]:
+    return path, None, {"error_kind": "decoder_crash", "error": "the decoder crashed on this file"}, None
+
+
+def _mp_context():
+    import multiprocessing as mp
+
+    # fork is fastest, but must not copy a process that already runs TensorFlow threads.
+    if sys.platform.startswith("linux") and "tensorflow" not in sys.modules:
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+def _iter_results(paths: list[str], workers: int, options: ExtractOptions):
+    """Yield (path, hash, props, thumb) for each path, in any order. Bounded in flight."""
+    if workers <= 1 or len(paths) < 4 * TASK_SIZE:
+        for p in paths:
+            yield (p, *measure_file(p, options))
+        return
+    tasks = [paths[i : i + TASK_SIZE] for i in range(0, len(paths), TASK_SIZE)]
+    pending_tasks = list(reversed(tasks))
+    suspects: list[str] = []  # files of tasks that were in flight when a worker died
+    while pending_tasks:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
+        in_flight: dict[Future, list[str]] = {}
+        broken = False
+        try:
+            while pending_tasks or in_flight:
+                while pending_tasks and len(in_flight) < workers * 4 and not broken:
+                    task = pending_tasks.pop()
+                    in_flight[pool.submit(_measure_task, task, options)] = task
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    task = in_flight.pop(fut)
+                    try:
+                        yield from fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        suspects.extend(task)
+                if broken:
+                    for fut, task in in_flight.items():
+                        fut.cancel()
+                        suspects.extend(task)
+                    in_flight.clear()
+                    break
+        finally:
+            pool.shutdown(wait=not broken, cancel_futures=True)
+        # Re-run each suspect alone in a fresh one-worker pool: only the real culprit fails.
+        while suspects:
+            path = suspects.pop()
+            with ProcessPoolExecutor(max_workers=1, mp_context=_mp_context()) as solo:
+                try:
+                    yield from solo.submit(_measure_task, [path], options).result()
+                except BrokenProcessPool:
+                    yield _crashed(path)
+
+
+def measure_all(
+    paths: Sequence[str],
+    store: Store,
+    workers: int | None = None,
+    options: ExtractOptions = ExtractOptions(),
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = 64,
+) -> dict[str, tuple[str | None, dict]]:
+    """Measure every path (absolute), reusing the store; returns path -> (hash, props).
+    Thumbnails go to the store only (fetch them with :meth:`Store.thumbnails`).
+
+    Unchanged files (same size and mtime as when cached) are neither read nor decoded.
+    ``progress(n)`` is called with the number of files just finished.
+    """
+    workers = workers or os.cpu_count() or 1
+    stats: dict[str, tuple[int, int]] = {}
+    results: dict[str, tuple[str | None, dict]] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stats[p] = (st.st_size, st.st_mtime_ns)
+        except OSError as exc:
+            results[p] = (None, {"error_kind": "unreadable", "error": f"cannot stat: {exc.strerror}"})
+    known = store.known_hashes((p, *stats[p]) for p in stats)
+    cached = store.get_measurements(known.values(), MEASURE_VERSION, thumbnails=False)
+    todo: list[str] = []
+    for p in stats:
+        chash = known.get(p)
+        if chash is not None and chash in cached:
+            results[p] = (chash, cached[chash][0])
+        else:
+            todo.append(p)
+    if progress and results:
+        progress(len(results))
+    files_batch: list[tuple[str, int, int, str]] = []
+    meas_batch: list[tuple[str, dict, bytes | None]] = []
+
+    def flush() -> None:
+        store.put_batch(files_batch, meas_batch, MEASURE_VERSION)
+        files_batch.clear()
+        meas_batch.clear()
+
+    for path, chash, props, thumb in _iter_results(todo, workers, options):
+        results[path] = (chash, props)
+        # Only cache files we could read; unreadable ones are retried on every scan.
+        if chash is not None and path in stats:
+            files_batch.append((path, *stats[path], chash))
+            meas_batch.append((chash, props, thumb))
+        if len(files_batch) >= batch_size:
+            flush()
+        if progress:
+            progress(1)
+    flush()
+    return results

@@ -1,0 +1,92 @@
+"""Outputs of a scan: ``report.json`` (the contract), the per-image table, ``report.html``.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename), so a
+reader never sees half a report and an interrupted write leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from ..api import ScanResult
+    from ..store import Store
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def report_json_bytes(report: dict) -> bytes:
+    return (json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+#: Columns of the per-image table, in order (hashes as hex text: Parquet has no uint64
+#: that every reader understands).
+IMAGE_COLUMNS = [
+    "path", "split", "label", "ext", "format", "ok", "error_kind", "error", "content_hash",
+    "file_size", "width", "height", "mode", "bit_depth", "has_alpha", "n_frames", "jpeg_quality",
+    "brightness_mean", "brightness_p05", "brightness_p95", "contrast", "entropy", "sharpness",
+    "laplacian_var", "noise_sigma", "channel_spread", "colorfulness", "pixel_hash", "phash", "dhash",
+]  # fmt: skip
+
+
+def image_table(result: ScanResult) -> pd.DataFrame:
+    """The per-image table: properties plus one ``is_<check>`` flag per check."""
+    t = result.table.copy()
+    for col in IMAGE_COLUMNS:
+        if col not in t:
+            t[col] = None
+    t = t[IMAGE_COLUMNS].copy()
+    for col in ("phash", "dhash"):
+        t[col] = [f"{int(v):016x}" if v is not None and v == v else None for v in t[col]]
+    index = {p: i for i, p in enumerate(t["path"])}
+    for name in result.report["checks"]:
+        t[f"is_{name}"] = False
+    for f in result.findings:
+        for p in f.paths:
+            if p in index:
+                t.iat[index[p], t.columns.get_loc(f"is_{f.check}")] = True
+    return t
+
+
+def write_outputs(result: ScanResult, store: Store) -> dict[str, Path]:
+    """Write report.json, images.parquet and report.html into ``result.out_dir``."""
+    from .html import render_html
+
+    out = Path(result.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "report.json", "table": out / "images.parquet", "html": out / "report.html"}
+    table = image_table(result)
+    fd, tmp = tempfile.mkstemp(prefix=".images.", suffix=".parquet.tmp", dir=out)
+    os.close(fd)
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, files["table"])
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    atomic_write_bytes(files["html"], render_html(result, store).encode("utf-8"))
+    atomic_write_bytes(files["json"], report_json_bytes(result.report))
+    return files

@@ -1,0 +1,230 @@
+"""Policy: load and validate rules YAML, assign severities, judge the gate.
+
+All thresholds and severities live in rules files (``rules/default.yaml`` and presets);
+this module is the one place that applies them. A rules file::
+
+    schema: auditor.rules/1
+    extends: default            # optional: a preset name or a path, merged key by key
+    settings:
+      min_images_for_relative: 20
+    checks:
+      blurry:
+        severity: warning       # info | warning | error
+        enabled: true           # optional
+        params: {robust_z: 3.5, ...}
+        gate: {max_count: 0, max_fraction: 0.05}   # optional; both optional
+
+Every problem (unknown check, unknown key, wrong type, missing field) raises
+:class:`RulesError` naming the file, the key and what was expected (exit code 2).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checks import Finding, load_all
+
+SCHEMA = "auditor.rules/1"
+SEVERITIES = ("info", "warning", "error")
+PRESETS = ("default", "strict", "lenient")
+_SETTINGS = {"min_images_for_relative": int}
+_GATE_KEYS = {"max_count": int, "max_fraction": (int, float)}
+_TOP_KEYS = {"schema", "extends", "description", "settings", "checks"}
+_CHECK_KEYS = {"severity", "enabled", "params", "gate", "description"}
+
+
+class RulesError(ValueError):
+    """An invalid rules file (exit code 2)."""
+
+
+@dataclass
+class CheckRule:
+    name: str
+    severity: str
+    params: dict[str, Any]
+    enabled: bool = True
+    max_count: int | None = None
+    max_fraction: float | None = None
+
+
+@dataclass
+class Rules:
+    source: str
+    settings: dict[str, Any]
+    checks: dict[str, CheckRule] = field(default_factory=dict)
+
+
+def preset_path(name: str) -> Path:
+    """Path of a bundled preset (``default``, ``strict``, ``lenient``)."""
+    try:
+        base = resources.files("auditor.presets")
+        p = Path(str(base.joinpath(f"{name}.yaml")))
+        if p.exists():
+            return p
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "rules" / f"{name}.yaml"
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"{path}: cannot read rules file: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RulesError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path.resolve() in seen:
+        raise RulesError(f"{path}: 'extends' forms a cycle")
+    data = _read_yaml(path)
+    parent = data.get("extends")
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise RulesError(f"{path}: 'extends' must be a preset name or a file path")
+    ppath = preset_path(parent) if parent in PRESETS else (path.parent / parent)
+    base = _resolve(ppath, (*seen, path.resolve()))
+    merged = _merge(base, {k: v for k, v in data.items() if k != "extends"})
+    return merged
+
+
+def _type_name(t) -> str:
+    ts = t if isinstance(t, tuple) else (t,)
+    return " or ".join("number" if x is float else x.__name__ for x in ts)
+
+
+def _check_type(src: str, key: str, value: Any, expected) -> None:
+    ts = expected if isinstance(expected, tuple) else (expected,)
+    ok = isinstance(value, ts) and not (isinstance(value, bool) and bool not in ts)
+    if not ok:
+        raise RulesError(f"{src}: {key}: expected {_type_name(expected)}, got {value!r}")
+
+
+def validate(data: dict, src: str) -> Rules:
+    """Turn a parsed (and merged) rules mapping into :class:`Rules`, or raise RulesError."""
+    registry = load_all()
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise RulesError(f"{src}: unknown top-level key {sorted(unknown)[0]!r}; expected {sorted(_TOP_KEYS)}")
+    if data.get("schema", SCHEMA) != SCHEMA:
+        raise RulesError(f"{src}: schema: expected {SCHEMA!r}, got {data.get('schema')!r}")
+    settings = data.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise RulesError(f"{src}: settings: expected a mapping")
+    for key, expected in _SETTINGS.items():
+        if key not in settings:
+            raise RulesError(f"{src}: settings.{key}: missing (expected {_type_name(expected)})")
+        _check_type(src, f"settings.{key}", settings[key], expected)
+    for key in settings:
+        if key not in _SETTINGS:
+            raise RulesError(f"{src}: settings.{key}: unknown setting; expected {sorted(_SETTINGS)}")
+    checks = data.get("checks")
+    if not isinstance(checks, dict):
+        raise RulesError(f"{src}: checks: expected a mapping of check name -> rule")
+    rules = Rules(source=src, settings=dict(settings))
+    for name, entry in checks.items():
+        if name not in registry:
+            raise RulesError(f"{src}: checks.{name}: unknown check; known checks: {', '.join(sorted(registry))}")
+        where = f"checks.{name}"
+        if not isinstance(entry, dict):
+            raise RulesError(f"{src}: {where}: expected a mapping")
+        bad = set(entry) - _CHECK_KEYS
+        if bad:
+            raise RulesError(f"{src}: {where}.{sorted(bad)[0]}: unknown key; expected {sorted(_CHECK_KEYS)}")
+        sev = entry.get("severity")
+        if sev not in SEVERITIES:
+            raise RulesError(f"{src}: {where}.severity: expected one of {', '.join(SEVERITIES)}, got {sev!r}")
+        enabled = entry.get("enabled", True)
+        _check_type(src, f"{where}.enabled", enabled, bool)
+        params = entry.get("params") or {}
+        if not isinstance(params, dict):
+            raise RulesError(f"{src}: {where}.params: expected a mapping")
+        spec = registry[name].params
+        for p, expected in spec.items():
+            if p not in params:
+                raise RulesError(f"{src}: {where}.params.{p}: missing (expected {_type_name(expected)})")
+            _check_type(src, f"{where}.params.{p}", params[p], expected)
+        for p in params:
+            if p not in spec:
+                raise RulesError(f"{src}: {where}.params.{p}: unknown parameter; expected {sorted(spec) or 'none'}")
+        gate = entry.get("gate") or {}
+        if not isinstance(gate, dict):
+            raise RulesError(f"{src}: {where}.gate: expected a mapping")
+        for g, v in gate.items():
+            if g not in _GATE_KEYS:
+                raise RulesError(f"{src}: {where}.gate.{g}: unknown key; expected {sorted(_GATE_KEYS)}")
+            _check_type(src, f"{where}.gate.{g}", v, _GATE_KEYS[g])
+        rules.checks[name] = CheckRule(
+            name, sev, dict(params), enabled, gate.get("max_count"), gate.get("max_fraction")
+        )
+    missing = [n for n in registry if n not in rules.checks]
+    if missing:
+        raise RulesError(f"{src}: checks.{missing[0]}: missing (every check needs a rule; "
+                         f"write 'enabled: false' to turn one off)")  # fmt: skip
+    return rules
+
+
+def load_rules(path: str | Path | None = None) -> Rules:
+    """Load a rules file (None -> the bundled default; a preset name also works)."""
+    p = preset_path(path or "default") if path is None or isinstance(path, str) and path in PRESETS else Path(path)
+    return validate(_resolve(p), str(p))
+
+
+def apply_severities(findings: list[Finding], rules: Rules) -> list[Finding]:
+    for f in findings:
+        f.severity = rules.checks[f.check].severity
+    return findings
+
+
+def judge(findings: list[Finding], rules: Rules, n_images: int) -> dict:
+    """The gate: one entry per enabled check. A check fails the gate when its severity is
+    ``error`` and its findings exceed ``max_count`` (default 0) or its flagged images
+    exceed ``max_fraction`` of the dataset; a ``warning`` check that exceeds is ``warn``."""
+    by_check: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_check.setdefault(f.check, []).append(f)
+    entries = []
+    for name, rule in rules.checks.items():
+        if not rule.enabled:
+            continue
+        fs = by_check.get(name, [])
+        count = len(fs)
+        flagged = len({p for f in fs for p in f.paths})
+        fraction = flagged / n_images if n_images else 0.0
+        max_count = rule.max_count if rule.max_count is not None else (0 if rule.max_fraction is None else None)
+        exceeded = (max_count is not None and count > max_count) or (
+            rule.max_fraction is not None and fraction > rule.max_fraction
+        )
+        status = "pass"
+        if exceeded:
+            status = {"error": "fail", "warning": "warn"}.get(rule.severity, "pass")
+        entries.append({
+            "rule": name, "severity": rule.severity, "status": status, "value": count,
+            "threshold": max_count, "fraction": round(fraction, 6), "max_fraction": rule.max_fraction,
+        })  # fmt: skip
+    order = {"fail": 0, "warn": 1, "pass": 2}
+    entries.sort(key=lambda e: (order[e["status"]], e["rule"]))
+    return {"passed": not any(e["status"] == "fail" for e in entries), "rules": entries}

@@ -1,0 +1,174 @@
+"""Real images from installed packages, and the defects the auditor detects, injected on
+purpose. Used by ``audit demo``, the tests and the benchmark generators, so that all three
+measure the same defects.
+
+Sources (shipped inside the wheels, nothing downloaded): scikit-image's sample photos and
+scikit-learn's ``china.jpg``/``flower.jpg`` and 8x8 digits.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+#: Color photos: (name, loader key). Loaded lazily; all ship inside the wheels.
+COLOR_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina",
+    "motorcycle", "china", "flower",
+)  # fmt: skip
+
+
+def load_photo(name: str) -> np.ndarray:
+    """One of :data:`COLOR_PHOTOS` as uint8 RGB (H, W, 3)."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return np.asarray(load_sample_image(f"{name}.jpg"), dtype=np.uint8)
+    from skimage import data
+
+    if name == "motorcycle":
+        left, _, _ = data.stereo_motorcycle()
+        return np.asarray(left, dtype=np.uint8)
+    return np.asarray(getattr(data, name)(), dtype=np.uint8)[..., :3]
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _textured(tile: np.ndarray) -> bool:
+    from .measure import entropy_bits
+
+    g = _gray(tile)
+    return float(g.std()) >= 20.0 and entropy_bits(g) >= 5.0
+
+
+def photo_tiles(
+    size: int = 128, scales: tuple[float, ...] = (1.0,), photos: tuple[str, ...] = COLOR_PHOTOS
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Non-overlapping ``size`` x ``size`` tiles of the color photos at each scale, skipping
+    flat tiles (sky, black borders). Yields (photo name, uint8 RGB tile)."""
+    for name in photos:
+        photo = load_photo(name)
+        for scale in scales:
+            img = photo
+            if scale != 1.0:
+                h, w = photo.shape[:2]
+                img = np.asarray(Image.fromarray(photo).resize(
+                    (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS))  # fmt: skip
+            h, w = img.shape[:2]
+            for y in range(0, h - size + 1, size):
+                for x in range(0, w - size + 1, size):
+                    tile = np.ascontiguousarray(img[y : y + size, x : x + size])
+                    if _textured(tile):
+                        yield name, tile
+
+
+# -- defects: each takes and returns uint8 RGB ----------------------------------------
+
+
+def blur(rgb: np.ndarray, radius: float) -> np.ndarray:
+    """Gaussian blur with the given radius (pixels)."""
+    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(radius)))
+
+
+def add_noise(rgb: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    """Additive Gaussian noise of standard deviation ``sigma`` (0..255 scale)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rgb.astype(np.float32) + rng.normal(0.0, sigma, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def darken(rgb: np.ndarray, factor: float = 0.2) -> np.ndarray:
+    """Underexpose: scale intensities by ``factor``."""
+    return np.clip(rgb.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+
+
+def overexpose(rgb: np.ndarray, factor: float = 0.2) -> np.ndarray:
+    """Overexpose: squeeze intensities toward white."""
+    return np.clip(255.0 - (255.0 - rgb.astype(np.float32)) * factor, 0, 255).astype(np.uint8)
+
+
+def wash_out(rgb: np.ndarray, factor: float = 0.1) -> np.ndarray:
+    """Low contrast: squeeze intensities toward mid-gray."""
+    return np.clip(128.0 + (rgb.astype(np.float32) - 128.0) * factor, 0, 255).astype(np.uint8)
+
+
+def blank(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A nearly blank image: one flat color with a small darker square."""
+    rng = np.random.default_rng(seed)
+    color = rng.integers(60, 200, size=3)
+    img = np.empty((*shape, 3), dtype=np.uint8)
+    img[:] = color
+    h, w = shape
+    img[h // 3 : h // 3 + max(2, h // 10), w // 3 : w // 3 + max(2, w // 10)] = color // 2
+    return img
+
+
+def to_grayscale_rgb(rgb: np.ndarray) -> np.ndarray:
+    """The same picture without color, stored as RGB."""
+    g = np.clip(np.rint(_gray(rgb)), 0, 255).astype(np.uint8)
+    return np.repeat(g[:, :, None], 3, axis=2)
+
+
+def downscale(rgb: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Shrink each side by ``factor``."""
+    h, w = rgb.shape[:2]
+    return np.asarray(
+        Image.fromarray(rgb).resize((max(1, w // factor), max(1, h // factor)), Image.Resampling.BILINEAR)
+    )
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def near_copy_bytes(rgb: np.ndarray, quality: int = 40, scale: float = 0.9) -> bytes:
+    """A near duplicate: resized to ``scale`` and re-encoded as JPEG ``quality``."""
+    h, w = rgb.shape[:2]
+    small = Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def truncated_jpeg(rgb: np.ndarray, keep: float = 0.5) -> bytes:
+    data = jpeg_bytes(rgb)
+    return data[: max(16, int(len(data) * keep))]
+
+
+def random_bytes(n: int = 4096, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size=n, dtype=np.uint8).tobytes()
+
+
+def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (1.6 gigapixels by
+    default): a decoder that trusts it allocates gigabytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    row = b"\x00" + b"\x00" * width
+    comp = zlib.compressobj(9)
+    idat = comp.compress(row * 64) + comp.flush()  # a few rows; the rest is "missing"
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
