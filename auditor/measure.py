@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 #: Bump when any measurement changes meaning, so cached values are recomputed.
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -181,7 +181,9 @@ def measure_pixels(rgb: np.ndarray) -> dict[str, float]:
     out["entropy"] = entropy_bits(gray)
     out["sharpness"] = sharpness(gray)
     out["laplacian_var"] = laplacian_variance(gray)
-    out["noise_sigma"] = noise_sigma(gray)
+    # Per channel, then averaged: sensor noise is independent per channel, and a user's
+    # "sigma 20" means 20 on each channel's 0..255 scale (luma would show only ~0.67 of it).
+    out["noise_sigma"] = float(np.mean([noise_sigma(rgb[..., c].astype(np.float32)) for c in range(3)]))
     out["channel_spread"] = channel_spread(rgb)
     out["colorfulness"] = colorfulness(rgb)
     return out

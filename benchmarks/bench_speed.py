@@ -1,0 +1,220 @@
+"""Scan speed: ``audit scan --no-embed`` vs CleanVision on the same folder of JPEGs,
+plus audit's rescan speed-up from its measurement cache.
+
+Setup (once; CleanVision lives in its own venv so it cannot disturb the dev venv):
+
+    python3 -m venv /work/main/.venv-bench
+    /work/main/.venv-bench/bin/pip install cleanvision
+
+Run from the repository root, with the dev venv (it provides ``auditor.synth`` for the
+images and the ``audit`` CLI):
+
+    /work/main/.venv/bin/python benchmarks/bench_speed.py
+    /work/main/.venv/bin/python benchmarks/bench_speed.py --n-images 200 --repeats 1   # quick
+
+How it is measured
+------------------
+* Images: ``--n-images`` (default 1000) JPEGs in ``benchmarks/data/speed/`` (flat, gitignored),
+  made with numpy ``default_rng(--seed)``: a random crop (30-100 % of each side) of one of
+  ``synth.COLOR_PHOTOS``, resized so its longer side is 256-640 px, randomly mirrored, JPEG
+  quality 70-95. Regenerated only if the folder does not hold exactly the expected files.
+* Both tools run as child processes and are timed wall-clock from the parent, so each figure
+  includes interpreter start-up and imports:
+    - audit:       ``.venv/bin/audit scan DIR --no-embed --no-cache --out TMP --workers W -q``
+                   (``--no-cache`` makes every run a first scan; writes the full report).
+    - CleanVision: ``.venv-bench/bin/python -c '<Imagelab(data_path=DIR).find_issues(n_jobs=W)>'``
+                   with its default issue types (dark, light, odd_aspect_ratio, low_information,
+                   exact_duplicates, near_duplicates, blurry, grayscale, odd_size). The child
+                   also reports the time spent inside ``find_issues`` alone (column "in-call").
+  W = ``--workers`` (default: all cores, ``os.sched_getaffinity``). Runs alternate
+  (audit, CleanVision, audit, ...) ``--repeats`` times; the table gives medians.
+* Rescan: per repeat, a fresh empty ``--cache-dir`` and two runs of
+  ``audit scan DIR --no-embed --cache-dir CACHE --out TMP -q`` (default worker count);
+  the speed-up is first / second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+AUDIT = ROOT / ".venv" / "bin" / "audit"
+BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
+
+CLEANVISION_CHILD = """
+import sys, time
+t0 = time.perf_counter()
+from cleanvision import Imagelab
+lab = Imagelab(data_path=sys.argv[1])
+t1 = time.perf_counter()
+lab.find_issues(n_jobs=int(sys.argv[2]), verbose=False)
+t2 = time.perf_counter()
+print(f"CV_TIMES {t1 - t0:.4f} {t2 - t1:.4f} {int(lab.issue_summary['num_images'].sum())}")
+"""
+
+
+# -- data --------------------------------------------------------------------------
+
+
+def make_images(folder: Path, n: int, seed: int) -> list[Path]:
+    """Write ``n`` JPEGs (random crops/resizes of the shipped photos) into ``folder``."""
+    from auditor import synth
+
+    expected = [folder / f"img_{i:05d}.jpg" for i in range(n)]
+    if folder.is_dir() and sorted(folder.iterdir()) == expected:
+        return expected
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in folder.iterdir():
+        p.unlink()
+    rng = np.random.default_rng(seed)
+    photos = [synth.load_photo(name) for name in synth.COLOR_PHOTOS]
+    for path in expected:
+        photo = photos[int(rng.integers(len(photos)))]
+        h, w = photo.shape[:2]
+        ch, cw = (max(16, int(s * rng.uniform(0.3, 1.0))) for s in (h, w))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = photo[y : y + ch, x : x + cw]
+        long_side = int(rng.integers(256, 641))
+        scale = long_side / max(ch, cw)
+        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+        img = Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.LANCZOS)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path.write_bytes(synth.jpeg_bytes(np.asarray(img), quality=int(rng.integers(70, 96))))
+    return expected
+
+
+# -- runners -------------------------------------------------------------------------
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"command failed (rc={out.returncode}): {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
+    return wall, out.stdout
+
+
+def run_audit(folder: Path, workers: int, tmp: Path) -> float:
+    out = tempfile.mkdtemp(prefix="audit-out-", dir=tmp)
+    cmd = [str(AUDIT), "scan", str(folder), "--no-embed", "--no-cache", "--out", out,
+           "--workers", str(workers), "-q"]  # fmt: skip
+    return timed(cmd)[0]
+
+
+def run_cleanvision(folder: Path, workers: int) -> tuple[float, float, float, int]:
+    """(wall, import+init, find_issues, images flagged)."""
+    wall, stdout = timed([str(BENCH_PY), "-c", CLEANVISION_CHILD, str(folder), str(workers)])
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("CV_TIMES"))
+    _, init, call, flagged = line.split()
+    return wall, float(init), float(call), int(flagged)
+
+
+def run_rescan(folder: Path, tmp: Path) -> tuple[float, float]:
+    cache = tempfile.mkdtemp(prefix="audit-cache-", dir=tmp)
+    times = []
+    for _ in range(2):
+        out = tempfile.mkdtemp(prefix="audit-out-", dir=tmp)
+        times.append(timed([str(AUDIT), "scan", str(folder), "--no-embed", "--cache-dir", cache,
+                            "--out", out, "-q"])[0])  # fmt: skip
+    return times[0], times[1]
+
+
+# -- report --------------------------------------------------------------------------
+
+
+def sh(cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def machine() -> str:
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    versions = sh(f"{BENCH_PY} -m pip list 2>/dev/null | grep -i -E '^(cleanvision|numpy|pillow|imagehash) '")
+    return "\n".join([
+        f"- `nproc`: {sh('nproc')}  (CPU: {cpu})",
+        f"- `free -h`:\n```\n{sh('free -h')}\n```",
+        f"- `python -V`: {platform.python_version()} ({sys.executable}); bench venv: {sh(f'{BENCH_PY} -V')}",
+        f"- platform: {platform.platform()}",
+        "- bench venv packages: " + ", ".join(" ".join(v.split()) for v in versions.splitlines()),
+    ])  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-images", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "data" / "speed")
+    ap.add_argument("--skip-rescan", action="store_true")
+    args = ap.parse_args()
+    if not BENCH_PY.exists():
+        sys.exit(f"{BENCH_PY} missing: python3 -m venv .venv-bench && .venv-bench/bin/pip install cleanvision")
+
+    t0 = time.perf_counter()
+    files = make_images(args.data, args.n_images, args.seed)
+    mpx = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files) / 1e6
+    mb = sum(f.stat().st_size for f in files) / 1e6
+    print(f"data: {len(files)} JPEGs in {args.data} ({mb:.1f} MB, {mpx:.1f} Mpx), "
+          f"ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)  # fmt: skip
+    n = len(files)
+
+    audit_t, cv_t, cv_init, cv_call = [], [], [], []
+    flagged = 0
+    with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmpname:
+        tmp = Path(tmpname)
+        for rep in range(args.repeats):
+            audit_t.append(run_audit(args.data, args.workers, tmp))
+            wall, init, call, flagged = run_cleanvision(args.data, args.workers)
+            cv_t.append(wall), cv_init.append(init), cv_call.append(call)
+            print(f"repeat {rep + 1}: audit {audit_t[-1]:.2f} s, cleanvision {wall:.2f} s "
+                  f"(find_issues {call:.2f} s)", file=sys.stderr)  # fmt: skip
+        rescans = []
+        if not args.skip_rescan:
+            for rep in range(args.repeats):
+                rescans.append(run_rescan(args.data, tmp))
+                print(f"rescan {rep + 1}: first {rescans[-1][0]:.2f} s, second {rescans[-1][1]:.2f} s",
+                      file=sys.stderr)  # fmt: skip
+
+    med = statistics.median
+    a, c, cc = med(audit_t), med(cv_t), med(cv_call)
+    fmt = lambda ts: ", ".join(f"{t:.2f}" for t in ts)  # noqa: E731
+    print(f"\n### Scan speed, {n} JPEGs ({mpx:.0f} Mpx), {args.workers} workers each, "
+          f"median of {args.repeats} alternating runs\n")  # fmt: skip
+    print("| tool | wall (s), median | runs (s) | images/s |")
+    print("|---|---|---|---|")
+    print(f"| audit scan --no-embed --no-cache -j {args.workers} | {a:.2f} | {fmt(audit_t)} | {n / a:.1f} |")
+    print(f"| CleanVision find_issues(n_jobs={args.workers}), whole process | {c:.2f} | {fmt(cv_t)} | {n / c:.1f} |")
+    print(f"| CleanVision find_issues only (in-call) | {cc:.2f} | {fmt(cv_call)} | {n / cc:.1f} |")
+    print(f"\n**audit / CleanVision images/s: {c / a:.2f}x** (whole process; {cc / a:.2f}x against "
+          f"CleanVision's in-call time). CleanVision import+init median {med(cv_init):.2f} s; "
+          f"it flagged {flagged} issue instances.")  # fmt: skip
+    if rescans:
+        f, s = med(r[0] for r in rescans), med(r[1] for r in rescans)
+        print(f"\n### audit rescan (default workers, fresh --cache-dir per repeat), median of {args.repeats}\n")
+        print("| scan | wall (s), median | runs (s) | images/s |")
+        print("|---|---|---|---|")
+        print(f"| first (empty cache) | {f:.2f} | {fmt(r[0] for r in rescans)} | {n / f:.1f} |")
+        print(f"| second (unchanged data) | {s:.2f} | {fmt(r[1] for r in rescans)} | {n / s:.1f} |")
+        print(f"\n**rescan speed-up (first / second): {f / s:.1f}x**")
+    print("\n### Machine\n")
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()

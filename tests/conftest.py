@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from auditor import synth
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own measurement cache: no test sees another's."""
+    monkeypatch.setenv("AUDITOR_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def tiles() -> list[tuple[str, np.ndarray]]:
+    """Real photo tiles (128 px) from scikit-image and scikit-learn sample images."""
+    return list(synth.photo_tiles(128, photos=("astronaut", "coffee", "rocket", "motorcycle", "china", "flower")))
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under root (to prove a scan modifies nothing)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

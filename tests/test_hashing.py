@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from skimage import data
+
+from auditor import hashing, synth
+from auditor.decode import decode_bytes
+from auditor.measure import luminance
+
+
+def _brute(h, r):
+    i, j = np.triu_indices(len(h), 1)
+    d = hashing.hamming(h[i], h[j])
+    keep = d <= r
+    return set(zip(i[keep].tolist(), j[keep].tolist(), strict=True))
+
+
+@pytest.mark.parametrize("radius", [0, 3, 6, 8])
+def test_multi_index_search_equals_brute_force(radius):
+    rng = np.random.default_rng(radius)
+    n = 4000  # above the brute-force cut-over, so the multi-index path runs
+    h = rng.integers(0, 2**63, size=n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
+    # plant near pairs at every distance up to radius + 2 (those beyond must not match)
+    for k in range(200):
+        src, dst = rng.choice(n, 2, replace=False)
+        flips = rng.choice(64, size=k % (radius + 3), replace=False)
+        v = int(h[src])
+        for f in flips:
+            v ^= 1 << int(f)
+        h[dst] = np.uint64(v)
+    pairs, dist = hashing.near_pairs(h, radius)
+    assert set(map(tuple, pairs.tolist())) == _brute(h, radius)
+    assert (dist <= radius).all()
+
+
+def test_small_input_uses_brute_force_and_agrees():
+    rng = np.random.default_rng(1)
+    h = rng.integers(0, 2**63, size=300, dtype=np.uint64)
+    h[10] = h[20] ^ np.uint64(0b101)
+    pairs, dist = hashing.near_pairs(h, 4)
+    assert set(map(tuple, pairs.tolist())) == _brute(h, 4)
+    assert (10 if 10 < 20 else 20, 20) in set(map(tuple, pairs.tolist()))
+
+
+def test_group_pairs_connected_components():
+    groups = hashing.group_pairs(6, np.array([[0, 1], [1, 2], [4, 5]]))
+    assert groups == [[0, 1, 2], [4, 5]]
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket"])
+def test_jpeg_q40_resized_copy_is_within_default_radius(name):
+    rgb = getattr(data, name)()
+
+    def ph(b):
+        img = decode_bytes(b).rgb
+        return hashing.perceptual_hashes(np.rint(luminance(img)).astype(np.uint8))
+
+    a, b = ph(synth.png_bytes(rgb)), ph(synth.near_copy_bytes(rgb, 40, 0.9))
+    assert bin(a["phash"] ^ b["phash"]).count("1") <= 6
+    assert bin(a["dhash"] ^ b["dhash"]).count("1") <= 12
+
+
+def test_pixel_hash_equal_for_same_pixels_in_two_formats():
+    rgb = data.astronaut()[:64, :64]
+    a = decode_bytes(synth.png_bytes(rgb)).rgb
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "BMP")
+    b = decode_bytes(buf.getvalue()).rgb
+    assert hashing.pixel_hash(a) == hashing.pixel_hash(b)
+    assert hashing.pixel_hash(a) != hashing.pixel_hash(a[:, ::-1].copy())

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+from skimage import data
+
+from auditor import measure, synth
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera"])
+def test_sharpness_falls_as_blur_radius_grows(name):
+    img = getattr(data, name)()
+    rgb = img if img.ndim == 3 else np.repeat(img[:, :, None], 3, axis=2)
+    scores = [measure.sharpness(measure.luminance(synth.blur(rgb, r) if r else rgb)) for r in (0, 0.5, 1, 2, 3, 5)]
+    assert all(a > b for a, b in zip(scores, scores[1:], strict=False)), scores
+    assert scores[0] > 0.5 and scores[-1] < scores[0] / 2.5
+
+
+@pytest.mark.parametrize("sigma", [5, 10, 20, 30, 40])
+@pytest.mark.parametrize("size", [64, 256])
+def test_noise_estimate_within_20_percent(sigma, size):
+    rng = np.random.default_rng(sigma)
+    yy, xx = np.mgrid[0:size, 0:size]
+    smooth = 70 + 100 * (xx / size) + 20 * np.sin(yy / 9.0)  # stays within 50..200: no clipping
+    noisy = np.clip(smooth + rng.normal(0, sigma, smooth.shape), 0, 255)
+    est = measure.noise_sigma(noisy.astype(np.float32))
+    assert abs(est - sigma) <= 0.2 * sigma, (sigma, est)
+
+
+def test_noise_estimate_on_a_real_photo():
+    """On a clean real photo the noise estimate stays small; adding sigma=20 noise raises it
+    to about 20."""
+    rgb = data.astronaut()
+    clean = measure.measure_pixels(rgb)["noise_sigma"]
+    noisy = measure.measure_pixels(synth.add_noise(rgb, 20))["noise_sigma"]
+    assert clean < 5
+    assert 15 < noisy < 25
+
+
+def test_flat_image_properties():
+    gray = np.full((50, 40), 100.0, dtype=np.float32)
+    assert measure.entropy_bits(gray) == 0.0
+    assert measure.contrast(gray) == 0.0
+    assert measure.noise_sigma(gray) == 0.0
+    stats = measure.brightness_stats(gray)
+    assert stats["brightness_mean"] == 100 and stats["brightness_p05"] == 100 and stats["brightness_p95"] == 100
+
+
+def test_entropy_of_uniform_histogram_is_8_bits():
+    gray = np.arange(256, dtype=np.float32).reshape(16, 16)
+    assert measure.entropy_bits(gray) == pytest.approx(8.0)
+
+
+def test_channel_spread_tells_grayscale_from_color():
+    rgb = data.astronaut()
+    assert measure.channel_spread(rgb) > 50
+    assert measure.channel_spread(synth.to_grayscale_rgb(rgb)) == 0
+    assert measure.colorfulness(synth.to_grayscale_rgb(rgb)) == 0
+
+
+def test_brightness_percentiles_match_numpy():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, size=(64, 64)).astype(np.float32)
+    stats = measure.brightness_stats(gray)
+    assert stats["brightness_p05"] == pytest.approx(np.percentile(gray, 5), abs=1)
+    assert stats["brightness_p95"] == pytest.approx(np.percentile(gray, 95), abs=1)
+
+
+def test_downscale_to_bounds_the_longer_side():
+    rgb = np.zeros((3000, 1000, 3), dtype=np.uint8)
+    small = measure.downscale_to(rgb, 1024)
+    assert max(small.shape[:2]) <= 1024
+    assert measure.downscale_to(rgb[:500, :500], 1024).shape == (500, 500, 3)

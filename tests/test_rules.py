@@ -1,0 +1,80 @@
+import pytest
+
+from auditor.checks import Finding
+from auditor.rules import RulesError, judge, load_rules
+
+
+def test_default_rules_cover_every_check():
+    from auditor.checks import load_all
+
+    rules = load_rules()
+    assert set(rules.checks) == set(load_all())
+    assert rules.checks["leakage"].severity == "error"
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_extends_overrides_a_few_entries(tmp_path):
+    p = _write(tmp_path, "extends: default\nchecks:\n  blurry:\n    severity: error\n    params: {robust_z: 2.0}\n")
+    rules = load_rules(p)
+    assert rules.checks["blurry"].severity == "error"
+    assert rules.checks["blurry"].params["robust_z"] == 2.0
+    assert rules.checks["blurry"].params["max_sharpness"] == load_rules().checks["blurry"].params["max_sharpness"]
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("extends: default\nchecks:\n  blury: {severity: info}\n", r"checks\.blury: unknown check"),
+        ("extends: default\nchecks:\n  blurry: {severity: fatal}\n", r"checks\.blurry\.severity: expected one of"),
+        (
+            "extends: default\nchecks:\n  blurry: {params: {robust_z: high}}\n",
+            r"checks\.blurry\.params\.robust_z: expected",
+        ),
+        ("extends: default\nchecks:\n  blurry: {params: {zz: 1}}\n", r"checks\.blurry\.params\.zz: unknown parameter"),
+        (
+            "extends: default\nchecks:\n  dark: {gate: {max_count: many}}\n",
+            r"checks\.dark\.gate\.max_count: expected int",
+        ),
+        ("extends: default\nbogus: 1\n", "unknown top-level key 'bogus'"),
+        ("schema: auditor.rules/1\nsettings: {min_images_for_relative: 5}\nchecks: {}\n", "missing"),
+        ("extends: default\nchecks: [1, 2\n", "not valid YAML"),
+        ("!!python/object/apply:os.system ['echo pwned']\n", "not valid YAML"),
+    ],
+)
+def test_invalid_rules_name_file_key_and_expectation(tmp_path, text, match):
+    p = _write(tmp_path, text)
+    with pytest.raises(RulesError, match=match) as exc:
+        load_rules(p)
+    assert str(p) in str(exc.value)
+
+
+def test_missing_param_is_reported(tmp_path):
+    import yaml
+
+    from auditor.rules import preset_path
+
+    data = yaml.safe_load(preset_path("default").read_text())
+    del data["checks"]["noisy"]["params"]["min_sigma"]
+    p = _write(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(RulesError, match=r"checks\.noisy\.params\.min_sigma: missing"):
+        load_rules(p)
+
+
+def test_gate_fails_only_on_error_rules():
+    rules = load_rules()
+    leak = Finding("leakage", ["train/a.jpg", "val/a.jpg"], 1.0, "leak")
+    blur = Finding("blurry", ["train/b.jpg"], 0.9, "blur")
+    gate = judge([blur], rules, 100)
+    assert gate["passed"]
+    gate = judge([leak, blur], rules, 100)
+    assert not gate["passed"]
+    assert gate["rules"][0]["rule"] == "leakage" and gate["rules"][0]["status"] == "fail"
+    # a warning rule over its fraction is "warn", never "fail"
+    many = [Finding("blurry", [f"{i}.jpg"], 0.9, "b") for i in range(10)]
+    entry = {e["rule"]: e for e in judge(many, rules, 100)["rules"]}["blurry"]
+    assert entry["status"] == "warn" and entry["fraction"] == 0.1

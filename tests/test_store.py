@@ -1,0 +1,86 @@
+import os
+
+import pytest
+
+from auditor import extract, synth
+from auditor.measure import MEASURE_VERSION
+from auditor.store import Store
+
+
+def _files(tmp_path, tiles, n=6):
+    paths = []
+    for i in range(n):
+        paths.append(str(synth.write(tmp_path / f"{i}.jpg", synth.jpeg_bytes(tiles[i][1]))))
+    return paths
+
+
+def test_rescan_uses_cache_and_changed_file_is_measured_again(tmp_path, tiles, monkeypatch):
+    paths = _files(tmp_path, tiles)
+    calls = []
+    real = extract.measure_file
+    monkeypatch.setattr(extract, "measure_file", lambda p, o=extract.ExtractOptions(): calls.append(p) or real(p, o))
+    with Store(tmp_path / "cache.sqlite3") as store:
+        first = extract.measure_all(paths, store, workers=1)
+        assert len(calls) == len(paths)
+        calls.clear()
+        second = extract.measure_all(paths, store, workers=1)
+        assert calls == []
+        assert first == second
+        # change one file (content and mtime): only it is measured again
+        synth.write(tmp_path / "0.jpg", synth.jpeg_bytes(tiles[10][1]))
+        os.utime(paths[0], ns=(1, 1))
+        third = extract.measure_all(paths, store, workers=1)
+        assert calls == [paths[0]]
+        assert third[paths[0]][0] != first[paths[0]][0]
+
+
+def test_interrupted_scan_leaves_store_consistent(tmp_path, tiles):
+    paths = _files(tmp_path, tiles, 10)
+    seen = []
+
+    def boom(n):
+        seen.append(n)
+        if len(seen) == 7:
+            raise KeyboardInterrupt
+
+    with Store(tmp_path / "cache.sqlite3") as store:
+        with pytest.raises(KeyboardInterrupt):
+            extract.measure_all(paths, store, workers=1, progress=boom, batch_size=3)
+        committed = store.count("measurements")
+        assert committed == 6  # two whole batches of 3; the third batch was never written
+        assert store.count("files") == committed
+    with Store(tmp_path / "cache.sqlite3") as store:  # reopen: usable, and finishes the job
+        results = extract.measure_all(paths, store, workers=1)
+        assert len(results) == 10 and store.count("measurements") == 10
+        assert all("sharpness" in props for _, props in results.values())
+
+
+def test_thumbnails_are_stored(tmp_path, tiles):
+    paths = _files(tmp_path, tiles, 2)
+    with Store(None) as store:
+        res = extract.measure_all(paths, store, workers=1)
+        thumbs = dict(store.thumbnails([h for h, _ in res.values()], MEASURE_VERSION))
+        assert len(thumbs) == 2 and all(t[:3] == b"\xff\xd8\xff" for t in thumbs.values())
+
+
+def test_parallel_equals_serial(tmp_path, tiles):
+    paths = _files(tmp_path, tiles, 40)
+    with Store(None) as s1, Store(None) as s2:
+        assert extract.measure_all(paths, s1, workers=1) == extract.measure_all(paths, s2, workers=2)
+
+
+def test_a_file_that_kills_its_worker_becomes_a_finding(tmp_path, tiles, monkeypatch):
+    paths = _files(tmp_path, tiles, 40)
+    poison = paths[17]
+    real = extract.measure_file
+
+    def crashing(p, o=extract.ExtractOptions()):
+        if p == poison:
+            os._exit(3)  # what a segfault in a native decoder looks like to the pool
+        return real(p, o)
+
+    monkeypatch.setattr(extract, "measure_file", crashing)  # fork start: children inherit it
+    with Store(None) as store:
+        res = extract.measure_all(paths, store, workers=2)
+    assert res[poison][1]["error_kind"] == "decoder_crash"
+    assert all("sharpness" in res[p][1] for p in paths if p != poison)
