@@ -37,6 +37,9 @@ class ExtractOptions:
     max_bytes: int = dec.DEFAULT_MAX_FILE_BYTES
 
 
+DEFAULT_OPTIONS = ExtractOptions()
+
+
 def _thumbnail(rgb: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -47,7 +50,7 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def measure_file(path: str, options: ExtractOptions = ExtractOptions()) -> tuple[str | None, dict, bytes | None]:
+def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[str | None, dict, bytes | None]:
     """Decode one file once and compute every property the checks need.
 
     Returns (content hash or None if unreadable, properties, thumbnail JPEG bytes or None).
@@ -150,7 +153,7 @@ def measure_all(
     paths: Sequence[str],
     store: Store,
     workers: int | None = None,
-    options: ExtractOptions = ExtractOptions(),
+    options: ExtractOptions = DEFAULT_OPTIONS,
     progress: Callable[[int], None] | None = None,
     batch_size: int = 64,
 ) -> dict[str, tuple[str | None, dict]]:

@@ -137,7 +137,7 @@ def run_rescan(folder: Path, tmp: Path) -> tuple[float, float]:
 
 def sh(cmd: str) -> str:
     try:
-        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.rstrip()
     except OSError:
         return "?"
 

@@ -18,7 +18,7 @@ def test_rescan_uses_cache_and_changed_file_is_measured_again(tmp_path, tiles, m
     paths = _files(tmp_path, tiles)
     calls = []
     real = extract.measure_file
-    monkeypatch.setattr(extract, "measure_file", lambda p, o=extract.ExtractOptions(): calls.append(p) or real(p, o))
+    monkeypatch.setattr(extract, "measure_file", lambda p, o=extract.DEFAULT_OPTIONS: calls.append(p) or real(p, o))
     with Store(tmp_path / "cache.sqlite3") as store:
         first = extract.measure_all(paths, store, workers=1)
         assert len(calls) == len(paths)
@@ -74,7 +74,7 @@ def test_a_file_that_kills_its_worker_becomes_a_finding(tmp_path, tiles, monkeyp
     poison = paths[17]
     real = extract.measure_file
 
-    def crashing(p, o=extract.ExtractOptions()):
+    def crashing(p, o=extract.DEFAULT_OPTIONS):
         if p == poison:
             os._exit(3)  # what a segfault in a native decoder looks like to the pool
         return real(p, o)
