@@ -22,8 +22,17 @@ COLOR_PHOTOS = (
 )  # fmt: skip
 
 
+#: Grayscale photos from scikit-image (returned as 3-channel RGB by :func:`load_photo`).
+GRAY_PHOTOS = ("camera", "brick", "grass", "gravel", "moon", "coins", "cell", "clock", "page", "text")
+
+
 def load_photo(name: str) -> np.ndarray:
-    """One of :data:`COLOR_PHOTOS` as uint8 RGB (H, W, 3)."""
+    """One of :data:`COLOR_PHOTOS` or :data:`GRAY_PHOTOS` as uint8 RGB (H, W, 3)."""
+    if name in GRAY_PHOTOS:
+        from skimage import data
+
+        g = np.asarray(getattr(data, name)(), dtype=np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
 
@@ -40,18 +49,23 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _textured(tile: np.ndarray) -> bool:
+def _textured(tile: np.ndarray, min_std: float, min_entropy: float) -> bool:
     from .measure import entropy_bits
 
     g = _gray(tile)
-    return float(g.std()) >= 20.0 and entropy_bits(g) >= 5.0
+    return float(g.std()) >= min_std and entropy_bits(g) >= min_entropy
 
 
 def photo_tiles(
-    size: int = 128, scales: tuple[float, ...] = (1.0,), photos: tuple[str, ...] = COLOR_PHOTOS
+    size: int = 128,
+    scales: tuple[float, ...] = (1.0,),
+    photos: tuple[str, ...] = COLOR_PHOTOS,
+    min_std: float = 20.0,
+    min_entropy: float = 5.0,
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Non-overlapping ``size`` x ``size`` tiles of the color photos at each scale, skipping
-    flat tiles (sky, black borders). Yields (photo name, uint8 RGB tile)."""
+    """Non-overlapping ``size`` x ``size`` tiles of the photos at each scale, skipping flat
+    tiles (luma std below ``min_std`` or entropy below ``min_entropy`` bits: sky, black
+    borders). Yields (photo name, uint8 RGB tile)."""
     for name in photos:
         photo = load_photo(name)
         for scale in scales:
@@ -64,7 +78,7 @@ def photo_tiles(
             for y in range(0, h - size + 1, size):
                 for x in range(0, w - size + 1, size):
                     tile = np.ascontiguousarray(img[y : y + size, x : x + size])
-                    if _textured(tile):
+                    if _textured(tile, min_std, min_entropy):
                         yield name, tile
 
 

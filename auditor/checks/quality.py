@@ -110,34 +110,46 @@ def _dataset_finding(check: str, message: str, score: float, details: dict) -> F
     "quality",
     {
         "robust_z": (int, float),
+        "max_detail_ratio": (int, float),
         "max_sharpness": (int, float),
         "always_below": (int, float),
         "dataset_soft_below": (int, float),
-    },  # fmt: skip
+    },
 )
 def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
-    """Images blurrier than their peers: sharpness more than ``robust_z`` robust SDs below
-    the dataset median and below ``max_sharpness``, or below ``always_below``. A dataset
-    whose median sharpness is below ``dataset_soft_below`` gets one dataset-level finding
-    (uniformly soft, e.g. upscaled). Score: 1 - sharpness."""
+    """Images blurrier than their peers. Two measures must agree: the fine-detail ratio
+    (log energy of the finest wavelet scale over the next, which blur drives down) is more
+    than ``robust_z`` robust SDs below the dataset median and below ``max_detail_ratio``,
+    and the sharpness (0..1) is below ``max_sharpness``. Any image with sharpness below
+    ``always_below`` is flagged. A dataset whose median sharpness is below
+    ``dataset_soft_below`` gets one dataset-level finding (uniformly soft, e.g. upscaled).
+    Score: 1 - sharpness."""
     t = ctx.ok
     if t.empty:
         return []
     s = t["sharpness"].astype(float)
+    ratio = t["detail_ratio"].astype(float)
     flag = s < params["always_below"]
     if _relative_ok(ctx, len(t)):
-        z = robust_z(s)
-        flag |= (z < -params["robust_z"]) & (s < params["max_sharpness"])
+        z = robust_z(ratio)
+        flag |= (z < -params["robust_z"]) & (ratio < params["max_detail_ratio"]) & (s < params["max_sharpness"])
+    med = float(s.median())
     out = _findings(
-        "blurry", t[flag], 1.0 - s,
-        lambda r: f"{r['path']}: sharpness {r['sharpness']:.2f} (dataset median {s.median():.2f})",
-        lambda r: {"sharpness": float(r["sharpness"]), "dataset_median": float(s.median())},
-    )  # fmt: skip
-    if float(s.median()) < params["dataset_soft_below"]:
-        out.append(_dataset_finding(
-            "blurry", f"the whole dataset is soft: median sharpness {s.median():.2f}",
-            1.0 - float(s.median()), {"dataset_median": float(s.median())},
-        ))  # fmt: skip
+        "blurry",
+        t[flag],
+        1.0 - s,
+        lambda r: (
+            f"{r['path']}: sharpness {r['sharpness']:.2f}, fine detail ratio {r['detail_ratio']:.2f} "
+            f"(dataset medians {med:.2f}, {ratio.median():.2f})"
+        ),
+        lambda r: {"sharpness": float(r["sharpness"]), "detail_ratio": float(r["detail_ratio"]), "dataset_median": med},
+    )
+    if med < params["dataset_soft_below"]:
+        out.append(
+            _dataset_finding(
+                "blurry", f"the whole dataset is soft: median sharpness {med:.2f}", 1.0 - med, {"dataset_median": med}
+            )
+        )
     return out
 
 
