@@ -78,3 +78,14 @@ def test_gate_fails_only_on_error_rules():
     many = [Finding("blurry", [f"{i}.jpg"], 0.9, "b") for i in range(10)]
     entry = {e["rule"]: e for e in judge(many, rules, 100)["rules"]}["blurry"]
     assert entry["status"] == "warn" and entry["fraction"] == 0.1
+
+
+@pytest.mark.parametrize("preset", ["default", "strict", "lenient"])
+def test_presets_load(preset):
+    rules = load_rules(preset)
+    assert rules.checks["leakage"].severity == "error"
+    errors = {n for n, r in rules.checks.items() if r.severity == "error"}
+    if preset == "lenient":
+        assert errors == {"leakage"}
+    if preset == "strict":
+        assert "corrupt" in errors
