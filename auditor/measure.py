@@ -128,13 +128,16 @@ def detail_ratio(gray: np.ndarray) -> float:
 
 
 def _block_quantile_correction(block: int, quantile: float) -> float:
-    """E[q-quantile of sqrt(chi2_k / k)] approximated by the chi2 quantile: the factor by
-    which the q-th percentile of per-block sigma estimates undershoots the true sigma for
-    pure Gaussian noise with k = block**2 samples per block."""
-    from scipy.stats import chi2
+    """The factor by which the ``quantile`` of per-block sigma estimates undershoots the true
+    sigma for pure Gaussian noise with k = block**2 samples per block: sqrt(chi2_q(k) / k),
+    with the chi-square quantile from the Wilson-Hilferty approximation (accurate to 1e-3
+    for k >= 30; keeps scipy.stats, 0.6 s to import, out of every worker)."""
+    from statistics import NormalDist
 
     k = block * block
-    return float(np.sqrt(chi2.ppf(quantile, k) / k))
+    z = NormalDist().inv_cdf(quantile)
+    chi2_q = k * (1.0 - 2.0 / (9.0 * k) + z * np.sqrt(2.0 / (9.0 * k))) ** 3
+    return float(np.sqrt(chi2_q / k))
 
 
 _NOISE_BLOCK = 8

@@ -60,6 +60,7 @@ def exact_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     """Groups of images with identical pixels within one split (across splits it is
     ``leakage``). Score 1; every member is listed."""
     t = ctx.ok.reset_index(drop=True)
+    t = t[t["pixel_hash"].duplicated(keep=False)]  # only hashes seen twice can form a group
     out = []
     for _, g in t.groupby("pixel_hash", sort=False):
         for split, members in g.groupby(g["split"].map(_split_key), sort=True):
