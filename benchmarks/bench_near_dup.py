@@ -39,7 +39,7 @@ def make_hashes(n: int, n_pairs: int, radius: int, seed: int) -> tuple[np.ndarra
     h = rng.integers(0, 2**64, size=n, dtype=np.uint64, endpoint=False)
     src = rng.choice(n - n_pairs, size=n_pairs, replace=False)
     dst = np.arange(n - n_pairs, n)
-    for s, d in zip(src, dst):
+    for s, d in zip(src, dst, strict=True):
         k = int(rng.integers(0, radius + 1))
         mask = 0
         for b in rng.choice(64, size=k, replace=False):
@@ -107,7 +107,10 @@ def main() -> None:
 
     mib = 1024 * 1024
     print(f"\nnear_pairs on n={args.n:,} random uint64 hashes, {args.pairs:,} planted pairs, seed {args.seed}\n")
-    print("| radius | plan | wall (s) | peak RSS (MiB) | baseline RSS (MiB) | peak - baseline (MiB) | recall | pairs found | goal (<60 s, <2 GB) |")  # noqa: E501
+    print(
+        "| radius | plan | wall (s) | peak RSS (MiB) | baseline RSS (MiB) | peak - baseline (MiB) "
+        "| recall | pairs found | goal (<60 s, <2 GB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         r = row["radius"]
