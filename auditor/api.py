@@ -143,8 +143,8 @@ def scan(
     """
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
     disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
-    present = [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True)
-               if rel not in set(disc.missing)]  # fmt: skip
+    missing = set(disc.missing)
+    present = [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True) if rel not in missing]
     options = ExtractOptions(max_pixels=max_pixels) if max_pixels else ExtractOptions()
     store = Store.open_default(cache_dir) if use_cache else Store(None)
     try:

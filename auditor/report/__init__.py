@@ -7,6 +7,7 @@ reader never sees half a report and an interrupted write leaves the previous one
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -78,15 +79,9 @@ def write_outputs(result: ScanResult, store: Store) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "report.json", "table": out / "images.parquet", "html": out / "report.html"}
     table = image_table(result)
-    fd, tmp = tempfile.mkstemp(prefix=".images.", suffix=".parquet.tmp", dir=out)
-    os.close(fd)
-    try:
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, files["table"])
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    atomic_write_bytes(files["table"], buf.getvalue())
     atomic_write_bytes(files["html"], render_html(result, store).encode("utf-8"))
     atomic_write_bytes(files["json"], report_json_bytes(result.report))
     return files
