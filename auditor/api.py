@@ -1,7 +1,8 @@
 """The Python API pipelines import: :func:`scan` (and, as they land, gate/clean/finetune).
 
-``scan`` runs discover -> measure (one decode per image, cached) -> checks -> rules ->
-outputs, and returns a :class:`ScanResult`. It never prints; the CLI does.
+``scan`` runs discover -> measure (one decode per image, cached) -> embed (frozen
+backbone, cached) -> checks -> rules -> outputs, and returns a :class:`ScanResult`. It
+never prints; the CLI does.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from . import __version__
+from .backbones import Backbone, get_backbone
 from .checks import CheckContext, Finding, load_all
 from .dataset import Discovery, discover
 from .extract import ExtractOptions, measure_all
@@ -35,6 +38,7 @@ class ScanResult:
     rules: Rules
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    embeddings: Any = None  # auditor.embed.Embeddings when the scan embedded
 
     @property
     def passed(self) -> bool:
@@ -66,10 +70,12 @@ def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -
     return table
 
 
-def run_checks(table: pd.DataFrame, rules: Rules, only: list[str] | None = None) -> list[Finding]:
+def run_checks(
+    table: pd.DataFrame, rules: Rules, only: list[str] | None = None, embeddings: Any = None
+) -> list[Finding]:
     """Run every enabled check (or those named in ``only``) and assign severities."""
     registry = load_all()
-    ctx = CheckContext(table=table, settings=rules.settings)
+    ctx = CheckContext(table=table, settings=rules.settings, embeddings=embeddings)
     findings: list[Finding] = []
     for name, spec in registry.items():
         rule = rules.checks[name]
@@ -93,7 +99,17 @@ def dataset_summary(disc: Discovery, table: pd.DataFrame) -> dict:
     }
 
 
-def build_report(disc: Discovery, table: pd.DataFrame, findings: list[Finding], rules: Rules) -> dict:
+def backbone_summary(embeddings: Any) -> dict | None:
+    """The report's ``backbone`` section: what embedded the images (no run-dependent counts,
+    so a cached rescan writes the same report)."""
+    if embeddings is None:
+        return None
+    return {**embeddings.backbone, "embedded": len(embeddings.hashes), "failed": len(embeddings.failures)}
+
+
+def build_report(
+    disc: Discovery, table: pd.DataFrame, findings: list[Finding], rules: Rules, embeddings: Any = None
+) -> dict:
     registry = load_all()
     counts: dict[str, int] = {}
     for f in findings:
@@ -102,7 +118,7 @@ def build_report(disc: Discovery, table: pd.DataFrame, findings: list[Finding], 
         "schema": "auditor.report/1",
         "tool": {"name": "image-auditor", "version": __version__},
         "dataset": dataset_summary(disc, table),
-        "backbone": None,
+        "backbone": backbone_summary(embeddings),
         "rules": {"source": rules.source},
         "checks": {
             name: {
@@ -118,6 +134,30 @@ def build_report(disc: Discovery, table: pd.DataFrame, findings: list[Finding], 
     }
 
 
+def embed_table(
+    table: pd.DataFrame,
+    backbone: Backbone,
+    store: Store,
+    *,
+    batch_size: int = 32,
+    cache_dir: str | os.PathLike | None = None,
+    progress: ProgressFn | None = None,
+):
+    """Embed every decodable row of a scan table (each distinct content once)."""
+    from .embed import embed_files
+
+    ok = table[table["ok"] & table["content_hash"].notna()]
+    files: dict[str, str] = {}
+    for chash, path in zip(ok["content_hash"], ok["abs_path"], strict=True):
+        files.setdefault(chash, path)
+    if progress:
+        progress("embed", 0, len(files))
+    return embed_files(
+        files, backbone, store, batch_size=batch_size, cache_dir=str(cache_dir) if cache_dir else None,
+        progress=(lambda n: progress("embed", n, len(files))) if progress else None,
+    )  # fmt: skip
+
+
 def scan(
     dataset: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -126,7 +166,12 @@ def scan(
     manifest: str | os.PathLike | None = None,
     rules: str | os.PathLike | Rules | None = None,
     workers: int | None = None,
-    embed: bool = False,
+    embed: bool = True,
+    backbone: str | Backbone | None = None,
+    weights: str | None = None,
+    layer: str | None = None,
+    preprocess: str = "raw",
+    batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     follow_symlinks: bool = False,
@@ -136,12 +181,17 @@ def scan(
 ) -> ScanResult:
     """Audit an image dataset.
 
-    Raises :class:`auditor.dataset.DatasetError` or :class:`auditor.rules.RulesError` for
-    input errors. Writes ``report.json``, ``images.parquet`` and ``report.html`` into ``out``
-    (default ``reports/<dataset-name>/``) unless ``write=False``. ``embed`` is reserved for
-    the backbone stage; with it off no deep-learning framework is imported.
+    Raises :class:`auditor.dataset.DatasetError`, :class:`auditor.rules.RulesError` or
+    :class:`auditor.backbones.BackboneError` for input errors. Writes ``report.json``,
+    ``images.parquet`` and ``report.html`` into ``out`` (default ``reports/<dataset-name>/``)
+    unless ``write=False``. ``embed=False`` skips the backbone (no TensorFlow import) and the
+    checks that need it; ``backbone``/``weights``/``layer``/``preprocess`` choose it (see
+    :func:`auditor.backbones.get_backbone`; default EfficientNet-Lite0).
     """
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
+    bb = None
+    if embed:
+        bb = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, weights, layer, preprocess)
     disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
     missing = set(disc.missing)
     present = [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True) if rel not in missing]
@@ -155,9 +205,13 @@ def scan(
             progress=(lambda n: progress("measure", n, len(present))) if progress else None,
         )  # fmt: skip
         table = build_table(disc, measured)
-        findings = run_checks(table, rules_obj)
-        report = build_report(disc, table, findings, rules_obj)
-        result = ScanResult(report, table, findings, disc, rules_obj)
+        embeddings = None
+        if bb is not None:
+            embeddings = embed_table(table, bb, store, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+            table["embedded"] = table["content_hash"].isin(set(embeddings.hashes))
+        findings = run_checks(table, rules_obj, embeddings=embeddings)
+        report = build_report(disc, table, findings, rules_obj, embeddings)
+        result = ScanResult(report, table, findings, disc, rules_obj, embeddings=embeddings)
         if write:
             from .report import write_outputs
 
@@ -166,3 +220,57 @@ def scan(
     finally:
         store.close()
     return result
+
+
+@dataclass
+class EmbedResult:
+    """What :func:`embed` wrote: ``paths`` embedded (relative), ``skipped`` unreadable images."""
+
+    embeddings: Any
+    paths: list[str]
+    skipped: int
+    out: Path | None
+
+
+def embed(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    backbone: str | Backbone | None = None,
+    weights: str | None = None,
+    layer: str | None = None,
+    preprocess: str = "raw",
+    batch_size: int = 32,
+    workers: int | None = None,
+    layout: str = "auto",
+    manifest: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    follow_symlinks: bool = False,
+    progress: ProgressFn | None = None,
+) -> EmbedResult:
+    """Embed every decodable image of a dataset (through the cache) and, with ``out``,
+    write them to a ``.npz`` or ``.parquet`` file (see :func:`auditor.embed.save_embeddings`).
+    Unreadable images are skipped and counted."""
+    from .embed import save_embeddings
+
+    bb = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, weights, layer, preprocess)
+    disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
+    missing = set(disc.missing)
+    present = [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True) if rel not in missing]
+    store = Store.open_default(cache_dir) if use_cache else Store(None)
+    try:
+        if progress:
+            progress("measure", 0, len(present))
+        measured = measure_all(
+            present, store, workers=workers,
+            progress=(lambda n: progress("measure", n, len(present))) if progress else None,
+        )  # fmt: skip
+        table = build_table(disc, measured)
+        embeddings = embed_table(table, bb, store, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    finally:
+        store.close()
+    have = table["content_hash"].isin(set(embeddings.hashes))
+    if out is not None:
+        save_embeddings(out, table, embeddings)
+    return EmbedResult(embeddings, list(table.loc[have, "path"]), int((~have).sum()), Path(out) if out else None)

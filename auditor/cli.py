@@ -7,6 +7,7 @@ reason on stderr).
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -70,6 +71,15 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         f"{len(ds['classes'])} classes, {splits}; layout [bold]{ds['layout']}[/]",
         highlight=False,
     )
+    emb = getattr(result, "embeddings", None)
+    if emb is not None:
+        fresh = f"{emb.computed} computed, {emb.cached} from cache"
+        failed = f", {len(emb.failures)} failed" if emb.failures else ""
+        console.print(f"embeddings: [bold]{emb.backbone['id']}[/] ({emb.backbone['dims']}-d; {fresh}{failed})",
+                      highlight=False)  # fmt: skip
+    else:
+        console.print("embeddings: skipped (--no-embed); outlier and embedding near-duplicate checks did not run",
+                      style="dim", highlight=False)  # fmt: skip
     by_check: dict[str, list[dict]] = {}
     for f in report["findings"]:
         by_check.setdefault(f["check"], []).append(f)
@@ -102,6 +112,30 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         console.print(f"[bold red]Gate: failed[/] ({', '.join(failed)})")
 
 
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option(help="efficientnet-lite0 (default, offline), a keras.applications name (ResNet50, ...), "
+                 "or a .keras model file."),
+]  # fmt: skip
+WeightsOpt = Annotated[
+    str | None, typer.Option(help="For keras.applications backbones: imagenet (downloads once), none, or a file.")
+]
+LayerOpt = Annotated[str | None, typer.Option(help="For a .keras backbone: the feature layer [default: the "
+                                              "input of the last layer].")]  # fmt: skip
+PreprocessOpt = Annotated[
+    str, typer.Option(help="For a .keras backbone: raw (0..255), unit (0..1), tf (-1..1), torch or caffe.")
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference batch.")]
+CacheDirOpt = Annotated[Path | None, typer.Option(help="Cache folder [default: ~/.cache/image-auditor].")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", "-j", min=1, help="Worker processes [default: CPU count].")
+]
+LayoutOpt = Annotated[str, typer.Option(help="auto, class-folders, split-folders, manifest or flat.")]
+ManifestOpt = Annotated[
+    Path | None, typer.Option(help="CSV with columns path,label[,split], paths relative to DATASET.")
+]
+
+
 @app.command()
 def scan(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
@@ -109,16 +143,17 @@ def scan(
         Path | None, typer.Option("--out", "-o", help="Output folder [default: reports/<dataset-name>].")
     ] = None,
     no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip the backbone embeddings (no TensorFlow).")] = False,
-    workers: Annotated[
-        int | None, typer.Option("--workers", "-j", min=1, help="Worker processes [default: CPU count].")
-    ] = None,
-    layout: Annotated[str, typer.Option(help="auto, class-folders, split-folders, manifest or flat.")] = "auto",
-    manifest: Annotated[
-        Path | None, typer.Option(help="CSV with columns path,label[,split], paths relative to DATASET.")
-    ] = None,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = None,
+    preprocess: PreprocessOpt = "raw",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    layout: LayoutOpt = "auto",
+    manifest: ManifestOpt = None,
     rules: Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder [default: ~/.cache/image-auditor].")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the measurement cache.")] = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
     follow_symlinks: Annotated[bool, typer.Option(help="Follow symbolic links that leave the dataset folder.")] = False,
     max_pixels: Annotated[
         int | None, typer.Option(help="Refuse images larger than this many pixels [default: 100M].")
@@ -127,30 +162,71 @@ def scan(
 ) -> None:
     """Scan DATASET and write report.json, images.parquet and report.html."""
     from .api import scan as run_scan
-    from .dataset import DatasetError
-    from .rules import RulesError
 
-    if not no_embed:
-        # The backbone stage is not part of this release yet: scanning without embeddings
-        # is the same as --no-embed; say so rather than pretend.
-        err_console.print("note: embeddings are not available in this version; scanning without them",
-                          style="dim", highlight=False)  # fmt: skip
     bar, update = _progress()
-    try:
-        with bar:
-            result = run_scan(
-                dataset, out, layout=layout, manifest=manifest, rules=rules, workers=workers,
-                cache_dir=cache_dir, use_cache=not no_cache, follow_symlinks=follow_symlinks,
-                max_pixels=max_pixels, progress=update,
-            )  # fmt: skip
-    except (DatasetError, RulesError) as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        err_console.print("interrupted; the cache keeps what was measured so far", style="yellow")
-        raise typer.Exit(130) from None
+    with _input_errors(), bar:
+        result = run_scan(
+            dataset, out, layout=layout, manifest=manifest, rules=rules, workers=workers,
+            embed=not no_embed, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
+            batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache,
+            follow_symlinks=follow_symlinks, max_pixels=max_pixels, progress=update,
+        )  # fmt: skip
     if not quiet:
         print_summary(result)
     out_console.print(f"Report: {result.files['html']}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _input_errors():
+    """Input errors -> one line on stderr and exit 2; Ctrl-C -> exit 130, cache kept."""
+    from .backbones import BackboneError
+    from .backbones.torch_state import ModelFileError
+    from .dataset import DatasetError
+    from .rules import RulesError
+
+    try:
+        yield
+    except (DatasetError, RulesError, BackboneError, ModelFileError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the cache keeps what was finished so far", style="yellow")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def embed(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .npz or .parquet.")],
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = None,
+    preprocess: PreprocessOpt = "raw",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    layout: LayoutOpt = "auto",
+    manifest: ManifestOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
+) -> None:
+    """Embed every decodable image of DATASET and write the vectors with their paths."""
+    from .api import embed as run_embed
+
+    if out.suffix not in (".npz", ".parquet"):
+        _fail(f"--out must end in .npz or .parquet, not {out.name!r}")
+    bar, update = _progress()
+    with _input_errors(), bar:
+        result = run_embed(
+            dataset, out, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
+            batch_size=batch_size, workers=workers, layout=layout, manifest=manifest, cache_dir=cache_dir,
+            use_cache=not no_cache, progress=update,
+        )  # fmt: skip
+    emb = result.embeddings
+    out_console.print(
+        f"{len(result.paths)} images embedded with {emb.backbone['id']} ({emb.backbone['dims']}-d; "
+        f"{emb.computed} computed, {emb.cached} from cache; {result.skipped} unreadable skipped)",
+        highlight=False,
+    )
+    out_console.print(f"Embeddings: {out}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -177,14 +177,15 @@ def _to_rgb(img: Image.Image) -> tuple[np.ndarray, bool, float, int]:
 
 
 def decode_bytes(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None, min_side: int | None = None
 ) -> DecodedImage | DecodeError:
     """Decode image bytes into RGB. Never raises; errors come back as :class:`DecodeError`.
 
     ``max_pixels`` bounds width*height (read from the header before decoding pixels).
     ``max_side``: for JPEGs larger than twice this, let libjpeg decode at a reduced scale
     (1/2, 1/4 or 1/8, never below ``max_side``), which is several times faster; the
-    reported ``width``/``height`` stay those of the full image.
+    reported ``width``/``height`` stay those of the full image. ``min_side`` does the same
+    but keeps the *shorter* side at least ``min_side`` (for a resize-then-crop consumer).
     """
     if not data:
         return DecodeError("empty", "file is empty (0 bytes)")
@@ -207,7 +208,11 @@ def decode_bytes(
                 )
             n_frames = int(getattr(img, "n_frames", 1) or 1)
             jpeg_quality = estimate_jpeg_quality(img) if fmt == "JPEG" else None
-            if fmt == "JPEG" and max_side and max(w, h) > 2 * max_side:
+            if fmt == "JPEG" and min_side and min(w, h) > 2 * min_side:
+                k = min(w, h) / min_side
+                img.draft(img.mode if img.mode in ("L", "RGB") else "RGB",
+                          (max(1, int(w / k)), max(1, int(h / k))))  # fmt: skip
+            elif fmt == "JPEG" and max_side and max(w, h) > 2 * max_side:
                 k = max(w, h) / max_side
                 img.draft(img.mode if img.mode in ("L", "RGB") else "RGB",
                           (max(1, int(w / k)), max(1, int(h / k))))  # fmt: skip
@@ -255,12 +260,13 @@ def decode_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_side: int | None = None,
+    min_side: int | None = None,
 ) -> tuple[DecodedImage | DecodeError, bytes | None]:
     """Read and decode a file. Returns (decoded-or-error, raw bytes or None if unreadable)."""
     data = read_bytes(path, max_bytes)
     if isinstance(data, DecodeError):
         return data, None
-    return decode_bytes(data, max_pixels, max_side), data
+    return decode_bytes(data, max_pixels, max_side, min_side), data
 
 
 def file_hash(data: bytes) -> str:

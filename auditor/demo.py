@@ -98,6 +98,9 @@ def build_demo(root: str | Path, tile: int = 128, seed: int = 0) -> dict:
     add("low_information", f"train/{c}/blank.png", synth.png_bytes(synth.blank(px.shape[:2], seed)))
     c, px = nxt()
     add("grayscale", f"train/{c}/grayscale.jpg", synth.jpeg_bytes(synth.to_grayscale_rgb(px), 92))
+    c, px = nxt()
+    add("near_duplicate", f"train/{c}/photo.jpg", synth.jpeg_bytes(px, 92))
+    add("near_duplicate", f"train/{c}/mirrored.jpg", synth.jpeg_bytes(synth.hflip(px), 92))
     (root / "README.txt").write_text("Demo dataset built by `audit demo`. Not an image: skipped.\n")
     (root / "defects.json").write_text(json.dumps(defects, indent=2) + "\n")
     return {"images": count, "defects": defects}

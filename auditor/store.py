@@ -1,4 +1,4 @@
-"""The embedded cache: measurements (and later embeddings) keyed by file content hash.
+"""The embedded cache: measurements and embeddings keyed by file content hash.
 
 One SQLite file (default ``~/.cache/image-auditor/store.sqlite3``; ``AUDITOR_CACHE_DIR``
 or ``--cache-dir`` move it). Two tables:
@@ -9,6 +9,8 @@ or ``--cache-dir`` move it). Two tables:
 * ``measurements``: (content hash, measurement version) -> JSON of properties + thumbnail.
   Keying by content means a renamed or copied file is not decoded again, and a changed
   file (new hash) is measured again.
+* ``embeddings``: (content hash, backbone key) -> float16 vector (+ backbone extras such
+  as ImageNet probabilities). The backbone key names weights, layer and preprocessing.
 
 Writes happen in batches inside transactions (WAL journal), so an interrupted scan (Ctrl-C,
 a killed process) leaves every committed batch usable and no half-written row.
@@ -154,6 +156,29 @@ class Store:
                 f"SELECT content_hash, thumbnail FROM measurements "
                 f"WHERE version = ? AND thumbnail IS NOT NULL AND content_hash IN ({marks})",
                 [version, *chunk],
+            )
+
+    # -- embeddings --------------------------------------------------------------------
+    def get_embeddings(self, hashes: Iterable[str], backbone: str) -> dict[str, tuple[bytes, bytes | None]]:
+        """Cached (vector bytes, extra bytes or None) by content hash for one backbone key."""
+        hashes = list(dict.fromkeys(hashes))
+        out: dict[str, tuple[bytes, bytes | None]] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for chash, vec, extra in self._db.execute(
+                f"SELECT content_hash, vector, extra FROM embeddings WHERE backbone = ? AND content_hash IN ({marks})",
+                [backbone, *chunk],
+            ):
+                out[chash] = (vec, extra)
+        return out
+
+    def put_embeddings(self, rows: Iterable[tuple[str, bytes, bytes | None]], backbone: str) -> None:
+        """Write (content hash, vector bytes, extra bytes) rows in one transaction."""
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO embeddings(content_hash, backbone, vector, extra) VALUES (?,?,?,?)",
+                [(h, backbone, v, e) for h, v, e in rows],
             )
 
     def count(self, table: str) -> int:

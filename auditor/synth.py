@@ -136,6 +136,43 @@ def downscale(rgb: np.ndarray, factor: int = 4) -> np.ndarray:
     )
 
 
+def digit(index: int = 0, size: int = 128) -> np.ndarray:
+    """A scikit-learn 8x8 handwritten digit scaled up to ``size`` x ``size`` RGB (dark ink on
+    white), an image from a different domain than photos."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits().images[index]  # 0..16
+    g = (255 - d * (255 / 16)).astype(np.uint8)
+    img = Image.fromarray(g).resize((size, size), Image.Resampling.BILINEAR)
+    return np.repeat(np.asarray(img)[:, :, None], 3, axis=2)
+
+
+def hflip(rgb: np.ndarray) -> np.ndarray:
+    """Mirror left-right (a common augmentation copy that perceptual hashes do not match)."""
+    return np.ascontiguousarray(rgb[:, ::-1])
+
+
+def crop_area(rgb: np.ndarray, area: float = 0.8, anchor: str = "center") -> np.ndarray:
+    """Crop keeping ``area`` of the pixels (same aspect), then resize back to the original size."""
+    h, w = rgb.shape[:2]
+    k = float(np.sqrt(area))
+    ch, cw = max(1, round(h * k)), max(1, round(w * k))
+    top, left = ((h - ch) // 2, (w - cw) // 2) if anchor == "center" else (0, 0)
+    crop = Image.fromarray(rgb[top : top + ch, left : left + cw])
+    return np.asarray(crop.resize((w, h), Image.Resampling.BILINEAR))
+
+
+def color_jitter(rgb: np.ndarray, brightness: float = 1.15, saturation: float = 1.3, hue_shift: int = 8) -> np.ndarray:
+    """Brightness, saturation and hue changed as a color-jitter augmentation would."""
+    from PIL import ImageEnhance
+
+    img = ImageEnhance.Brightness(Image.fromarray(rgb)).enhance(brightness)
+    img = ImageEnhance.Color(img).enhance(saturation)
+    hsv = np.asarray(img.convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + hue_shift) % 256
+    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+
+
 def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "JPEG", quality=quality)

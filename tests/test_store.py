@@ -1,3 +1,4 @@
+import multiprocessing
 import os
 
 import pytest
@@ -80,6 +81,7 @@ def test_a_file_that_kills_its_worker_becomes_a_finding(tmp_path, tiles, monkeyp
         return real(p, o)
 
     monkeypatch.setattr(extract, "measure_file", crashing)  # fork start: children inherit it
+    monkeypatch.setattr(extract, "_mp_context", lambda: multiprocessing.get_context("fork"))
     with Store(None) as store:
         res = extract.measure_all(paths, store, workers=2)
     assert res[poison][1]["error_kind"] == "decoder_crash"

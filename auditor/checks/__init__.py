@@ -69,10 +69,44 @@ class CheckContext:
 
     table: pd.DataFrame
     settings: dict[str, Any] = field(default_factory=dict)
+    embeddings: Any = None  # auditor.embed.Embeddings, or None when the scan ran with --no-embed
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> pd.DataFrame:
         return self.table[self.table["ok"]]
+
+    def ok_vectors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Embeddings of the :attr:`ok` rows in their order, float32 (n, d), and the mask of
+        rows that have one; None without embeddings."""
+        if self.embeddings is None:
+            return None
+        if "vectors" not in self._cache:
+            self._cache["vectors"] = self.embeddings.rows(self.ok["content_hash"])
+        return self._cache["vectors"]
+
+    def ok_knn(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Cosine kNN graph over the :attr:`ok` rows that have an embedding: ``(indices, sims)``
+        (n_ok, k), indices positional into :attr:`ok`; rows without an embedding have no
+        neighbours (similarity -inf). Computed once per context (for the largest k asked)."""
+        got = self.ok_vectors()
+        if got is None:
+            return None
+        cached = self._cache.get("knn")
+        if cached is None or cached[0].shape[1] < k:
+            from ..neighbors import knn
+
+            vectors, mask = got
+            have = np.flatnonzero(mask)
+            kk = max(k, 10)
+            sub_i, sub_s = knn(vectors[have], kk)
+            width = sub_i.shape[1]
+            idx = np.zeros((len(mask), width), np.int64)
+            sims = np.full((len(mask), width), -np.inf, np.float32)
+            idx[have] = have[sub_i]
+            sims[have] = sub_s
+            cached = self._cache["knn"] = (idx, sims)
+        return cached[0][:, :k], cached[1][:, :k]
 
 
 CheckFn = Callable[[CheckContext, dict[str, Any]], list[Finding]]
@@ -105,6 +139,6 @@ def register(name: str, family: str, params: dict[str, type | tuple[type, ...]] 
 
 def load_all() -> dict[str, CheckSpec]:
     """Import every check module (registration happens at import) and return the registry."""
-    from . import duplicates, integrity, quality  # noqa: F401
+    from . import duplicates, embedding, integrity, quality  # noqa: F401
 
     return REGISTRY

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..hashing import group_pairs, hamming, near_pairs, to_uint64
+from ..neighbors import similar_pairs
 from . import CheckContext, Finding, register
 
 
@@ -22,33 +23,64 @@ def _split_key(split) -> str:
     return split if isinstance(split, str) else ""
 
 
-def _near_graph(t: pd.DataFrame, max_phash: int, max_dhash: int) -> tuple[list[list[int]], dict]:
-    """Groups (positional indices into t) of images within the hash radii, and the
-    near pairs as an adjacency map i -> [(j, pHash distance)], i < j."""
+#: Neighbours per image examined for embedding near duplicates.
+EMBEDDING_NEIGHBOURS = 10
+
+
+def _near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[list[int]], dict]:
+    """Groups (positional indices into t = ctx.ok) of near-identical images, and the
+    evidence per pair as ``{(i, j): (kind, value)}`` with i < j: ``("phash", bits)`` for
+    hash matches (pHash within ``max_phash_distance``, confirmed by the dHash), and
+    ``("embedding", cosine)`` for pairs at least ``min_embedding_similarity`` apart in the
+    backbone's feature space (flipped, cropped, color-jittered copies that hashes miss)."""
     ph = to_uint64(t["phash"])
     dh = to_uint64(t["dhash"])
-    pairs, dist = near_pairs(ph, max_phash)
+    pairs, dist = near_pairs(ph, params["max_phash_distance"])
     if len(pairs):
-        keep = hamming(dh[pairs[:, 0]], dh[pairs[:, 1]]) <= max_dhash
+        keep = hamming(dh[pairs[:, 0]], dh[pairs[:, 1]]) <= params["max_dhash_distance"]
         pairs, dist = pairs[keep], dist[keep]
+    evidence: dict[tuple[int, int], tuple[str, float]] = {}
+    for (a, b), d in zip(pairs.tolist(), dist.tolist(), strict=True):
+        evidence[(a, b)] = ("phash", d)
+    graph = ctx.ok_knn(EMBEDDING_NEIGHBOURS)
+    if graph is not None:
+        e_pairs, e_sims = similar_pairs(*graph, params["min_embedding_similarity"])
+        for (a, b), sim in zip(e_pairs.tolist(), e_sims.tolist(), strict=True):
+            evidence.setdefault((a, b), ("embedding", sim))
+        pairs = np.concatenate([pairs, e_pairs])
     # identical pixels are always one group, whatever their hashes
     by_pixels: dict[str, list[int]] = defaultdict(list)
     for pos, ph_ in enumerate(t["pixel_hash"]):
         by_pixels[ph_].append(pos)
     exact = [(g[0], other) for g in by_pixels.values() for other in g[1:]]
     all_pairs = np.concatenate([pairs, np.asarray(exact, dtype=np.int64).reshape(-1, 2)])
-    adjacency: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for (a, b), d in zip(pairs.tolist(), dist.tolist(), strict=True):
-        adjacency[a].append((b, d))
-    return group_pairs(len(t), all_pairs), adjacency
+    return group_pairs(len(t), all_pairs), evidence
 
 
-def _min_distance(adjacency: dict, members: list[int], pixel: pd.Series, skip_identical: bool) -> int:
-    """Smallest pHash distance between two members (0 if none recorded)."""
-    inside = set(members)
-    ds = [d for a in members for b, d in adjacency.get(a, ())
-          if b in inside and not (skip_identical and pixel.iloc[a] == pixel.iloc[b])]  # fmt: skip
-    return min(ds) if ds else 0
+def _closest(evidence: dict, members: list[int], pixel: pd.Series, skip_identical: bool) -> tuple[str, float, float]:
+    """The strongest evidence among members: (kind, value, score in 0..1). A pHash match
+    beats an embedding match; identical pairs are skipped when asked."""
+    inside = sorted(members)
+    best: tuple[str, float, float] | None = None
+    for x, a in enumerate(inside):
+        for b in inside[x + 1 :]:
+            ev = evidence.get((a, b))
+            if ev is None or (skip_identical and pixel.iloc[a] == pixel.iloc[b]):
+                continue
+            kind, value = ev
+            score = 1.0 - value / 64.0 if kind == "phash" else float(value)
+            rank = (kind == "phash", score)
+            if best is None or rank > (best[0] == "phash", best[2]):
+                best = (kind, value, score)
+    return best or ("phash", 0, 1.0)
+
+
+def kind_key(kind: str) -> str:
+    return {"phash": "min_phash_distance", "embedding": "embedding_similarity"}.get(kind, "distance")
+
+
+def _evidence_text(kind: str, value: float) -> str:
+    return f"pHash distance {int(value)}" if kind == "phash" else f"embedding similarity {value:.3f}"
 
 
 def _group_details(t: pd.DataFrame, members: list[int]) -> list[dict]:
@@ -76,16 +108,20 @@ def exact_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     return sorted(out, key=lambda f: f.paths[0])
 
 
-@register("near_duplicate", "duplicates", {"max_phash_distance": int, "max_dhash_distance": int})
+NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float}
+
+
+@register("near_duplicate", "duplicates", NEAR_PARAMS)
 def near_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     """Groups of images that are the same picture re-encoded, resized or lightly edited
-    (pHash within ``max_phash_distance`` bits and dHash within ``max_dhash_distance``),
-    within one split, excluding groups of only identical copies. Score: 1 - d/64 for the
-    closest non-identical pair."""
+    (pHash within ``max_phash_distance`` bits and dHash within ``max_dhash_distance``), or
+    flipped, cropped or color-jittered (embedding cosine similarity at least
+    ``min_embedding_similarity``), within one split, excluding groups of only identical
+    copies. Score: 1 - d/64 for a hash match, else the cosine similarity."""
     t = ctx.ok.reset_index(drop=True)
     if len(t) < 2:
         return []
-    groups, dist = _near_graph(t, params["max_phash_distance"], params["max_dhash_distance"])
+    groups, evidence = _near_graph(ctx, t, params)
     out = []
     for group in groups:
         by_split: dict[str, list[int]] = defaultdict(list)
@@ -94,39 +130,41 @@ def near_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
         for split, members in sorted(by_split.items()):
             if len(members) < 2 or t.iloc[members]["pixel_hash"].nunique() < 2:
                 continue
-            dmin = _min_distance(dist, members, t["pixel_hash"], skip_identical=True)
+            kind, value, score = _closest(evidence, members, t["pixel_hash"], skip_identical=True)
             paths = sorted(t.iloc[members]["path"])
             out.append(Finding(
-                "near_duplicate", paths, 1.0 - dmin / 64.0,
-                f"{len(paths)} images are near duplicates (pHash distance {dmin})"
+                "near_duplicate", paths, score,
+                f"{len(paths)} images are near duplicates ({_evidence_text(kind, value)})"
                 + (f" in {split}" if split else ""),
-                {"split": split or None, "min_phash_distance": dmin,
+                {"split": split or None, "evidence": kind, kind_key(kind): value,
                  "members": _group_details(t, sorted(members, key=lambda m: t.iloc[m]["path"]))},
             ))  # fmt: skip
     return sorted(out, key=lambda f: f.paths[0])
 
 
-@register("leakage", "duplicates", {"max_phash_distance": int, "max_dhash_distance": int})
+@register("leakage", "duplicates", NEAR_PARAMS)
 def leakage(ctx: CheckContext, params: dict) -> list[Finding]:
     """The same or a near-same image in two or more splits (train and val/test): the
     evaluation is no longer on unseen data. Score 1 for identical copies, else 1 - d/64."""
     t = ctx.ok.reset_index(drop=True)
     if t["split"].dropna().nunique() < 2:
         return []
-    groups, dist = _near_graph(t, params["max_phash_distance"], params["max_dhash_distance"])
+    groups, evidence = _near_graph(ctx, t, params)
     out = []
     for group in groups:
         splits = {s for s in t.iloc[group]["split"] if isinstance(s, str)}
         if len(splits) < 2:
             continue
         identical = t.iloc[group]["pixel_hash"].nunique() == 1
-        dmin = 0 if identical else _min_distance(dist, group, t["pixel_hash"], skip_identical=False)
+        kind, value, score = ("pixels", 0, 1.0) if identical else _closest(
+            evidence, group, t["pixel_hash"], skip_identical=False)  # fmt: skip
         members = sorted(group, key=lambda m: (str(t.iloc[m]["split"]), t.iloc[m]["path"]))
         paths = [t.iloc[m]["path"] for m in members]
-        kind = "identical copies" if identical else f"near copies (pHash distance {dmin})"
+        what = "identical copies" if identical else f"near copies ({_evidence_text(kind, value)})"
         out.append(Finding(
-            "leakage", paths, 1.0 if identical else 1.0 - dmin / 64.0,
-            f"{len(paths)} {kind} across splits {', '.join(sorted(splits))}",
-            {"splits": sorted(splits), "identical": identical, "members": _group_details(t, members)},
+            "leakage", paths, score,
+            f"{len(paths)} {what} across splits {', '.join(sorted(splits))}",
+            {"splits": sorted(splits), "identical": identical, "evidence": kind, kind_key(kind): value,
+             "members": _group_details(t, members)},
         ))  # fmt: skip
     return sorted(out, key=lambda f: f.paths[0])

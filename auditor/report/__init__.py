@@ -49,6 +49,7 @@ IMAGE_COLUMNS = [
     "file_size", "width", "height", "mode", "bit_depth", "has_alpha", "n_frames", "jpeg_quality",
     "brightness_mean", "brightness_p05", "brightness_p95", "contrast", "entropy", "sharpness",
     "laplacian_var", "detail_ratio", "noise_sigma", "channel_spread", "colorfulness", "pixel_hash", "phash", "dhash",
+    "embedded",
 ]  # fmt: skip
 
 

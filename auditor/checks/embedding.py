@@ -1,0 +1,67 @@
+"""Checks in the backbone's feature space: ``outlier``.
+
+Skipped (no findings) when the scan ran without embeddings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..neighbors import knn
+from . import CheckContext, Finding, register
+from .quality import _relative_ok, robust_z
+
+
+def _class_distance(vectors: np.ndarray, labels: pd.Series, k: int) -> np.ndarray:
+    """Mean cosine distance of each row to its ``k`` nearest rows of the same label
+    (NaN for unlabeled rows and classes with at most ``k`` members)."""
+    out = np.full(len(vectors), np.nan)
+    for label in sorted({x for x in labels if isinstance(x, str)}):
+        rows = np.flatnonzero((labels == label).to_numpy())
+        if len(rows) <= k:
+            continue
+        _, sims = knn(vectors[rows], k)
+        out[rows] = 1.0 - sims.mean(axis=1)
+    return out
+
+
+@register("outlier", "embeddings", {"neighbours": int, "robust_z": float, "min_distance": float})
+def outlier(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Images far from everything else in the backbone's feature space: the mean cosine
+    distance to their ``neighbours`` nearest images is ``robust_z`` robust SDs above the
+    dataset's median and above ``min_distance``; for labeled data also far from the nearest
+    images of their own class (a wrong-class or off-topic image). Score: the distance
+    (0..2, cosine distance)."""
+    got = ctx.ok_vectors()
+    if got is None:
+        return []
+    t = ctx.ok.reset_index(drop=True)
+    vectors, mask = got
+    k = params["neighbours"]
+    if not _relative_ok(ctx, int(mask.sum())) or mask.sum() <= k:
+        return []
+    _, sims = ctx.ok_knn(k)
+    dist = pd.Series(np.where(mask, 1.0 - sims.mean(axis=1), np.nan))
+    z = robust_z(dist)
+    class_dist = pd.Series(_class_distance(vectors, t["label"].where(mask), k))
+    class_z = robust_z(class_dist) if class_dist.notna().sum() >= 2 else pd.Series(np.nan, index=class_dist.index)
+    far = (z > params["robust_z"]) & (dist > params["min_distance"])
+    far_class = (class_z > params["robust_z"]) & (class_dist > params["min_distance"])
+    flagged = np.flatnonzero((far | far_class).fillna(False).to_numpy())
+    out = []
+    for i in flagged:
+        row = t.iloc[i]
+        own = bool(far_class.iloc[i]) and not bool(far.iloc[i])
+        score = float(class_dist.iloc[i] if own else dist.iloc[i])
+        where = f"its class '{row['label']}'" if own else "the rest of the dataset"
+        out.append(Finding(
+            "outlier", [row["path"]], score,
+            f"far from {where} in feature space (distance {score:.3f}, {float((class_z if own else z).iloc[i]):.1f} "
+            "robust SD above typical)",
+            {"knn_distance": float(dist.iloc[i]), "robust_z": float(z.iloc[i]),
+             "class_knn_distance": None if np.isnan(class_dist.iloc[i]) else float(class_dist.iloc[i]),
+             "class_robust_z": None if np.isnan(class_z.iloc[i]) else float(class_z.iloc[i]),
+             "label": row["label"] if isinstance(row["label"], str) else None},
+        ))  # fmt: skip
+    return sorted(out, key=lambda f: (-f.score, f.paths[0]))

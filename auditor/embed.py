@@ -1,0 +1,248 @@
+"""Embed images with a frozen backbone: decode overlapped with inference, cached by content.
+
+:func:`embed_files` takes ``{content hash: path}`` (files the scan already decoded once and
+accepted), returns the embeddings of all of them and computes only those the store does not
+have for this backbone key. Decoding and resizing run in a bounded pool of threads (Pillow
+releases the GIL while it decodes and resizes) a few batches ahead of the model, so the
+model is never waiting on a file when there is work queued. Batches have a fixed size (the
+last is padded), so the model is traced once and every image sees the same kernels: the same
+input gives the same vector whatever else is in its batch.
+
+Vectors are stored and returned as float16 (half the space; cosine similarities move by
+less than 1e-3), so a fresh run and a cached rerun give identical numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+
+import numpy as np
+
+from . import decode as dec
+from .backbones import CROP_FRACTION, Backbone, Embedder
+from .store import Store
+
+
+@dataclass
+class Embeddings:
+    """Embeddings of a set of files, one row per content hash.
+
+    ``vectors``: float32 (n, dims) (values are float16-exact). ``probs``: (n, 1000) ImageNet
+    softmax or None. ``bn_stats``: (n, 2*C) per-channel mean then std of the backbone's
+    recorded BatchNorm inputs, or None; ``stat_layers`` names them with their channel counts
+    and ``bn_reference`` holds each layer's ImageNet running (mean, variance).
+    """
+
+    backbone: dict
+    hashes: list[str]
+    vectors: np.ndarray
+    probs: np.ndarray | None = None
+    bn_stats: np.ndarray | None = None
+    stat_layers: list[tuple[str, int]] = field(default_factory=list)
+    bn_reference: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # hash -> reason
+    computed: int = 0
+    cached: int = 0
+
+    def index(self) -> dict[str, int]:
+        return {h: i for i, h in enumerate(self.hashes)}
+
+    def rows(self, hashes: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors for the given hashes, boolean mask of those that have one); rows
+        without an embedding are zeros."""
+        idx = self.index()
+        pos = np.array([idx.get(h, -1) if isinstance(h, str) else -1 for h in hashes], dtype=np.int64)
+        mask = pos >= 0
+        out = np.zeros((len(pos), self.vectors.shape[1] if self.vectors.ndim == 2 else 0), np.float32)
+        out[mask] = self.vectors[pos[mask]]
+        return out, mask
+
+
+def prepare_image(path: str, size: int) -> np.ndarray | str:
+    """Decode a file and produce the backbone input: shorter side scaled to
+    ``size / 0.875`` then a centred ``size`` x ``size`` crop, uint8 (size, size, 3).
+    Returns the reason as a string if the file cannot be decoded."""
+    from PIL import Image
+
+    short = math.ceil(size / CROP_FRACTION)
+    result, _ = dec.decode_file(path, min_side=short)
+    if isinstance(result, dec.DecodeError):
+        return result.message
+    img = Image.fromarray(result.rgb)
+    w, h = img.size
+    scale = short / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def _prefetch(fn: Callable, items: Iterable, workers: int, depth: int) -> Iterator:
+    """``map(fn, items)`` in a thread pool, in order, at most ``depth`` items ahead."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="auditor-decode") as pool:
+        it = iter(items)
+        pending = deque(pool.submit(fn, x) for x in islice(it, depth))
+        while pending:
+            done = pending.popleft().result()
+            for x in islice(it, 1):
+                pending.append(pool.submit(fn, x))
+            yield done
+
+
+def _pack(arrays: list[np.ndarray]) -> bytes:
+    return np.concatenate([a.ravel() for a in arrays]).astype(np.float16).tobytes()
+
+
+def embed_files(
+    files: dict[str, str],
+    backbone: Backbone,
+    store: Store,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    cache_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    write_every: int = 256,
+) -> Embeddings:
+    """Embed ``{content hash: path}``. Cached vectors are reused; the model is loaded only
+    if something is missing from the cache (so an unchanged rescan does not import
+    TensorFlow). ``progress(n)`` is called with the number of files just finished."""
+    key = backbone.cache_key
+    hashes = sorted(files)
+    cached = store.get_embeddings(hashes, key)
+    todo = [h for h in hashes if h not in cached]
+    if progress and cached:
+        progress(len(cached))
+    embedder: Embedder | None = None
+    failures: dict[str, str] = {}
+    if todo:
+        embedder = backbone.embedder(cache_dir)
+        failures = _compute(embedder, todo, files, store, key, batch_size, workers, progress, write_every)
+        cached = store.get_embeddings(hashes, key)  # everything now comes from the same float16 bytes
+    return _assemble(backbone, hashes, cached, failures, embedder, computed=len(todo) - len(failures))
+
+
+def _compute(embedder, todo, files, store, key, batch_size, workers, progress, write_every) -> dict[str, str]:
+    size = embedder.backbone.input_size
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    failures: dict[str, str] = {}
+    rows: list[tuple[str, bytes, bytes | None]] = []
+    batch_hashes: list[str] = []
+    batch = np.zeros((batch_size, size, size, 3), np.float32)
+
+    def run_batch() -> None:
+        n = len(batch_hashes)
+        if n == 0:
+            return
+        out = embedder.run(batch)
+        extras = [k for k in embedder.outputs if k != "embedding"]
+        for i, h in enumerate(batch_hashes):
+            extra = _pack([out[k][i] for k in extras]) if extras else None
+            rows.append((h, out["embedding"][i].astype(np.float16).tobytes(), extra))
+        batch_hashes.clear()
+        if progress:
+            progress(n)
+
+    def load(h: str):
+        try:
+            return h, prepare_image(files[h], size)
+        except Exception as exc:  # a file that changed or vanished since the scan read it
+            return h, f"{type(exc).__name__}: {exc}"
+
+    for h, pixels in _prefetch(load, todo, workers, depth=3 * batch_size):
+        if isinstance(pixels, str):
+            failures[h] = pixels
+            if progress:
+                progress(1)
+            continue
+        batch[len(batch_hashes)] = pixels
+        batch_hashes.append(h)
+        if len(batch_hashes) == batch_size:
+            run_batch()
+        if len(rows) >= write_every:
+            store.put_embeddings(rows, key)
+            rows.clear()
+    if batch_hashes:
+        batch[len(batch_hashes) :] = 0
+        run_batch()
+    store.put_embeddings(rows, key)
+    return failures
+
+
+def _assemble(backbone, hashes, cached, failures, embedder, computed) -> Embeddings:
+    have = [h for h in hashes if h in cached]
+    vectors = np.stack([np.frombuffer(cached[h][0], np.float16) for h in have]).astype(np.float32) if have else (
+        np.zeros((0, backbone.dims or 0), np.float32))  # fmt: skip
+    info = backbone.to_dict()
+    if have:
+        info["dims"] = int(vectors.shape[1])
+    result = Embeddings(info, have, vectors, failures=failures, computed=computed, cached=len(have) - computed)
+    if backbone.has_head and have and all(cached[h][1] is not None for h in have):
+        extra = np.stack([np.frombuffer(cached[h][1], np.float16) for h in have]).astype(np.float32)
+        result.probs = extra[:, :1000]
+        result.bn_stats = extra[:, 1000:]
+        result.stat_layers, result.bn_reference = _bn_layout(backbone, embedder)
+    return result
+
+
+def _bn_layout(backbone: Backbone, embedder: Embedder | None):
+    """The recorded BatchNorm layers and their ImageNet running statistics; read from the
+    weights without building the network when nothing had to be computed."""
+    if embedder is not None:
+        return embedder.stat_layers, embedder.bn_reference
+    from .backbones import efficientnet_lite as lite
+
+    return lite.reference_statistics()
+
+
+def save_embeddings(path: str | os.PathLike, items, embeddings: Embeddings) -> int:
+    """Write embeddings with their paths for users' own analysis; returns the row count.
+
+    ``items``: a table with ``path``, ``split``, ``label``, ``content_hash`` (one row per
+    image; images without an embedding are left out). ``.npz``: arrays ``paths``,
+    ``splits``, ``labels``, ``content_hash``, ``vectors`` (float16, n x dims), ``probs``
+    when the backbone has an ImageNet head, and ``backbone`` (JSON text); load it with
+    ``numpy.load(path)`` (no pickle needed). ``.parquet``: one row per image with the same
+    columns and ``embedding`` as a list of floats. Written atomically.
+    """
+    import io
+    import json
+    from pathlib import Path
+
+    from .report import atomic_write_bytes
+
+    path = Path(path)
+    vectors, mask = embeddings.rows(items["content_hash"])
+    rows = items[mask].reset_index(drop=True)
+    vectors = vectors[mask].astype(np.float16)
+
+    def text(col):
+        return np.array([x if isinstance(x, str) else "" for x in rows[col]], dtype=str)
+
+    buf = io.BytesIO()
+    if path.suffix == ".npz":
+        arrays = {"paths": text("path"), "splits": text("split"), "labels": text("label"),
+                  "content_hash": text("content_hash"), "vectors": vectors,
+                  "backbone": np.array(json.dumps(embeddings.backbone, sort_keys=True))}  # fmt: skip
+        if embeddings.probs is not None:
+            idx = embeddings.index()
+            arrays["probs"] = embeddings.probs[[idx[h] for h in rows["content_hash"]]].astype(np.float16)
+        np.savez_compressed(buf, **arrays)
+    elif path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.DataFrame({"path": rows["path"], "split": rows["split"], "label": rows["label"],
+                              "content_hash": rows["content_hash"],
+                              "embedding": list(vectors.astype(np.float32))})  # fmt: skip
+        frame.attrs["backbone"] = json.dumps(embeddings.backbone, sort_keys=True)
+        frame.to_parquet(buf, index=False)
+    else:
+        raise ValueError(f"unsupported embeddings file type {path.suffix!r}: use .npz or .parquet")
+    atomic_write_bytes(path, buf.getvalue())
+    return len(rows)
