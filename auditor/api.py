@@ -251,8 +251,10 @@ def embed(
 ) -> EmbedResult:
     """Embed every decodable image of a dataset (through the cache) and, with ``out``,
     write them to a ``.npz`` or ``.parquet`` file (see :func:`auditor.embed.save_embeddings`).
-    Unreadable images are skipped and counted."""
-    from .embed import save_embeddings
+    Files are hashed, not measured (the quality properties are the scan's job); unreadable
+    or undecodable images are skipped and counted."""
+    from .embed import embed_files, save_embeddings
+    from .extract import hash_all
 
     bb = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, weights, layer, preprocess)
     disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
@@ -260,16 +262,22 @@ def embed(
     present = [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True) if rel not in missing]
     store = Store.open_default(cache_dir) if use_cache else Store(None)
     try:
+        hashes = hash_all(present, store)
+        files: dict[str, str] = {}
+        for path in present:
+            if hashes[path] is not None:
+                files.setdefault(hashes[path], path)
         if progress:
-            progress("measure", 0, len(present))
-        measured = measure_all(
-            present, store, workers=workers,
-            progress=(lambda n: progress("measure", n, len(present))) if progress else None,
+            progress("embed", 0, len(files))
+        embeddings = embed_files(
+            files, bb, store, batch_size=batch_size, workers=workers,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            progress=(lambda n: progress("embed", n, len(files))) if progress else None,
         )  # fmt: skip
-        table = build_table(disc, measured)
-        embeddings = embed_table(table, bb, store, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     finally:
         store.close()
+    table = disc.items.copy()
+    table["content_hash"] = [hashes.get(p) for p in table["abs_path"]]
     have = table["content_hash"].isin(set(embeddings.hashes))
     if out is not None:
         save_embeddings(out, table, embeddings)

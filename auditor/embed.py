@@ -76,11 +76,13 @@ def prepare_image(path: str, size: int) -> np.ndarray | str:
         return result.message
     img = Image.fromarray(result.rgb)
     w, h = img.size
-    scale = short / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    # the centred crop of the image scaled to shorter side `short`, as a box in the
+    # original's pixels: one resampling step instead of resize-then-crop
+    side = min(w, h) * size / short
+    left, top = (w - side) / 2, (h - side) / 2
+    img = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side),
+                     reducing_gap=3.0)  # fmt: skip
+    return np.asarray(img, dtype=np.uint8)
 
 
 def _prefetch(fn: Callable, items: Iterable, workers: int, depth: int) -> Iterator:

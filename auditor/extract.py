@@ -203,3 +203,31 @@ def measure_all(
             progress(1)
     flush()
     return results
+
+
+def hash_all(paths: Sequence[str], store: Store, max_bytes: int = dec.DEFAULT_MAX_FILE_BYTES) -> dict[str, str | None]:
+    """Content hash of every path (None if unreadable), without decoding: the store's
+    answer for files unchanged since it saw them, else the file is read and hashed (and
+    indexed, so a later scan does not read it again to hash it)."""
+    stats: dict[str, tuple[int, int]] = {}
+    out: dict[str, str | None] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stats[p] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            out[p] = None
+    known = store.known_hashes((p, *stats[p]) for p in stats)
+    fresh: list[tuple[str, int, int, str]] = []
+    for p in stats:
+        if p in known:
+            out[p] = known[p]
+            continue
+        data = dec.read_bytes(p, max_bytes)
+        if isinstance(data, dec.DecodeError) or not data:
+            out[p] = None
+            continue
+        out[p] = dec.file_hash(data)
+        fresh.append((p, *stats[p], out[p]))
+    store.put_batch(fresh, [], MEASURE_VERSION)
+    return out
