@@ -301,3 +301,17 @@ def test_outlier_is_the_image_from_another_domain(tmp_path, tiles):
     outliers = [f for f in result.findings if f.check == "outlier"]
     assert outliers and outliers[0].paths == ["digit.png"], [(f.paths, f.score) for f in outliers]
     assert len(outliers) <= 4  # at most 5% of the photos
+
+
+def test_scan_with_embeddings_is_deterministic_and_cached(tmp_path, tiles):
+    root = tmp_path / "ds"
+    for i, (name, px) in enumerate(tiles[:30]):
+        split = "val" if i % 5 == 0 else "train"
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        (root / split / name / f"{i:03d}.jpg").write_bytes(synth.jpeg_bytes(px, 90))
+    first = scan(root, tmp_path / "a")
+    second = scan(root, tmp_path / "b")
+    assert first.embeddings.computed == 30 and second.embeddings.computed == 0
+    assert (tmp_path / "a" / "report.json").read_bytes() == (tmp_path / "b" / "report.json").read_bytes()
+    assert first.table["embedded"].all()
+    assert "efficientnet-lite0-imagenet" in (tmp_path / "a" / "report.html").read_text()
