@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -272,6 +273,15 @@ def decode_file(
 def file_hash(data: bytes) -> str:
     """Content hash of a file's bytes (BLAKE2b, 128-bit, hex)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_digest(path: str | os.PathLike, digest_size: int = 16) -> str:
+    """BLAKE2b of a file's bytes, read in chunks (for large files such as model weights)."""
+    h = hashlib.blake2b(digest_size=digest_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

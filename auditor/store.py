@@ -48,6 +48,14 @@ CREATE TABLE IF NOT EXISTS embeddings (
 """
 
 
+def _in_chunks(keys: Iterable[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
+    """Distinct keys in chunks small enough for one ``IN (...)`` clause: (chunk, "?,?,...")."""
+    keys = list(dict.fromkeys(keys))
+    for start in range(0, len(keys), size):
+        chunk = keys[start : start + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def default_cache_dir() -> Path:
     """``$AUDITOR_CACHE_DIR``, else ``$XDG_CACHE_HOME/image-auditor``, else ``~/.cache/...``."""
     env = os.environ.get("AUDITOR_CACHE_DIR")
@@ -116,11 +124,8 @@ class Store:
     ) -> dict[str, tuple[dict, bytes | None]]:
         """Cached (properties, thumbnail or None) by content hash, for the given version."""
         thumb_col = "thumbnail" if thumbnails else "NULL"
-        hashes = list(dict.fromkeys(hashes))
         out: dict[str, tuple[dict, bytes | None]] = {}
-        for start in range(0, len(hashes), 500):
-            chunk = hashes[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(hashes):
             for chash, data, thumb in self._db.execute(
                 f"SELECT content_hash, data, {thumb_col} FROM measurements "
                 f"WHERE version = ? AND content_hash IN ({marks})",
@@ -148,10 +153,7 @@ class Store:
 
     def thumbnails(self, hashes: Iterable[str], version: int) -> Iterator[tuple[str, bytes]]:
         """(content hash, JPEG thumbnail bytes) for those that have one."""
-        hashes = list(dict.fromkeys(hashes))
-        for start in range(0, len(hashes), 500):
-            chunk = hashes[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(hashes):
             yield from self._db.execute(
                 f"SELECT content_hash, thumbnail FROM measurements "
                 f"WHERE version = ? AND thumbnail IS NOT NULL AND content_hash IN ({marks})",
@@ -161,11 +163,8 @@ class Store:
     # -- embeddings --------------------------------------------------------------------
     def get_embeddings(self, hashes: Iterable[str], backbone: str) -> dict[str, tuple[bytes, bytes | None]]:
         """Cached (vector bytes, extra bytes or None) by content hash for one backbone key."""
-        hashes = list(dict.fromkeys(hashes))
         out: dict[str, tuple[bytes, bytes | None]] = {}
-        for start in range(0, len(hashes), 500):
-            chunk = hashes[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(hashes):
             for chash, vec, extra in self._db.execute(
                 f"SELECT content_hash, vector, extra FROM embeddings WHERE backbone = ? AND content_hash IN ({marks})",
                 [backbone, *chunk],

@@ -17,7 +17,6 @@ TensorFlow is imported only inside :meth:`Backbone.embedder`, never at import ti
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -109,11 +108,9 @@ def quiet_tensorflow() -> None:
 
 
 def _digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..decode import file_digest
+
+    return file_digest(path, digest_size=8)
 
 
 # --- the default: EfficientNet-Lite0 ---------------------------------------------------------

@@ -15,12 +15,12 @@ layer, so callers feed plain pixels.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..decode import file_digest
 from .torch_state import ModelFileError, load_state_dict
 
 BACKBONE_ID = "efficientnet-lite0-imagenet"
@@ -162,14 +162,6 @@ def packaged_weights_path() -> Path:
     return path
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_model(weights: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None):
     """EfficientNet-Lite0 with ImageNet weights (softmax head included).
 
@@ -181,7 +173,7 @@ def load_model(weights: str | os.PathLike | None = None, cache_dir: str | os.Pat
     source = Path(weights) if weights else packaged_weights_path()
     model = build_model(include_top=True)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    cached = cache / "weights" / f"efficientnet-lite0-{_file_digest(source)}.weights.h5"
+    cached = cache / "weights" / f"efficientnet-lite0-{file_digest(source)}.weights.h5"
     if cached.is_file():
         try:
             model.load_weights(cached)
