@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,10 +91,10 @@ class Backbone:
 
     def embedder(self, cache_dir: str | None = None) -> Embedder:
         """Load (once per process and backbone) the model ready to run."""
-        quiet_tensorflow()
         key = (self.cache_key, str(cache_dir))
         if key not in _LOADED:
-            _LOADED[key] = self.loader(self, cache_dir)
+            with quiet_tensorflow():
+                _LOADED[key] = self.loader(self, cache_dir)
         return _LOADED[key]
 
 
@@ -102,9 +103,24 @@ class Backbone:
 _LOADED: dict[tuple[str, str], Embedder] = {}
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up chatter unless the user asked for it."""
+@contextmanager
+def quiet_tensorflow():
+    """Silence TensorFlow's C++ start-up chatter (oneDNN, CUDA probing, CPU features), which
+    its C++ runtime writes to file descriptor 2 before any log level applies. Python
+    exceptions still propagate; ``AUDITOR_TF_LOGS=1`` keeps the chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("AUDITOR_TF_LOGS") or "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _digest(path: Path) -> str:
@@ -167,7 +183,8 @@ LITE0 = Backbone(
 
 
 def _keras_app(name: str):
-    import keras
+    with quiet_tensorflow():
+        import keras
 
     fn = getattr(keras.applications, name, None)
     if fn is None or not callable(fn):
