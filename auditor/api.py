@@ -51,6 +51,12 @@ def default_out_dir(dataset: str | os.PathLike) -> Path:
     return Path("reports") / name
 
 
+def present_paths(disc: Discovery) -> list[str]:
+    """Absolute paths of the discovered items whose file exists (manifest rows may not)."""
+    missing = set(disc.missing)
+    return [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True) if rel not in missing]
+
+
 def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -> pd.DataFrame:
     """Join the items table with the measurements: one row per item, ``ok`` = decoded."""
     rows = []
@@ -140,10 +146,12 @@ def embed_table(
     store: Store,
     *,
     batch_size: int = 32,
+    workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: ProgressFn | None = None,
 ):
-    """Embed every decodable row of a scan table (each distinct content once)."""
+    """Embed every decodable row (``ok``, with a ``content_hash``) of an items table, each
+    distinct content once; ``workers`` decoding threads."""
     from .embed import embed_files
 
     ok = table[table["ok"] & table["content_hash"].notna()]
@@ -153,7 +161,8 @@ def embed_table(
     if progress:
         progress("embed", 0, len(files))
     return embed_files(
-        files, backbone, store, batch_size=batch_size, cache_dir=str(cache_dir) if cache_dir else None,
+        files, backbone, store, batch_size=batch_size, workers=workers,
+        cache_dir=str(cache_dir) if cache_dir else None,
         progress=(lambda n: progress("embed", n, len(files))) if progress else None,
     )  # fmt: skip
 
@@ -193,8 +202,7 @@ def scan(
     if embed:
         bb = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, weights, layer, preprocess)
     disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
-    missing = set(disc.missing)
-    present = [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True) if rel not in missing]
+    present = present_paths(disc)
     options = ExtractOptions(max_pixels=max_pixels) if max_pixels else ExtractOptions()
     store = Store.open_default(cache_dir) if use_cache else Store(None)
     try:
@@ -253,31 +261,22 @@ def embed(
     write them to a ``.npz`` or ``.parquet`` file (see :func:`auditor.embed.save_embeddings`).
     Files are hashed, not measured (the quality properties are the scan's job); unreadable
     or undecodable images are skipped and counted."""
-    from .embed import embed_files, save_embeddings
+    from .embed import save_embeddings
     from .extract import hash_all
 
     bb = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, weights, layer, preprocess)
     disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
-    missing = set(disc.missing)
-    present = [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True) if rel not in missing]
+    present = present_paths(disc)
     store = Store.open_default(cache_dir) if use_cache else Store(None)
     try:
         hashes = hash_all(present, store)
-        files: dict[str, str] = {}
-        for path in present:
-            if hashes[path] is not None:
-                files.setdefault(hashes[path], path)
-        if progress:
-            progress("embed", 0, len(files))
-        embeddings = embed_files(
-            files, bb, store, batch_size=batch_size, workers=workers,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            progress=(lambda n: progress("embed", n, len(files))) if progress else None,
-        )  # fmt: skip
+        table = disc.items.copy()
+        table["content_hash"] = [hashes.get(p) for p in table["abs_path"]]
+        table["ok"] = table["content_hash"].notna()
+        embeddings = embed_table(table, bb, store, batch_size=batch_size, workers=workers, cache_dir=cache_dir,
+                                 progress=progress)  # fmt: skip
     finally:
         store.close()
-    table = disc.items.copy()
-    table["content_hash"] = [hashes.get(p) for p in table["abs_path"]]
     have = table["content_hash"].isin(set(embeddings.hashes))
     if out is not None:
         save_embeddings(out, table, embeddings)

@@ -149,6 +149,22 @@ def _iter_results(paths: list[str], workers: int, options: ExtractOptions):
                     yield _crashed(path)
 
 
+def _stat_known(
+    paths: Sequence[str], store: Store
+) -> tuple[dict[str, tuple[int, int]], dict[str, str], dict[str, str]]:
+    """(path -> (size, mtime_ns), path -> stat error, path -> content hash the store knows
+    for files unchanged since it saw them)."""
+    stats: dict[str, tuple[int, int]] = {}
+    errors: dict[str, str] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stats[p] = (st.st_size, st.st_mtime_ns)
+        except OSError as exc:
+            errors[p] = str(exc.strerror)
+    return stats, errors, store.known_hashes((p, *stats[p]) for p in stats)
+
+
 def measure_all(
     paths: Sequence[str],
     store: Store,
@@ -164,15 +180,10 @@ def measure_all(
     ``progress(n)`` is called with the number of files just finished.
     """
     workers = workers or os.cpu_count() or 1
-    stats: dict[str, tuple[int, int]] = {}
-    results: dict[str, tuple[str | None, dict]] = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stats[p] = (st.st_size, st.st_mtime_ns)
-        except OSError as exc:
-            results[p] = (None, {"error_kind": "unreadable", "error": f"cannot stat: {exc.strerror}"})
-    known = store.known_hashes((p, *stats[p]) for p in stats)
+    stats, stat_errors, known = _stat_known(paths, store)
+    results: dict[str, tuple[str | None, dict]] = {
+        p: (None, {"error_kind": "unreadable", "error": f"cannot stat: {err}"}) for p, err in stat_errors.items()
+    }
     cached = store.get_measurements(known.values(), MEASURE_VERSION, thumbnails=False)
     todo: list[str] = []
     for p in stats:
@@ -209,15 +220,8 @@ def hash_all(paths: Sequence[str], store: Store, max_bytes: int = dec.DEFAULT_MA
     """Content hash of every path (None if unreadable), without decoding: the store's
     answer for files unchanged since it saw them, else the file is read and hashed (and
     indexed, so a later scan does not read it again to hash it)."""
-    stats: dict[str, tuple[int, int]] = {}
-    out: dict[str, str | None] = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stats[p] = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            out[p] = None
-    known = store.known_hashes((p, *stats[p]) for p in stats)
+    stats, stat_errors, known = _stat_known(paths, store)
+    out: dict[str, str | None] = dict.fromkeys(stat_errors)
     fresh: list[tuple[str, int, int, str]] = []
     for p in stats:
         if p in known:
