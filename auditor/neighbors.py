@@ -33,18 +33,40 @@ def knn(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
         return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
     if n > EXACT_LIMIT:
         return _approximate(x, k, seed)
-    idx = np.empty((n, k), np.int64)
-    sim = np.empty((n, k), np.float32)
-    for start in range(0, n, BLOCK):
-        s = x[start : start + BLOCK] @ x.T
-        rows = np.arange(s.shape[0])
-        s[rows, rows + start] = -np.inf  # not its own neighbour
+    return _exact_top_k(x, x, k, exclude_self=True)
+
+
+def _exact_top_k(q: np.ndarray, b: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of unit rows, in blocks of :data:`BLOCK` queries."""
+    idx = np.empty((len(q), k), np.int64)
+    sim = np.empty((len(q), k), np.float32)
+    for start in range(0, len(q), BLOCK):
+        s = q[start : start + BLOCK] @ b.T
+        if exclude_self:
+            rows = np.arange(s.shape[0])
+            s[rows, rows + start] = -np.inf  # not its own neighbour
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]
         vals = np.take_along_axis(s, part, axis=1)
         order = np.lexsort((part, -vals), axis=1)  # by similarity, ties by index (deterministic)
         idx[start : start + len(s)] = np.take_along_axis(part, order, axis=1)
         sim[start : start + len(s)] = np.take_along_axis(vals, order, axis=1)
     return idx, sim
+
+
+def cross_nearest(queries: np.ndarray, base: np.ndarray, k: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of ``base`` most cosine-similar to each row of ``queries``:
+    ``(indices into base, similarities)``, both (n_queries, k), by decreasing similarity.
+    Exact in blocks up to :data:`EXACT_LIMIT` base rows, a seeded pynndescent index above."""
+    q = normalize(queries)
+    b = normalize(base)
+    k = min(k, len(b))
+    if len(b) > EXACT_LIMIT:
+        from pynndescent import NNDescent
+
+        index = NNDescent(b, metric="cosine", n_neighbors=max(k, 15), random_state=seed, n_jobs=1)
+        ids, dist = index.query(q, k=k)
+        return ids.astype(np.int64), (1.0 - dist).astype(np.float32)
+    return _exact_top_k(q, b, k)
 
 
 def _approximate(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

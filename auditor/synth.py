@@ -82,6 +82,35 @@ def photo_tiles(
                         yield name, tile
 
 
+def random_crops(
+    n: int,
+    size: int = 128,
+    seed: int = 0,
+    photos: tuple[str, ...] = COLOR_PHOTOS,
+    min_fraction: float = 0.25,
+    max_fraction: float = 0.6,
+    min_std: float = 15.0,
+) -> list[tuple[str, np.ndarray]]:
+    """``n`` random square crops of the photos (side ``min_fraction``..``max_fraction`` of
+    the photo's shorter side, photo chosen uniformly, flat crops skipped), resized to
+    ``size`` x ``size``. Seeded: the same arguments give the same crops. For drawing
+    hundreds of distinct real images from a few photos (crops may overlap)."""
+    rng = np.random.default_rng(seed)
+    loaded = {name: load_photo(name) for name in photos}
+    out: list[tuple[str, np.ndarray]] = []
+    while len(out) < n:
+        name = photos[int(rng.integers(len(photos)))]
+        img = loaded[name]
+        h, w = img.shape[:2]
+        side = int(min(h, w) * rng.uniform(min_fraction, max_fraction))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = img[y : y + side, x : x + side]
+        if float(_gray(crop).std()) < min_std:
+            continue
+        out.append((name, np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS))))
+    return out
+
+
 # -- defects: each takes and returns uint8 RGB ----------------------------------------
 
 
