@@ -17,7 +17,8 @@ import pandas as pd
 
 from . import __version__
 from .backbones import Backbone, get_backbone
-from .checks import CheckContext, Finding, load_all
+from .checks import CheckContext, Finding, jsonable, load_all
+from .checks.shift import dataset_gap, gap_level, shift_section
 from .dataset import Discovery, discover
 from .extract import ExtractOptions, measure_all
 from .rules import Rules, apply_severities, judge, load_rules
@@ -39,6 +40,8 @@ class ScanResult:
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
     embeddings: Any = None  # auditor.embed.Embeddings when the scan embedded
+    source_table: pd.DataFrame | None = None  # the --source set's per-image table
+    projection: pd.DataFrame | None = None  # 2-D UMAP of the compared sets (see auditor.projection)
 
     @property
     def passed(self) -> bool:
@@ -76,12 +79,21 @@ def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -
     return table
 
 
+def check_context(
+    table: pd.DataFrame, rules: Rules, embeddings: Any = None, reference: pd.DataFrame | None = None
+) -> CheckContext:
+    """What the checks read: the dataset table, the embeddings, the source table (if any)."""
+    shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift") if rules.checks[n].enabled}
+    return CheckContext(table=table, settings=rules.settings, embeddings=embeddings, reference=reference,
+                        shift_params=shift_params)  # fmt: skip
+
+
 def run_checks(
-    table: pd.DataFrame, rules: Rules, only: list[str] | None = None, embeddings: Any = None
+    table: pd.DataFrame | CheckContext, rules: Rules, only: list[str] | None = None, embeddings: Any = None
 ) -> list[Finding]:
     """Run every enabled check (or those named in ``only``) and assign severities."""
     registry = load_all()
-    ctx = CheckContext(table=table, settings=rules.settings, embeddings=embeddings)
+    ctx = table if isinstance(table, CheckContext) else check_context(table, rules, embeddings)
     findings: list[Finding] = []
     for name, spec in registry.items():
         rule = rules.checks[name]
@@ -114,7 +126,13 @@ def backbone_summary(embeddings: Any) -> dict | None:
 
 
 def build_report(
-    disc: Discovery, table: pd.DataFrame, findings: list[Finding], rules: Rules, embeddings: Any = None
+    disc: Discovery,
+    table: pd.DataFrame,
+    findings: list[Finding],
+    rules: Rules,
+    embeddings: Any = None,
+    ctx: CheckContext | None = None,
+    source: Discovery | None = None,
 ) -> dict:
     registry = load_all()
     counts: dict[str, int] = {}
@@ -135,9 +153,22 @@ def build_report(
             for name in registry
         },  # fmt: skip
         "findings": [f.to_dict() for f in findings],
-        "shift": [],
+        "source": dataset_summary(source, ctx.reference) if source is not None and ctx is not None else None,
+        "shift": jsonable(shift_section(ctx)) if ctx is not None else [],
+        "pretraining_gap": jsonable(pretraining_section(ctx, rules)) if ctx is not None else None,
+        "projection": None,
         "gate": judge(findings, rules, int(len(table))),
     }
+
+
+def pretraining_section(ctx: CheckContext, rules: Rules) -> dict | None:
+    """The report's ``pretraining_gap`` section: the measures and the level under the rule's
+    bands (None without embeddings that record them)."""
+    gap = dataset_gap(ctx)
+    if gap is None:
+        return None
+    rule = rules.checks["pretraining_gap"]
+    return {**gap, "level": gap_level(gap, rule.params) if gap["images"] >= rule.params["min_images"] else None}
 
 
 def embed_table(
@@ -173,6 +204,10 @@ def scan(
     *,
     layout: str = "auto",
     manifest: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+    source_layout: str = "auto",
+    source_manifest: str | os.PathLike | None = None,
+    projection: bool = True,
     rules: str | os.PathLike | Rules | None = None,
     workers: int | None = None,
     embed: bool = True,
@@ -196,30 +231,45 @@ def scan(
     unless ``write=False``. ``embed=False`` skips the backbone (no TensorFlow import) and the
     checks that need it; ``backbone``/``weights``/``layer``/``preprocess`` choose it (see
     :func:`auditor.backbones.get_backbone`; default EfficientNet-Lite0).
+
+    ``source``: a source-like reference set (any supported layout, ``source_layout`` /
+    ``source_manifest``) the dataset is compared with (``domain_shift``); without it the
+    dataset's splits are compared with ``train`` (``split_shift``). ``projection``: compute
+    the 2-D UMAP projection of the compared sets for the report (needs embeddings).
     """
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
     bb = None
     if embed:
         bb = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, weights, layer, preprocess)
     disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
-    present = present_paths(disc)
+    src_disc = None
+    if source is not None:
+        src_disc = discover(source, layout=source_layout, manifest=source_manifest, follow_symlinks=follow_symlinks)
     options = ExtractOptions(max_pixels=max_pixels) if max_pixels else ExtractOptions()
     store = Store.open_default(cache_dir) if use_cache else Store(None)
     try:
-        if progress:
-            progress("measure", 0, len(present))
-        measured = measure_all(
-            present, store, workers=workers, options=options,
-            progress=(lambda n: progress("measure", n, len(present))) if progress else None,
-        )  # fmt: skip
-        table = build_table(disc, measured)
+        table = _measure_table(disc, store, workers, options, progress, "measure")
+        src_table = None
+        if src_disc is not None:
+            src_table = _measure_table(src_disc, store, workers, options, progress, "measure source")
         embeddings = None
         if bb is not None:
-            embeddings = embed_table(table, bb, store, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
-            table["embedded"] = table["content_hash"].isin(set(embeddings.hashes))
-        findings = run_checks(table, rules_obj, embeddings=embeddings)
-        report = build_report(disc, table, findings, rules_obj, embeddings)
-        result = ScanResult(report, table, findings, disc, rules_obj, embeddings=embeddings)
+            both = table if src_table is None else pd.concat([table, src_table], ignore_index=True)
+            embeddings = embed_table(both, bb, store, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+            for t in (table, src_table):
+                if t is not None:
+                    t["embedded"] = t["content_hash"].isin(set(embeddings.hashes))
+        ctx = check_context(table, rules_obj, embeddings, src_table)
+        findings = run_checks(ctx, rules_obj)
+        report = build_report(disc, table, findings, rules_obj, embeddings, ctx, src_disc)
+        result = ScanResult(report, table, findings, disc, rules_obj, embeddings=embeddings, source_table=src_table)
+        if projection and embeddings is not None:
+            from .projection import project_pairs
+
+            result.projection = project_pairs(ctx)
+            if result.projection is not None:
+                report["projection"] = {"file": "projection.parquet", "method": result.projection.attrs["method"],
+                                        "points": len(result.projection)}  # fmt: skip
         if write:
             from .report import write_outputs
 
@@ -228,6 +278,17 @@ def scan(
     finally:
         store.close()
     return result
+
+
+def _measure_table(disc: Discovery, store: Store, workers, options, progress: ProgressFn | None, stage: str):
+    present = present_paths(disc)
+    if progress:
+        progress(stage, 0, len(present))
+    measured = measure_all(
+        present, store, workers=workers, options=options,
+        progress=(lambda n: progress(stage, n, len(present))) if progress else None,
+    )  # fmt: skip
+    return build_table(disc, measured)
 
 
 @dataclass

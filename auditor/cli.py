@@ -80,6 +80,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
     else:
         console.print("embeddings: skipped (--no-embed); outlier and embedding near-duplicate checks did not run",
                       style="dim", highlight=False)  # fmt: skip
+    print_shift(report, console)
     by_check: dict[str, list[dict]] = {}
     for f in report["findings"]:
         by_check.setdefault(f["check"], []).append(f)
@@ -110,6 +111,37 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
     else:
         failed = [r["rule"] for r in report["gate"]["rules"] if r["status"] == "fail"]
         console.print(f"[bold red]Gate: failed[/] ({', '.join(failed)})")
+
+
+_VERDICT_STYLE = {"shift": "bold yellow", "minor": "cyan", "none": "green", "skipped": "dim"}
+
+
+def print_shift(report: dict, console: Console = out_console, explanations: int = 3) -> None:
+    """One block per comparison (verdict, effect size, what differs) and the pretraining gap."""
+    for s in report.get("shift") or []:
+        head = f"shift {s['reference']} -> {s['target']}: "
+        style = _VERDICT_STYLE.get(s["verdict"], "")
+        if s["verdict"] == "skipped":
+            console.print(head + f"[{style}]skipped[/] ({s['skipped']})", highlight=False)
+        else:
+            lo, hi = s["auc_ci"]
+            p = "p<0.001" if s["p_value"] < 0.001 else f"p={s['p_value']:.3f}"
+            console.print(
+                head + f"[{style}]{s['verdict']}[/] (drift {s['magnitude']:.2f}, "
+                f"AUC {s['auc']:.2f} [{lo:.2f}, {hi:.2f}], "
+                f"{p}; MMD² {s['mmd2']:.4f}, FID {s['fid']:.1f}; n = {s['n_sampled'][0]} vs {s['n_sampled'][1]})",
+                highlight=False,
+            )  # fmt: skip
+        for line in s["explanations"][:explanations]:
+            console.print(f"  - {line}", highlight=False)
+    gap = report.get("pretraining_gap")
+    if gap and gap.get("level"):
+        parts = []
+        if gap["feature_gap"] is not None:
+            parts.append(f"feature gap {gap['feature_gap']:.2f}")
+        if gap["head_confidence"] is not None:
+            parts.append(f"ImageNet head confidence {gap['head_confidence']:.2f}")
+        console.print(f"pretraining gap: [bold]{gap['level']}[/] ({', '.join(parts)})", highlight=False)
 
 
 BackboneOpt = Annotated[
@@ -151,6 +183,14 @@ def scan(
     workers: WorkersOpt = None,
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
+    source: Annotated[
+        Path | None, typer.Option(help="A source-like reference set to compare the dataset with (domain shift).")
+    ] = None,
+    source_layout: Annotated[str, typer.Option(help="Layout of --source (as --layout).")] = "auto",
+    source_manifest: Annotated[Path | None, typer.Option(help="CSV manifest of --source.")] = None,
+    no_projection: Annotated[
+        bool, typer.Option("--no-projection", help="Skip the 2-D UMAP map of the compared sets (saves seconds).")
+    ] = False,
     rules: Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")] = None,
     cache_dir: CacheDirOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
@@ -160,14 +200,19 @@ def scan(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the report path.")] = False,
 ) -> None:
-    """Scan DATASET and write report.json, images.parquet and report.html."""
+    """Scan DATASET and write report.json, images.parquet and report.html.
+
+    With --source, the dataset is compared with a source-like set (domain_shift); without,
+    its splits are compared with train (split_shift)."""
     from .api import scan as run_scan
 
     bar, update = _progress()
     with _input_errors(), bar:
         result = run_scan(
             dataset, out, layout=layout, manifest=manifest, rules=rules, workers=workers,
-            embed=not no_embed, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
+            source=source, source_layout=source_layout, source_manifest=source_manifest,
+            projection=not no_projection, embed=not no_embed, backbone=backbone, weights=weights, layer=layer,
+            preprocess=preprocess,
             batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache,
             follow_symlinks=follow_symlinks, max_pixels=max_pixels, progress=update,
         )  # fmt: skip

@@ -46,6 +46,11 @@ def _round(x: float) -> float:
     return float(round(float(x), 6))
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars made plain, floats rounded to 6 places, NaN/inf as None."""
+    return _jsonable(obj)
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -54,7 +59,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        return _round(obj)
+        return _round(obj) if np.isfinite(obj) else None
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
@@ -65,11 +70,14 @@ class CheckContext:
     """What checks read. ``table`` has one row per item (see :mod:`auditor.api`): the items
     columns (path, split, label, ...) plus every measured property; ``ok`` marks rows that
     decoded. ``settings`` holds rules-wide settings (e.g. the minimum dataset size for
-    relative thresholds)."""
+    relative thresholds). ``reference`` is the per-image table of a source set the dataset
+    is compared with (its embeddings are in ``embeddings`` too)."""
 
     table: pd.DataFrame
     settings: dict[str, Any] = field(default_factory=dict)
     embeddings: Any = None  # auditor.embed.Embeddings, or None when the scan ran with --no-embed
+    reference: pd.DataFrame | None = None  # the source set's table (``--source``), same columns
+    shift_params: dict[str, dict] = field(default_factory=dict)  # params of the enabled shift rules
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -139,6 +147,6 @@ def register(name: str, family: str, params: dict[str, type | tuple[type, ...]] 
 
 def load_all() -> dict[str, CheckSpec]:
     """Import every check module (registration happens at import) and return the registry."""
-    from . import duplicates, embedding, integrity, quality  # noqa: F401
+    from . import duplicates, embedding, integrity, quality, shift  # noqa: F401
 
     return REGISTRY

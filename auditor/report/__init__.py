@@ -73,7 +73,8 @@ def image_table(result: ScanResult) -> pd.DataFrame:
 
 
 def write_outputs(result: ScanResult, store: Store) -> dict[str, Path]:
-    """Write report.json, images.parquet and report.html into ``result.out_dir``."""
+    """Write report.json, images.parquet, report.html (and projection.parquet when the scan
+    compared sets) into ``result.out_dir``."""
     from .html import render_html
 
     out = Path(result.out_dir)
@@ -83,6 +84,11 @@ def write_outputs(result: ScanResult, store: Store) -> dict[str, Path]:
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     atomic_write_bytes(files["table"], buf.getvalue())
+    if result.projection is not None:
+        files["projection"] = out / "projection.parquet"
+        buf = io.BytesIO()
+        result.projection.to_parquet(buf, index=False)
+        atomic_write_bytes(files["projection"], buf.getvalue())
     atomic_write_bytes(files["html"], render_html(result, store).encode("utf-8"))
     atomic_write_bytes(files["json"], report_json_bytes(result.report))
     return files

@@ -27,6 +27,26 @@ def _env() -> Environment:
     )
 
 
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def _scatter(frame, size: int = 420, pad: int = 10) -> dict | None:
+    """Projection points scaled into an SVG box: (x, y, colour, label) per point."""
+    if frame is None or not len(frame):
+        return None
+    xy = frame[["x", "y"]].to_numpy(dtype=float)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    scale = (size - 2 * pad) / max(float((hi - lo).max()), 1e-9)
+    pts = (xy - lo) * scale + pad
+    groups = list(dict.fromkeys(frame["group"]))
+    color = {g: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(groups)}
+    points = [
+        (round(float(x), 1), round(float(size - y), 1), color[g], f"{g}: {p}")
+        for (x, y), g, p in zip(pts, frame["group"], frame["path"], strict=True)
+    ]
+    return {"method": frame.attrs.get("method", ""), "points": points, "legend": list(color.items())}
+
+
 def render_html(result: ScanResult, store: Store) -> str:
     report = result.report
     sections: dict[str, list[dict]] = {}
@@ -34,6 +54,8 @@ def render_html(result: ScanResult, store: Store) -> str:
         sections.setdefault(f["check"], []).append(f)
     shown = {c: fs[:MAX_FINDINGS_PER_SECTION] for c, fs in sections.items()}
     wanted = {p for fs in shown.values() for f in fs for p in f["paths"][:MAX_THUMBS_PER_FINDING]}
+    for s in report.get("shift") or []:
+        wanted |= {im["path"] for im in ((s.get("out_of_support") or {}).get("images") or [])[:MAX_THUMBS_PER_FINDING]}
     table = result.table
     hash_of = {
         p: h for p, h in zip(table["path"], table["content_hash"], strict=True)
@@ -64,5 +86,6 @@ def render_html(result: ScanResult, store: Store) -> str:
             classes=classes,
             width_median=float(ok["width"].median()) if len(ok) else 0,
             height_median=float(ok["height"].median()) if len(ok) else 0,
+            scatter=_scatter(result.projection),
         )
     )
