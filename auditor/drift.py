@@ -189,6 +189,29 @@ def _holdout_p(z: np.ndarray, is_target: np.ndarray, seed: int, c: float) -> flo
     return float(mannwhitneyu(s[t], s[~t], alternative="greater").pvalue)
 
 
+@dataclass
+class TwoSampleResult:
+    mmd: MMDResult
+    c2st: C2STResult
+    p_value: float  # Bonferroni combination of the two exact tests
+
+    @property
+    def magnitude(self) -> float:
+        return self.c2st.magnitude
+
+
+def two_sample(x: np.ndarray, y: np.ndarray, permutations: int = 500, seed: int = 0) -> TwoSampleResult:
+    """The shift decision's two tests on L2-normalised rows: the MMD permutation test and
+    the classifier test. Both are exact under the null, and the Bonferroni combination
+    ``min(1, 2 * min(p_mmd, p_classifier))`` keeps the false-alarm rate at its level. The
+    MMD catches diffuse differences, the classifier concentrated ones (at n = 200 it
+    detects darkened photos that the median-bandwidth MMD misses in a quarter of seeds)."""
+    xs, ys = normalize(x), normalize(y)
+    mmd = mmd_test(xs, ys, permutations, seed=seed)
+    c2 = c2st(xs, ys, seed=seed)
+    return TwoSampleResult(mmd, c2, min(1.0, 2.0 * min(mmd.p_value, c2.p_value)))
+
+
 def fid(x: np.ndarray, y: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to the rows of ``x`` and ``y``:
     ``|mu_x - mu_y|^2 + tr(S_x) + tr(S_y) - 2 tr((S_x S_y)^1/2)``. The trace of the matrix

@@ -111,6 +111,19 @@ def random_crops(
     return out
 
 
+def mixed_samples(
+    pool: np.ndarray, other: np.ndarray, share: float, n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint samples of ``n`` rows: a reference from ``pool``, and a target from the
+    rest of ``pool`` with ``share`` of its rows replaced by rows of ``other`` (a partial
+    shift of known size). ``pool`` needs ``2n`` rows. Seeded."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(pool))
+    k = int(round(share * n))
+    target = np.concatenate([pool[perm[n : 2 * n - k]], other[rng.choice(len(other), k, replace=False)]])
+    return pool[perm[:n]], target
+
+
 # -- defects: each takes and returns uint8 RGB ----------------------------------------
 
 
