@@ -232,9 +232,10 @@ def scan(
     checks that need it; ``backbone``/``weights``/``layer``/``preprocess`` choose it (see
     :func:`auditor.backbones.get_backbone`; default EfficientNet-Lite0).
 
-    ``source``: a source-like reference set (any supported layout, ``source_layout`` /
-    ``source_manifest``) the dataset is compared with (``domain_shift``); without it the
-    dataset's splits are compared with ``train`` (``split_shift``). ``projection``: compute
+    ``source``: a source-like reference set (a folder in any supported layout, see
+    ``source_layout`` / ``source_manifest``; or a CSV manifest, whose folder is the root) the
+    dataset is compared with (``domain_shift``); without it the dataset's splits are compared
+    with ``train`` (``split_shift``). ``projection``: compute
     the 2-D UMAP projection of the compared sets for the report (needs embeddings).
     """
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
@@ -244,6 +245,8 @@ def scan(
     disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
     src_disc = None
     if source is not None:
+        if source_manifest is None and Path(source).suffix.lower() == ".csv" and Path(source).is_file():
+            source, source_manifest = Path(source).parent, Path(source)  # a manifest names its folder
         src_disc = discover(source, layout=source_layout, manifest=source_manifest, follow_symlinks=follow_symlinks)
     options = ExtractOptions(max_pixels=max_pixels) if max_pixels else ExtractOptions()
     store = Store.open_default(cache_dir) if use_cache else Store(None)

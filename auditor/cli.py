@@ -184,7 +184,11 @@ def scan(
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
     source: Annotated[
-        Path | None, typer.Option(help="A source-like reference set to compare the dataset with (domain shift).")
+        Path | None,
+        typer.Option(
+            help="A source-like reference set to compare the dataset with (domain shift): a folder, "
+            "or a CSV manifest (path,label[,split]) whose paths are relative to its folder."
+        ),
     ] = None,
     source_layout: Annotated[str, typer.Option(help="Layout of --source (as --layout).")] = "auto",
     source_manifest: Annotated[Path | None, typer.Option(help="CSV manifest of --source.")] = None,

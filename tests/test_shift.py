@@ -276,3 +276,29 @@ def test_split_shift_label_shift_and_no_embed(tmp_path):
     assert entry["verdict"] == "skipped" and "no-embed" in entry["skipped"]
     assert {"property_shift", "label_shift"} <= {f.check for f in bare.findings}
     assert bare.report["pretraining_gap"] is None
+
+
+def test_source_manifest_class_conditional_shift_and_missing_source_is_exit_2(tmp_path):
+    """--source may be a CSV manifest; with labels on both sides the class that moved is named."""
+    src, tgt = tmp_path / "src", tmp_path / "tgt"
+    rows = ["path,label"]
+    for i, (_n, rgb) in enumerate(synth.random_crops(60, 128, seed=51)):
+        label = "a" if i % 2 else "b"
+        synth.write(src / "imgs" / f"{i:03d}.jpg", synth.jpeg_bytes(rgb, 90))
+        rows.append(f"imgs/{i:03d}.jpg,{label}")
+    (src / "labels.csv").write_text("\n".join(rows) + "\n")
+    for i, (_n, rgb) in enumerate(synth.random_crops(60, 128, seed=52)):
+        label = "a" if i % 2 else "b"
+        if label == "b":
+            rgb = synth.blur(rgb, 3.0)  # only class b moved
+        synth.write(tgt / label / f"{i:03d}.jpg", synth.jpeg_bytes(rgb, 90))
+    r = api.scan(tgt, source=src / "labels.csv", write=False, projection=False)
+    (entry,) = r.report["shift"]
+    assert r.report["source"]["layout"] == "manifest" and r.report["source"]["images"] == 60
+    classes = entry["classes"]
+    assert [c["class"] for c in classes] == ["b", "a"] and classes[0]["p_value"] < 0.01
+    assert classes[0]["mmd2"] > 3 * max(classes[1]["mmd2"], 1e-4)
+    assert any("classes that moved most: b" in e for e in entry["explanations"])
+
+    res = CliRunner().invoke(app, ["scan", str(tgt), "--source", str(tmp_path / "nowhere"), "--no-embed"])
+    assert res.exit_code == 2 and "nowhere" in res.output
