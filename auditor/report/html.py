@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING
 
+import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..measure import MEASURE_VERSION
@@ -40,9 +41,11 @@ def _scatter(frame, size: int = 420, pad: int = 10) -> dict | None:
     pts = (xy - lo) * scale + pad
     groups = list(dict.fromkeys(frame["group"]))
     color = {g: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(groups)}
+    order = np.random.default_rng(0).permutation(len(frame))  # interleave groups: none hides the other
+    group, path = frame["group"].to_numpy(), frame["path"].to_numpy()
     points = [
-        (round(float(x), 1), round(float(size - y), 1), color[g], f"{g}: {p}")
-        for (x, y), g, p in zip(pts, frame["group"], frame["path"], strict=True)
+        (round(float(pts[i, 0]), 1), round(float(size - pts[i, 1]), 1), color[group[i]], f"{group[i]}: {path[i]}")
+        for i in order
     ]
     return {"method": frame.attrs.get("method", ""), "points": points, "legend": list(color.items())}
 
