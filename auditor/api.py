@@ -149,6 +149,7 @@ def build_report(
                 "enabled": rules.checks[name].enabled,
                 "severity": rules.checks[name].severity,
                 "findings": counts.get(name, 0),
+                "skipped": ctx.skipped.get(name) if ctx is not None else None,
             }
             for name in registry
         },  # fmt: skip

@@ -102,6 +102,13 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         mark = {"fail": " [bold red]FAIL[/]", "warn": " [yellow]over limit[/]"}.get(status, "")
         sev = info["severity"]
         table.add_row(name, f"[{_SEV_STYLE[sev]}]{sev}[/]", str(len(fs)) + mark, ex)
+    skipped: dict[str, list[str]] = {}
+    for name, info in report["checks"].items():
+        if info["enabled"] and info.get("skipped") and not by_check.get(name):
+            skipped.setdefault(info["skipped"], []).append(name)
+    if skipped:
+        lines = "; ".join(f"{', '.join(names)} ({why})" for why, names in skipped.items())
+        console.print(f"not run: {lines}", style="dim", highlight=False)
     if table.row_count:
         console.print(table)
     else:

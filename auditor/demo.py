@@ -34,8 +34,9 @@ def build_demo(root: str | Path, tile: int = 128, seed: int = 0) -> dict:
     count = 0
     for cls, ts in tiles.items():
         order = rng.permutation(len(ts))
-        spare.extend((cls, ts[i]) for i in order[:3])
-        rest = order[3:]
+        n_spare = min(4, len(ts) - 3)  # keep at least 3 clean tiles per class (val and train)
+        spare.extend((cls, ts[i]) for i in order[:n_spare])
+        rest = order[n_spare:]
         n_val = max(2, len(rest) // 4)
         for k, i in enumerate(rest):
             split = "val" if k < n_val else "train"
@@ -101,6 +102,17 @@ def build_demo(root: str | Path, tile: int = 128, seed: int = 0) -> dict:
     c, px = nxt()
     add("near_duplicate", f"train/{c}/photo.jpg", synth.jpeg_bytes(px, 92))
     add("near_duplicate", f"train/{c}/mirrored.jpg", synth.jpeg_bytes(synth.hflip(px), 92))
+    # label defects: one picture filed under two classes, a class spelled two ways, a val
+    # class that train never shows
+    c, px = nxt()
+    other = next(k for k in DEMO_CLASSES if k != c)
+    data = synth.jpeg_bytes(px, 92)
+    add("label_conflict", f"train/{c}/filed_twice.jpg", data)
+    add("label_conflict", f"train/{other}/filed_twice.jpg", data)
+    c, px = nxt()
+    add("class_name_inconsistency", f"train/{c.capitalize()}/capitalised_class.jpg", synth.jpeg_bytes(px, 92))
+    c, px = nxt()
+    add("unseen_class", "val/zebra/not_in_train.jpg", synth.jpeg_bytes(px, 92))
     (root / "README.txt").write_text("Demo dataset built by `audit demo`. Not an image: skipped.\n")
     (root / "defects.json").write_text(json.dumps(defects, indent=2) + "\n")
     return {"images": count, "defects": defects}

@@ -8,6 +8,7 @@ scikit-learn's ``china.jpg``/``flower.jpg`` and 8x8 digits.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,27 @@ def mixed_samples(
     return pool[perm[:n]], target
 
 
+def digits_dataset(
+    root: Path, flip_fraction: float = 0.05, size: int = 64, seed: int = 0, limit: int | None = None
+) -> list[str]:
+    """scikit-learn's 1,797 handwritten digits (upscaled to ``size``), written as class
+    folders ``root/<digit>/<index>.png`` with ``flip_fraction`` of them filed under a
+    wrong, randomly chosen class. Returns the relative paths of the mislabelled files."""
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target[:limit]
+    rng = np.random.default_rng(seed)
+    flipped = set(rng.choice(len(target), int(round(flip_fraction * len(target))), replace=False).tolist())
+    out = []
+    for i, true in enumerate(target):
+        label = int(true)
+        if i in flipped:
+            label = int(rng.choice([c for c in range(10) if c != true]))
+            out.append(f"{label}/{i:04d}.png")
+        write(root / str(label) / f"{i:04d}.png", png_bytes(digit(i, size)))
+    return sorted(out)
+
+
 # -- defects: each takes and returns uint8 RGB ----------------------------------------
 
 
@@ -178,12 +200,17 @@ def downscale(rgb: np.ndarray, factor: int = 4) -> np.ndarray:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _digit_images() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().images
+
+
 def digit(index: int = 0, size: int = 128) -> np.ndarray:
     """A scikit-learn 8x8 handwritten digit scaled up to ``size`` x ``size`` RGB (dark ink on
     white), an image from a different domain than photos."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits().images[index]  # 0..16
+    d = _digit_images()[index]  # 0..16
     g = (255 - d * (255 / 16)).astype(np.uint8)
     img = Image.fromarray(g).resize((size, size), Image.Resampling.BILINEAR)
     return np.repeat(np.asarray(img)[:, :, None], 3, axis=2)

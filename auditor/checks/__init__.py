@@ -78,7 +78,14 @@ class CheckContext:
     embeddings: Any = None  # auditor.embed.Embeddings, or None when the scan ran with --no-embed
     reference: pd.DataFrame | None = None  # the source set's table (``--source``), same columns
     shift_params: dict[str, dict] = field(default_factory=dict)  # params of the enabled shift rules
+    skipped: dict[str, str] = field(default_factory=dict)  # check name -> why it could not run
     _cache: dict = field(default_factory=dict, repr=False)
+
+    def skip(self, check: str, reason: str) -> list[Finding]:
+        """Record that ``check`` could not run here (reported in ``report.json``) and return
+        no findings: ``return ctx.skip("label_issue", "the dataset is unlabeled")``."""
+        self.skipped[check] = reason
+        return []
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -117,6 +124,8 @@ class CheckContext:
         return cached[0][:, :k], cached[1][:, :k]
 
 
+NO_EMBEDDINGS = "no embeddings (scan ran with --no-embed)"
+
 CheckFn = Callable[[CheckContext, dict[str, Any]], list[Finding]]
 
 
@@ -147,6 +156,6 @@ def register(name: str, family: str, params: dict[str, type | tuple[type, ...]] 
 
 def load_all() -> dict[str, CheckSpec]:
     """Import every check module (registration happens at import) and return the registry."""
-    from . import duplicates, embedding, integrity, quality, shift  # noqa: F401
+    from . import duplicates, embedding, integrity, labels, quality, shift  # noqa: F401
 
     return REGISTRY

@@ -25,6 +25,16 @@ def _split_key(split) -> str:
 
 #: Neighbours per image examined for embedding near duplicates.
 EMBEDDING_NEIGHBOURS = 10
+NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float}
+
+
+def near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[list[int]], dict]:
+    """Cached :func:`_near_graph` (near_duplicate, leakage and label_conflict share it when
+    their thresholds agree)."""
+    key = ("near_graph", *(params[k] for k in sorted(NEAR_PARAMS)))
+    if key not in ctx._cache:
+        ctx._cache[key] = _near_graph(ctx, t, params)
+    return ctx._cache[key]
 
 
 def _near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[list[int]], dict]:
@@ -108,9 +118,6 @@ def exact_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     return sorted(out, key=lambda f: f.paths[0])
 
 
-NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float}
-
-
 @register("near_duplicate", "duplicates", NEAR_PARAMS)
 def near_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     """Groups of images that are the same picture re-encoded, resized or lightly edited
@@ -121,7 +128,7 @@ def near_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     t = ctx.ok.reset_index(drop=True)
     if len(t) < 2:
         return []
-    groups, evidence = _near_graph(ctx, t, params)
+    groups, evidence = near_graph(ctx, t, params)
     out = []
     for group in groups:
         by_split: dict[str, list[int]] = defaultdict(list)
@@ -148,8 +155,8 @@ def leakage(ctx: CheckContext, params: dict) -> list[Finding]:
     evaluation is no longer on unseen data. Score 1 for identical copies, else 1 - d/64."""
     t = ctx.ok.reset_index(drop=True)
     if t["split"].dropna().nunique() < 2:
-        return []
-    groups, evidence = _near_graph(ctx, t, params)
+        return ctx.skip("leakage", "the dataset has fewer than two splits")
+    groups, evidence = near_graph(ctx, t, params)
     out = []
     for group in groups:
         splits = {s for s in t.iloc[group]["split"] if isinstance(s, str)}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..neighbors import knn
-from . import CheckContext, Finding, register
+from . import NO_EMBEDDINGS, CheckContext, Finding, register
 from .quality import _relative_ok, robust_z
 
 
@@ -35,12 +35,12 @@ def outlier(ctx: CheckContext, params: dict) -> list[Finding]:
     (0..2, cosine distance)."""
     got = ctx.ok_vectors()
     if got is None:
-        return []
+        return ctx.skip("outlier", NO_EMBEDDINGS)
     t = ctx.ok.reset_index(drop=True)
     vectors, mask = got
     k = params["neighbours"]
     if not _relative_ok(ctx, int(mask.sum())) or mask.sum() <= k:
-        return []
+        return ctx.skip("outlier", f"too few embedded images ({int(mask.sum())}) to say what is typical")
     _, sims = ctx.ok_knn(k)
     dist = pd.Series(np.where(mask, 1.0 - sims.mean(axis=1), np.nan))
     z = robust_z(dist)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .. import drift
 from ..explain import compare_labels, compare_properties
-from . import CheckContext, Finding, register
+from . import NO_EMBEDDINGS, CheckContext, Finding, register
 
 #: Split names that are compared against ``train``, in report order.
 TARGET_SPLITS = ("val", "valid", "validation", "dev", "test")
@@ -126,7 +126,7 @@ def analyse(ctx: CheckContext, pair: Pair, params: dict) -> dict:
         "embedding": None, "skipped": None,
     }  # fmt: skip
     if ctx.embeddings is None:
-        result["skipped"] = "no embeddings (scan ran with --no-embed)"
+        result["skipped"] = NO_EMBEDDINGS
     else:
         x, xr = _vectors(ctx, pair.ref_rows)
         y, yr = _vectors(ctx, pair.tgt_rows)
@@ -180,10 +180,14 @@ def explanations(result: dict, top: int = 3) -> list[str]:
 
 def _shift_findings(ctx: CheckContext, params: dict, kind: str, check: str) -> list[Finding]:
     out = []
-    for pair in pairs(ctx):
-        if pair.kind != kind:
-            continue
+    mine = [p for p in pairs(ctx) if p.kind == kind]
+    if not mine:
+        why = "no --source given" if kind == "domain" else "no train split and another split to compare"
+        return ctx.skip(check, why)
+    for pair in mine:
         result = analyse(ctx, pair, params)
+        if result["skipped"]:
+            ctx.skipped[check] = f"{pair.reference} vs {pair.target}: {result['skipped']}"
         emb = result["embedding"]
         if verdict(emb, params) != "shift":
             continue
@@ -334,8 +338,11 @@ def pretraining_gap(ctx: CheckContext, params: dict) -> list[Finding]:
     level is ``moderate`` or ``far`` (bands in the rules). Score: the feature gap (or 1 -
     head confidence when the backbone records no BatchNorm statistics)."""
     gap = dataset_gap(ctx)
-    if gap is None or gap["images"] < params["min_images"]:
-        return []
+    if gap is None:
+        return ctx.skip("pretraining_gap", NO_EMBEDDINGS if ctx.embeddings is None else
+                        "the backbone records neither BatchNorm statistics nor ImageNet probabilities")  # fmt: skip
+    if gap["images"] < params["min_images"]:
+        return ctx.skip("pretraining_gap", f"fewer than {params['min_images']} embedded images")
     level = gap_level(gap, params)
     if level == "near":
         return []

@@ -1,0 +1,287 @@
+"""Label and annotation consistency: ``label_conflict``, ``label_issue``,
+``class_name_inconsistency``, ``class_imbalance``, ``unseen_class``.
+
+Each check skips itself (with the reason in ``report.json``) on unlabeled data.
+``label_issue`` uses confident learning (``cleanlab.filter.find_label_issues``, Apache-2.0)
+on out-of-fold predicted probabilities of a logistic regression on the frozen embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+
+import numpy as np
+import pandas as pd
+
+from . import NO_EMBEDDINGS, CheckContext, Finding, register
+from .duplicates import NEAR_PARAMS, _closest, _evidence_text, kind_key, near_graph
+
+UNLABELED = "the dataset is unlabeled (no class folders or label column)"
+
+
+def _labeled(ctx: CheckContext) -> pd.DataFrame:
+    """Decoded rows with a label, positional index as in ``ctx.ok``."""
+    t = ctx.ok.reset_index(drop=True)
+    return t[t["label"].map(lambda x: isinstance(x, str))]
+
+
+@register("label_conflict", "labels", NEAR_PARAMS)
+def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Copies of one image (identical pixels, near-identical hashes, or embedding near
+    duplicates, as ``near_duplicate``) that carry different labels, within a split or
+    across splits. Every member is listed with its split and label. Score 1 for identical
+    copies, else the strength of the closest match (0..1)."""
+    labeled = _labeled(ctx)
+    if labeled.empty:
+        return ctx.skip("label_conflict", UNLABELED)
+    t = ctx.ok.reset_index(drop=True)
+    groups, evidence = near_graph(ctx, t, params)
+    out = []
+    for group in groups:
+        labels = {t.iloc[m]["label"] for m in group if isinstance(t.iloc[m]["label"], str)}
+        if len(labels) < 2:
+            continue
+        members = sorted(group, key=lambda m: (str(t.iloc[m]["label"]), str(t.iloc[m]["split"]), t.iloc[m]["path"]))
+        identical = t.iloc[group]["pixel_hash"].nunique() == 1
+        kind, value, score = ("pixels", 0, 1.0) if identical else _closest(
+            evidence, group, t["pixel_hash"], skip_identical=False)  # fmt: skip
+        rows = [{"path": t.iloc[m]["path"], "split": t.iloc[m]["split"], "label": t.iloc[m]["label"]} for m in members]
+        where = ", ".join(f"{r['label']!r} ({r['path']})" for r in rows[:6]) + (" ..." if len(rows) > 6 else "")
+        what = "identical copies" if identical else f"near copies ({_evidence_text(kind, value)})"
+        out.append(Finding(
+            "label_conflict", [r["path"] for r in rows], score,
+            f"{len(rows)} {what} carry {len(labels)} different labels: {where}",
+            {"labels": sorted(labels), "identical": identical, "evidence": kind, kind_key(kind): value,
+             "splits": sorted({r["split"] for r in rows if isinstance(r["split"], str)}), "members": rows},
+        ))  # fmt: skip
+    return sorted(out, key=lambda f: (-f.score, f.paths[0]))
+
+
+def out_of_fold_probabilities(
+    vectors: np.ndarray, labels: np.ndarray, folds: int = 5, c: float = 0.1, seed: int = 0
+) -> np.ndarray:
+    """Out-of-fold class probabilities (n, n_classes) of an L2-regularised logistic
+    regression on the L2-normalised, standardised rows of ``vectors`` (n, d), stratified
+    ``folds``-fold. ``labels``: ints 0..n_classes-1, every class at least ``folds`` times."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    from ..neighbors import normalize
+
+    z = StandardScaler().fit_transform(normalize(vectors).astype(np.float64))
+    n_classes = int(labels.max()) + 1
+    probs = np.zeros((len(z), n_classes))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, labels):
+        clf = LogisticRegression(C=c, max_iter=2000, tol=1e-3, random_state=seed).fit(z[train], labels[train])
+        probs[np.ix_(test, clf.classes_)] = clf.predict_proba(z[test])
+    return probs
+
+
+LABEL_ISSUE_PARAMS = {"folds": int, "min_class_images": int, "regularization": float, "filter_by": str}
+FILTERS = ("both", "prune_by_noise_rate", "prune_by_class", "confident_learning", "predicted_neq_given")
+
+
+@register("label_issue", "labels", LABEL_ISSUE_PARAMS)
+def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Likely mislabelled images, by confident learning (cleanlab's ``find_label_issues``
+    with ``filter_by``) on out-of-fold probabilities of a logistic regression on the
+    backbone's embeddings (``folds``-fold, inverse regularisation ``regularization``),
+    over the labeled images of all splits. Classes with fewer than ``min_class_images``
+    images are left out. Score: 1 - cleanlab's label quality (self-confidence), 0..1,
+    ranked; each finding names the given and the suggested label."""
+    labeled = _labeled(ctx)
+    if labeled.empty:
+        return ctx.skip("label_issue", UNLABELED)
+    got = ctx.ok_vectors()
+    if got is None:
+        return ctx.skip("label_issue", NO_EMBEDDINGS)
+    if params["filter_by"] not in FILTERS:
+        return ctx.skip("label_issue", f"unknown filter_by {params['filter_by']!r}; expected one of {FILTERS}")
+    vectors, mask = got
+    counts = labeled["label"][mask[labeled.index]].value_counts()
+    keep_classes = sorted(c for c, n in counts.items() if n >= max(params["min_class_images"], params["folds"]))
+    rows = labeled[mask[labeled.index] & labeled["label"].isin(keep_classes)]
+    if len(keep_classes) < 2:
+        need = max(params["min_class_images"], params["folds"])
+        return ctx.skip("label_issue", f"fewer than 2 classes with at least {need} embedded images")
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    code = {c: i for i, c in enumerate(keep_classes)}
+    y = rows["label"].map(code).to_numpy()
+    probs = out_of_fold_probabilities(vectors[rows.index], y, params["folds"], params["regularization"])
+    issues = find_label_issues(y, probs, filter_by=params["filter_by"], n_jobs=1)
+    quality = get_label_quality_scores(y, probs, method="self_confidence")
+    out = []
+    for i in np.flatnonzero(issues):
+        row = rows.iloc[i]
+        suggested = keep_classes[int(np.argmax(probs[i]))]
+        given = row["label"]
+        out.append(Finding(
+            "label_issue", [row["path"]], 1.0 - float(quality[i]),
+            f"labelled {given!r}, looks like {suggested!r} (p={probs[i].max():.2f}; "
+            f"p of the given label {probs[i, y[i]]:.2f})",
+            {"given_label": given, "suggested_label": suggested, "label_quality": float(quality[i]),
+             "suggested_probability": float(probs[i].max()), "split": row["split"] if isinstance(row["split"], str)
+             else None},
+        ))  # fmt: skip
+    left_out = sorted(set(counts.index) - set(keep_classes))
+    if left_out:
+        ctx.skipped["label_issue"] = f"classes with too few images left out: {', '.join(map(str, left_out[:10]))}"
+    return sorted(out, key=lambda f: (-f.score, f.paths[0]))
+
+
+def _normal_name(name: str) -> str:
+    """Case, whitespace, '-', '_' and a plural 's' removed: 'Cats_ ' -> 'cat'."""
+    s = re.sub(r"[\s_\-.]+", "", name.strip().lower())
+    if len(s) > 3 and s.endswith("ies"):
+        return s[:-3] + "y"
+    if len(s) > 3 and s.endswith("s") and not s.endswith("ss"):
+        return s[:-1]
+    return s
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True when a and b differ by one substitution, insertion, deletion or adjacent swap,
+    and the difference is not a digit (class1 / class2 are different classes)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        if len(diff) == 1:
+            return not (a[diff[0]].isdigit() or b[diff[0]].isdigit())
+        return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    for i in range(len(long_)):
+        if long_[:i] + long_[i + 1 :] == short:
+            return not long_[i].isdigit()
+    return False
+
+
+@register("class_name_inconsistency", "labels", {"min_length_for_typo": int})
+def class_name_inconsistency(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Class names that are one class written differently: equal after ignoring case,
+    whitespace, '-', '_', '.' and a plural 's' ('Cat', 'cat', 'cats', 'cat_'), or one letter
+    apart (a typo) when at least ``min_length_for_typo`` letters long. Suggests merging into
+    the spelling with the most images; the images under the other spellings are listed.
+    Score: the share of the group's images under the other spellings."""
+    labels = ctx.table["label"][ctx.table["label"].map(lambda x: isinstance(x, str))]
+    if labels.empty:
+        return ctx.skip("class_name_inconsistency", UNLABELED)
+    counts = Counter(labels)
+    names = sorted(counts)
+    parent = {n: n for n in names}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    norm = {n: _normal_name(n) for n in names}
+    by_norm: dict[str, list[str]] = defaultdict(list)
+    for n in names:
+        by_norm[norm[n]].append(n)
+    for group in by_norm.values():
+        for other in group[1:]:
+            parent[find(other)] = find(group[0])
+    keys = sorted(by_norm)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if min(len(a), len(b)) >= params["min_length_for_typo"] and _one_edit(a, b):
+                parent[find(by_norm[b][0])] = find(by_norm[a][0])
+    groups: dict[str, list[str]] = defaultdict(list)
+    for n in names:
+        groups[find(n)].append(n)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda n: (-counts[n], n))
+        keep = members[0]
+        total = sum(counts[n] for n in members)
+        listed = ", ".join(f"{n!r} ({counts[n]})" for n in members)
+        rename = ctx.table[ctx.table["label"].isin(members[1:])]
+        out.append(Finding(  # paths: the images filed under the other spellings (to move)
+            "class_name_inconsistency", sorted(rename["path"]), 1.0 - counts[keep] / total,
+            f"{len(members)} class names look like one class: {listed}; merge into {keep!r}",
+            {"names": members, "counts": {n: counts[n] for n in members}, "suggested_name": keep},
+        ))  # fmt: skip
+    return sorted(out, key=lambda f: f.details["suggested_name"])
+
+
+def _split_groups(t: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    splits = sorted({s for s in t["split"] if isinstance(s, str)})
+    return [(s, t[t["split"] == s]) for s in splits] if splits else [(None, t)]
+
+
+@register("class_imbalance", "labels", {"max_ratio": float, "min_images_per_class": int})
+def class_imbalance(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Per split, the ratio of the largest to the smallest class above ``max_ratio``; and
+    classes with fewer than ``min_images_per_class`` images in the training split (the
+    whole dataset when it has no splits): too few to learn from. Score: the ratio, or the
+    missing share of the minimum for a small class."""
+    t = _labeled(ctx)
+    if t.empty:
+        return ctx.skip("class_imbalance", UNLABELED)
+    out = []
+    has_splits = t["split"].map(lambda s: isinstance(s, str)).any()
+    for split, rows in _split_groups(t):
+        counts = rows["label"].value_counts()
+        where = f" in {split}" if split else ""
+        if len(counts) >= 2:
+            ratio = counts.iloc[0] / counts.iloc[-1]
+            if ratio > params["max_ratio"]:
+                out.append(Finding(
+                    "class_imbalance", [], float(ratio),
+                    f"classes are imbalanced{where}: {counts.index[0]!r} has {counts.iloc[0]} images, "
+                    f"{counts.index[-1]!r} {counts.iloc[-1]} ({ratio:.1f}x)",
+                    {"split": split, "counts": {str(k): int(v) for k, v in counts.items()}, "ratio": float(ratio)},
+                ))  # fmt: skip
+        if has_splits and split != "train":
+            continue
+        for label, n in counts.items():
+            if n < params["min_images_per_class"]:
+                out.append(Finding(  # about the class, not its images: no paths are flagged
+                    "class_imbalance", [], 1.0 - n / params["min_images_per_class"],
+                    f"class {label!r} has only {n} image{'s' if n != 1 else ''}{where}: too few to learn from "
+                    f"(fewer than {params['min_images_per_class']})",
+                    {"split": split, "label": label, "images": int(n)},
+                ))  # fmt: skip
+    return out
+
+
+@register("unseen_class", "labels")
+def unseen_class(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Classes in a val/test split that ``train`` never shows (the model cannot get them
+    right), and ``train`` classes that a val/test split has no images of (their accuracy
+    is never measured). Score: the share of the split's images affected (first case), 0.5
+    (second)."""
+    t = _labeled(ctx)
+    if t.empty:
+        return ctx.skip("unseen_class", UNLABELED)
+    splits = {s for s in t["split"] if isinstance(s, str)}
+    if "train" not in splits or len(splits) < 2:
+        return ctx.skip("unseen_class", "no train split and evaluation split to compare")
+    train = set(t.loc[t["split"] == "train", "label"])
+    out = []
+    for split in sorted(splits - {"train"}):
+        rows = t[t["split"] == split]
+        present = set(rows["label"])
+        for label in sorted(present - train):
+            paths = sorted(rows.loc[rows["label"] == label, "path"])
+            out.append(Finding(
+                "unseen_class", paths, len(paths) / len(rows),
+                f"class {label!r} has {len(paths)} images in {split} and none in train",
+                {"split": split, "label": label, "kind": "not_in_train"},
+            ))  # fmt: skip
+        missing = sorted(train - present)
+        if missing:
+            out.append(Finding(
+                "unseen_class", [], 0.5,
+                f"{split} has no images of {len(missing)} train class(es): {', '.join(map(repr, missing[:10]))}",
+                {"split": split, "labels": missing, "kind": "not_in_split"},
+            ))  # fmt: skip
+    return out
