@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -60,6 +61,14 @@ def present_paths(disc: Discovery) -> list[str]:
     return [p for p, rel in zip(disc.items["abs_path"], disc.items["path"], strict=True) if rel not in missing]
 
 
+#: Numeric per-image measurements the checks read (NaN where an image did not decode).
+MEASURED_COLUMNS = (
+    "width", "height", "file_size", "bit_depth", "n_frames", "jpeg_quality", "transparent_fraction",
+    "brightness_mean", "brightness_p05", "brightness_p95", "contrast", "entropy", "sharpness", "laplacian_var",
+    "detail_ratio", "noise_sigma", "channel_spread", "colorfulness",
+)  # fmt: skip
+
+
 def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -> pd.DataFrame:
     """Join the items table with the measurements: one row per item, ``ok`` = decoded."""
     rows = []
@@ -72,9 +81,12 @@ def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -
             chash, props = measured[item["abs_path"]]
         rows.append({**item, "content_hash": chash, **props})
     table = pd.DataFrame(rows)
-    for col in ("error_kind", "error", "format", "pixel_hash", "phash", "dhash", "width", "height"):
+    for col in ("error_kind", "error", "format", "pixel_hash", "phash", "dhash", "mode"):
         if col not in table:
             table[col] = None
+    for col in MEASURED_COLUMNS:  # a dataset where nothing decodes still has every column
+        if col not in table:
+            table[col] = np.nan
     table["ok"] = table["error_kind"].isna()
     return table
 
@@ -83,7 +95,8 @@ def check_context(
     table: pd.DataFrame, rules: Rules, embeddings: Any = None, reference: pd.DataFrame | None = None
 ) -> CheckContext:
     """What the checks read: the dataset table, the embeddings, the source table (if any)."""
-    shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift") if rules.checks[n].enabled}
+    shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift", "property_shift")
+                    if rules.checks[n].enabled}  # fmt: skip
     return CheckContext(table=table, settings=rules.settings, embeddings=embeddings, reference=reference,
                         shift_params=shift_params)  # fmt: skip
 
@@ -150,6 +163,7 @@ def build_report(
                 "severity": rules.checks[name].severity,
                 "findings": counts.get(name, 0),
                 "skipped": ctx.skipped.get(name) if ctx is not None else None,
+                "note": ctx.notes.get(name) if ctx is not None else None,
             }
             for name in registry
         },  # fmt: skip

@@ -128,7 +128,7 @@ def print_shift(report: dict, console: Console = out_console, explanations: int 
     for s in report.get("shift") or []:
         head = f"shift {s['reference']} -> {s['target']}: "
         style = _VERDICT_STYLE.get(s["verdict"], "")
-        if s["verdict"] == "skipped":
+        if s["verdict"] == "skipped" or s.get("auc") is None:
             console.print(head + f"[{style}]skipped[/] ({s['skipped']})", highlight=False)
         else:
             lo, hi = s["auc_ci"]

@@ -124,7 +124,7 @@ def _rows_from_folders(root: Path, files: list[Path], layout: str) -> list[dict]
         split, label = None, None
         if layout == "split-folders":
             if parts[0].lower() in SPLIT_NAMES:
-                split = parts[0]
+                split = parts[0].lower()  # Train/ and train/ are one split
                 label = parts[1] if len(parts) > 2 else None
             else:  # a stray folder beside the splits: keep it, unsplit
                 label = parts[0] if len(parts) > 1 else None
@@ -168,7 +168,8 @@ def _rows_from_manifest(root: Path, manifest: Path, follow_symlinks: bool) -> tu
             for _n, raw in enumerate(reader, start=2):
                 rec = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
                 full = safe_relative(root, rec.get("path", ""), follow_symlinks)
-                row = _row(root, full, rec.get("split") or None, rec.get("label") or None)
+                split = (rec.get("split") or "").strip().lower() or None
+                row = _row(root, full, split, rec.get("label") or None)
                 row["path"] = PurePosixPath(rec["path"].replace("\\", "/")).as_posix()
                 if not full.exists():
                     missing.append(row["path"])

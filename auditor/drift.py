@@ -131,7 +131,7 @@ def delong_variance(scores: np.ndarray, is_target: np.ndarray) -> float:
 @dataclass
 class C2STResult:
     auc: float
-    auc_ci: tuple[float, float]  # 95% DeLong interval
+    auc_ci: tuple[float, float]  # 95% DeLong interval; approximate (fold scores correlate: too narrow)
     magnitude: float  # max(0, 2*AUC - 1)
     p_value: float  # one-sided, H0: AUC = 0.5; exact (held-out half, Mann-Whitney), see c2st
     folds: int

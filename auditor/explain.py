@@ -100,7 +100,7 @@ def _numeric(p: Property, ref: pd.Series, tgt: pd.Series, ref_name: str, tgt_nam
     effect = float((np.median(tt) - np.median(tr)) / spread)  # in pooled robust SDs (log scale if p.log)
     word = p.more if med_t > med_r else p.less
     unit = f" {p.unit}" if p.unit else ""
-    if p.log and min(med_r, med_t) > 0:
+    if p.log and min(med_r, med_t) > 0 and math.isfinite(max(med_r, med_t)):
         ratio = max(med_t, med_r) / min(med_t, med_r)
         how = f"{ratio:.1f}x {word}" if ratio >= 1.1 else f"slightly {word}"
     else:

@@ -203,3 +203,14 @@ def test_demo_finds_every_injected_defect(tmp_path):
     defects = json.loads((tmp_path / "demo" / "dataset" / "defects.json").read_text())
     assert f"Injected defects found: {len(defects)}/{len(defects)}" in res.output
     assert (tmp_path / "demo" / "report.html").exists()
+
+
+def test_dataset_where_nothing_decodes_is_reported_not_a_crash(tmp_path):
+    synth.write(tmp_path / "ds" / "a.jpg", synth.random_bytes(300))
+    synth.write(tmp_path / "ds" / "b.png", b"")
+    synth.write(tmp_path / "ds" / "c.jpg", synth.truncated_jpeg(synth.digit(0), keep=0.1))
+    res = scan(tmp_path / "ds", "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["dataset"]["unreadable"] == 3
+    assert {f["check"] for f in report["findings"]} == {"corrupt"}

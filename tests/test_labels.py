@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from auditor import api, synth
-from auditor.checks.labels import _normal_name, _one_edit
+from auditor.checks.labels import _normal_name, _one_edit, _tokens, _typo_of
 
 
 def _findings(result, check: str):
@@ -80,6 +80,15 @@ def test_class_name_spellings_are_one_class(tmp_path, tiles):
     ]
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("class_a", "class_b"), ("model_x", "model_y"), ("stage_I", "stage_V"), ("stage_II", "stage_III"),
+     ("lesion_ab", "lesion_ba"), ("walking", "talking"), ("cooking", "booking"), ("n01440746", "n01440764")],
+)  # fmt: skip
+def test_different_classes_one_letter_apart_are_not_merged(a, b):
+    assert not _typo_of(_tokens(a), _tokens(b), 6) and _normal_name(a) != _normal_name(b)
+
+
 def test_name_normalisation_rules():
     assert _normal_name(" Cats_ ") == "cat" and _normal_name("puppies") == "puppy" and _normal_name("glass") == "glass"
     assert _one_edit("retriever", "retreiver") and _one_edit("airplane", "aeroplane") is False
@@ -87,12 +96,14 @@ def test_name_normalisation_rules():
 
 
 def test_imbalance_and_unseen_classes(tmp_path, tiles):
-    plan = {("train", "a"): 30, ("train", "b"): 2, ("val", "a"): 5, ("val", "c"): 3}
+    # split folders in any case: Train/ and Val/ are the train and val splits
+    plan = {("Train", "a"): 30, ("Train", "b"): 2, ("Val", "a"): 5, ("Val", "c"): 3}
     it = iter(tiles)
     for (split, label), n in plan.items():
         for i in range(n):
             synth.write(tmp_path / split / label / f"{i}.jpg", synth.jpeg_bytes(next(it)[1], 90))
     r = api.scan(tmp_path, write=False, embed=False)
+    assert r.report["dataset"]["splits"] == {"train": 32, "val": 8}
     imb = _findings(r, "class_imbalance")
     assert any(f.details.get("ratio") == 15.0 and f.details["split"] == "train" for f in imb)
     small = [f for f in imb if f.details.get("label") == "b"]
@@ -100,6 +111,7 @@ def test_imbalance_and_unseen_classes(tmp_path, tiles):
     unseen = {(f.details["kind"], f.details.get("label") or tuple(f.details["labels"]))
               for f in _findings(r, "unseen_class")}  # fmt: skip
     assert unseen == {("not_in_train", "c"), ("not_in_split", ("b",))}
+    assert not _findings(r, "label_shift")  # one-sided classes between splits: unseen_class only, not twice
 
 
 def test_label_checks_skip_unlabeled_data_and_say_why(tmp_path, tiles):

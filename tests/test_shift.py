@@ -251,7 +251,7 @@ def test_cli_source_reports_domain_shift_and_is_repeatable(tmp_path):
     assert reports[0]["shift"] == reports[1]["shift"]  # seeded: the same input gives the same numbers
 
 
-def test_split_shift_label_shift_and_no_embed(tmp_path):
+def test_split_shift_explains_itself_and_runs_without_embeddings(tmp_path):
     crops = synth.random_crops(160, 128, seed=41)
     for i, (_name, rgb) in enumerate(crops):
         split = "train" if i < 100 else "val"
@@ -264,17 +264,18 @@ def test_split_shift_label_shift_and_no_embed(tmp_path):
     (entry,) = r.report["shift"]
     assert (entry["reference"], entry["target"], entry["verdict"]) == ("train", "val", "shift")
     checks = {f.check for f in r.findings}
-    assert {"split_shift", "property_shift", "label_shift"} <= checks
+    assert {"split_shift", "property_shift", "unseen_class"} <= checks
     top = next(f for f in r.findings if f.check == "property_shift")
     assert top.details["property"] == "noise"
-    ls = next(f for f in r.findings if f.check == "label_shift")
-    assert ls.details["only_target"] == ["c"] and ls.details["only_reference"] == ["b"]
+    # the one-sided classes are in the comparison (and are unseen_class findings, not label_shift too)
+    assert entry["labels"]["only_target"] == ["c"] and entry["labels"]["only_reference"] == ["b"]
+    assert "label_shift" not in checks
     assert r.report["pretraining_gap"]["level"] == "near"
 
     bare = api.scan(tmp_path / "ds", write=False, embed=False)
     (entry,) = bare.report["shift"]
     assert entry["verdict"] == "skipped" and "no-embed" in entry["skipped"]
-    assert {"property_shift", "label_shift"} <= {f.check for f in bare.findings}
+    assert "property_shift" in {f.check for f in bare.findings}
     assert bare.report["pretraining_gap"] is None
 
 
@@ -302,3 +303,16 @@ def test_source_manifest_class_conditional_shift_and_missing_source_is_exit_2(tm
 
     res = CliRunner().invoke(app, ["scan", str(tgt), "--source", str(tmp_path / "nowhere"), "--no-embed"])
     assert res.exit_code == 2 and "nowhere" in res.output
+
+
+def test_label_shift_between_source_and_dataset(tmp_path):
+    crops = synth.random_crops(80, 96, seed=61)
+    for i, (_n, rgb) in enumerate(crops[:40]):
+        synth.write(tmp_path / "src" / ("a" if i % 2 else "b") / f"{i}.jpg", synth.jpeg_bytes(rgb, 90))
+    for i, (_n, rgb) in enumerate(crops[40:]):
+        label = "a" if i % 10 else ("b" if i % 20 else "c")  # 90% a, b rare, c new
+        synth.write(tmp_path / "tgt" / label / f"{i}.jpg", synth.jpeg_bytes(rgb, 90))
+    r = api.scan(tmp_path / "tgt", source=tmp_path / "src", write=False, embed=False)
+    (ls,) = [f for f in r.findings if f.check == "label_shift"]
+    assert ls.details["only_target"] == ["c"] and ls.score == pytest.approx(0.45)
+    assert "class proportions differ" in ls.message and "only in dataset: c" in ls.message

@@ -79,6 +79,7 @@ class CheckContext:
     reference: pd.DataFrame | None = None  # the source set's table (``--source``), same columns
     shift_params: dict[str, dict] = field(default_factory=dict)  # params of the enabled shift rules
     skipped: dict[str, str] = field(default_factory=dict)  # check name -> why it could not run
+    notes: dict[str, str] = field(default_factory=dict)  # check name -> what it left out while running
     _cache: dict = field(default_factory=dict, repr=False)
 
     def skip(self, check: str, reason: str) -> list[Finding]:

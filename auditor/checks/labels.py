@@ -129,42 +129,61 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
         ))  # fmt: skip
     left_out = sorted(set(counts.index) - set(keep_classes))
     if left_out:
-        ctx.skipped["label_issue"] = f"classes with too few images left out: {', '.join(map(str, left_out[:10]))}"
+        ctx.notes["label_issue"] = f"classes with too few images left out: {', '.join(map(str, left_out[:10]))}"
     return sorted(out, key=lambda f: (-f.score, f.paths[0]))
+
+
+def _tokens(name: str) -> list[str]:
+    """Lower-case words of a class name, split at whitespace, '-', '_', '.' and camelCase,
+    with a plural 's' removed from the last word: 'Golden_Retrievers' -> ['golden', 'retriever']."""
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+|[^\W\d_]+", name.strip())
+    words = [w.lower() for w in words] or [name.strip().lower()]
+    last = words[-1]
+    if len(last) > 3 and last.endswith("ies"):
+        words[-1] = last[:-3] + "y"
+    elif len(last) > 3 and last.endswith("s") and not last.endswith("ss"):
+        words[-1] = last[:-1]
+    return words
 
 
 def _normal_name(name: str) -> str:
     """Case, whitespace, '-', '_' and a plural 's' removed: 'Cats_ ' -> 'cat'."""
-    s = re.sub(r"[\s_\-.]+", "", name.strip().lower())
-    if len(s) > 3 and s.endswith("ies"):
-        return s[:-3] + "y"
-    if len(s) > 3 and s.endswith("s") and not s.endswith("ss"):
-        return s[:-1]
-    return s
+    return "".join(_tokens(name))
 
 
 def _one_edit(a: str, b: str) -> bool:
-    """True when a and b differ by one substitution, insertion, deletion or adjacent swap,
-    and the difference is not a digit (class1 / class2 are different classes)."""
-    if a == b or abs(len(a) - len(b)) > 1:
+    """True when words a and b differ by one substitution, insertion, deletion or adjacent
+    swap that is not in the first letter and involves no digit (walking/talking, class1/class2
+    and n01440746/n01440764 are different classes)."""
+    if a == b or abs(len(a) - len(b)) > 1 or a[:1] != b[:1]:
         return False
     if len(a) == len(b):
         diff = [i for i in range(len(a)) if a[i] != b[i]]
+        changed = {a[i] for i in diff} | {b[i] for i in diff}
+        if any(c.isdigit() for c in changed):
+            return False
         if len(diff) == 1:
-            return not (a[diff[0]].isdigit() or b[diff[0]].isdigit())
+            return True
         return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
     short, long_ = (a, b) if len(a) < len(b) else (b, a)
-    for i in range(len(long_)):
-        if long_[:i] + long_[i + 1 :] == short:
-            return not long_[i].isdigit()
-    return False
+    return any(long_[:i] + long_[i + 1 :] == short and not long_[i].isdigit() for i in range(1, len(long_)))
+
+
+def _typo_of(a: list[str], b: list[str], min_length: int) -> bool:
+    """Same words but one, which is a one-letter typo of the other's and at least
+    ``min_length`` letters long (so 'class_a'/'class_b' or 'stage_II'/'stage_III' never are)."""
+    if len(a) != len(b):
+        return False
+    diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    return len(diff) == 1 and min(map(len, diff[0])) >= min_length and _one_edit(*diff[0])
 
 
 @register("class_name_inconsistency", "labels", {"min_length_for_typo": int})
 def class_name_inconsistency(ctx: CheckContext, params: dict) -> list[Finding]:
     """Class names that are one class written differently: equal after ignoring case,
-    whitespace, '-', '_', '.' and a plural 's' ('Cat', 'cat', 'cats', 'cat_'), or one letter
-    apart (a typo) when at least ``min_length_for_typo`` letters long. Suggests merging into
+    whitespace, '-', '_', '.' and a plural 's' ('Cat', 'cat', 'cats', 'cat_'), or the same
+    words but one with a one-letter typo (not the first letter, not a digit) in a word of at
+    least ``min_length_for_typo`` letters ('golden_retriever' / 'golden-retreiver'). Suggests merging into
     the spelling with the most images; the images under the other spellings are listed.
     Score: the share of the group's images under the other spellings."""
     labels = ctx.table["label"][ctx.table["label"].map(lambda x: isinstance(x, str))]
@@ -180,17 +199,17 @@ def class_name_inconsistency(ctx: CheckContext, params: dict) -> list[Finding]:
             x = parent[x]
         return x
 
-    norm = {n: _normal_name(n) for n in names}
+    tokens = {n: _tokens(n) for n in names}
     by_norm: dict[str, list[str]] = defaultdict(list)
     for n in names:
-        by_norm[norm[n]].append(n)
+        by_norm["".join(tokens[n])].append(n)
     for group in by_norm.values():
         for other in group[1:]:
             parent[find(other)] = find(group[0])
     keys = sorted(by_norm)
     for i, a in enumerate(keys):
         for b in keys[i + 1 :]:
-            if min(len(a), len(b)) >= params["min_length_for_typo"] and _one_edit(a, b):
+            if _typo_of(tokens[by_norm[a][0]], tokens[by_norm[b][0]], params["min_length_for_typo"]):
                 parent[find(by_norm[b][0])] = find(by_norm[a][0])
     groups: dict[str, list[str]] = defaultdict(list)
     for n in names:

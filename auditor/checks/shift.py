@@ -27,6 +27,8 @@ TARGET_SPLITS = ("val", "valid", "validation", "dev", "test")
 FID_CAP = 10_000
 #: Per-class comparisons: images per side (at least, at most) and permutations.
 CLASS_MIN, CLASS_CAP, CLASS_PERMUTATIONS = 10, 200, 200
+#: Fewest embedded images per side the embedding tests run on, whatever the rules say.
+MIN_PER_SIDE = 8
 #: Out-of-support target images listed per comparison; rows per side for the support
 #: distances (exact nearest neighbours, O(n m d)).
 SUPPORT_TOP, SUPPORT_CAP = 12, 20_000
@@ -68,18 +70,21 @@ def _vectors(ctx: CheckContext, rows: pd.DataFrame) -> tuple[np.ndarray, pd.Data
 
 
 def _class_shift(x: np.ndarray, y: np.ndarray, xl: pd.Series, yl: pd.Series, bandwidth: float) -> list[dict]:
+    """Per shared class with enough images on both sides: MMD² and its permutation p-value;
+    ``significant`` after a Bonferroni correction over the classes compared (family 0.05;
+    enough permutations that a corrected p can be reached)."""
     out = []
     shared = sorted({c for c in xl.dropna()} & {c for c in yl.dropna()})
     rng = np.random.default_rng(0)
-    for c in shared:
+    eligible = [c for c in shared if (xl == c).sum() >= CLASS_MIN and (yl == c).sum() >= CLASS_MIN]
+    permutations = int(min(4000, max(CLASS_PERMUTATIONS, 40 * len(eligible))))
+    for c in eligible:
         xi = np.flatnonzero((xl == c).to_numpy())
         yi = np.flatnonzero((yl == c).to_numpy())
-        if len(xi) < CLASS_MIN or len(yi) < CLASS_MIN:
-            continue
         xi, yi = xi[drift.subsample(len(xi), CLASS_CAP, rng)], yi[drift.subsample(len(yi), CLASS_CAP, rng)]
-        res = drift.mmd_test(drift.normalize(x[xi]), drift.normalize(y[yi]), CLASS_PERMUTATIONS, 0, bandwidth)
+        res = drift.mmd_test(drift.normalize(x[xi]), drift.normalize(y[yi]), permutations, 0, bandwidth)
         out.append({"class": str(c), "mmd2": res.mmd2, "p_value": res.p_value, "n_reference": len(xi),
-                    "n_target": len(yi)})  # fmt: skip
+                    "n_target": len(yi), "significant": res.p_value < 0.05 / len(eligible)})  # fmt: skip
     return sorted(out, key=lambda d: (-d["mmd2"], d["class"]))
 
 
@@ -130,10 +135,12 @@ def analyse(ctx: CheckContext, pair: Pair, params: dict) -> dict:
     else:
         x, xr = _vectors(ctx, pair.ref_rows)
         y, yr = _vectors(ctx, pair.tgt_rows)
-        if min(len(x), len(y)) < params["min_images"]:
-            result["skipped"] = f"fewer than {params['min_images']} embedded images on a side ({len(x)} vs {len(y)})"
+        need = max(params["min_images"], MIN_PER_SIDE)  # the tests need a few rows a side
+        if min(len(x), len(y)) < need:
+            result["skipped"] = f"fewer than {need} embedded images on a side ({len(x)} vs {len(y)})"
         else:
-            result["embedding"] = _embedding_stats(x, y, xr, yr, params)
+            result["embedding"] = _embedding_stats(x, y, xr, yr, {**params, "max_samples": max(params["max_samples"],
+                                                                                                 need)})  # fmt: skip
     cache[pair.key] = result
     return result
 
@@ -153,10 +160,14 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
-def explanations(result: dict, top: int = 3) -> list[str]:
-    """The sentences that say what differs, most telling first."""
+def explanations(result: dict, property_params: dict | None = None, top: int = 3) -> list[str]:
+    """The sentences that say what differs, most telling first: the properties that pass
+    the ``property_shift`` thresholds, one-sided classes, the classes that moved
+    (Bonferroni-significant), and the share of target images outside the support."""
+    pp = property_params or PROPERTY_DEFAULTS
     out = []
-    props = [p for p in result["properties"] if p["p_value"] < 0.01 and p["statistic"] >= 0.2][:top]
+    props = [p for p in result["properties"] if p["p_value"] < pp["alpha"] and p["statistic"] >= pp["min_statistic"]]
+    props = props[:top]
     for p in props:
         extra = " (an acquisition difference: it alone can make the sets look different)" if p["acquisition"] else ""
         out.append(p["text"] + extra)
@@ -168,7 +179,7 @@ def explanations(result: dict, top: int = 3) -> list[str]:
             out.append(f"classes only in {result['reference']}: {', '.join(labels['only_reference'][:5])}")
     emb = result["embedding"]
     if emb:
-        moved = [c for c in emb["classes"] if c["p_value"] < 0.01][:3]
+        moved = [c for c in emb["classes"] if c["significant"]][:3]
         if moved:
             out.append("classes that moved most: " + ", ".join(f"{c['class']} (MMD² {c['mmd2']:.3f})" for c in moved))
         sup = emb["out_of_support"]
@@ -182,17 +193,22 @@ def _shift_findings(ctx: CheckContext, params: dict, kind: str, check: str) -> l
     out = []
     mine = [p for p in pairs(ctx) if p.kind == kind]
     if not mine:
-        why = "no --source given" if kind == "domain" else "no train split and another split to compare"
-        return ctx.skip(check, why)
+        if kind == "domain":
+            return ctx.skip(check, "no --source given")
+        if ctx.reference is not None:
+            return ctx.skip(check, "the dataset is compared with --source instead (domain_shift)")
+        return ctx.skip(check, "no train split and another split to compare")
+    reasons = []
     for pair in mine:
         result = analyse(ctx, pair, params)
         if result["skipped"]:
-            ctx.skipped[check] = f"{pair.reference} vs {pair.target}: {result['skipped']}"
+            reasons.append(f"{pair.reference} vs {pair.target}: {result['skipped']}")
+            ctx.skipped[check] = "; ".join(reasons)
         emb = result["embedding"]
         if verdict(emb, params) != "shift":
             continue
         lo, hi = emb["auc_ci"]
-        why = explanations(result)
+        why = explanations(result, ctx.shift_params.get("property_shift"))
         message = (f"{pair.target} differs from {pair.reference}: a domain classifier tells them apart with AUC "
                    f"{emb['auc']:.2f} [{lo:.2f}, {hi:.2f}] (drift {emb['magnitude']:.2f}, {_p(emb['p_value'])}, "
                    f"MMD² {emb['mmd2']:.4f})" + (f"; {why[0]}" if why else ""))  # fmt: skip
@@ -229,6 +245,7 @@ def _analysis_params(ctx: CheckContext, kind: str) -> dict:
     return ctx.shift_params.get("domain_shift" if kind == "domain" else "split_shift", DEFAULT_SHIFT)
 
 
+PROPERTY_DEFAULTS = {"alpha": 0.01, "min_statistic": 0.3}
 #: Used when the owning rule is disabled: properties and labels are still compared.
 DEFAULT_SHIFT = {"alpha": 0.05, "min_magnitude": 0.2, "min_images": 20, "max_samples": 2000, "permutations": 500}
 
@@ -262,15 +279,18 @@ def property_shift(ctx: CheckContext, params: dict) -> list[Finding]:
 @register("label_shift", "shift", {"alpha": float, "min_tv_distance": float})
 def label_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     """Class proportions differ between the sides of a comparison (chi-square p < alpha and
-    total variation distance >= ``min_tv_distance``), or a class is present on one side
-    only. Skipped for unlabeled data. Score: the total variation distance (0..1)."""
+    total variation distance >= ``min_tv_distance``), or, against ``--source``, a class is
+    present on one side only (between splits that is ``unseen_class``). Skipped for
+    unlabeled data. Score: the total variation distance (0..1)."""
     out = []
     for pair in pairs(ctx):
         labels = analyse(ctx, pair, _analysis_params(ctx, pair.kind))["labels"]
         if labels is None:
             continue
         moved = labels["p_value"] < params["alpha"] and labels["tv_distance"] >= params["min_tv_distance"]
-        if not (moved or labels["only_reference"] or labels["only_target"]):
+        # between splits, a class on one side only is unseen_class's finding: not counted twice
+        one_sided = pair.kind == "domain" and bool(labels["only_reference"] or labels["only_target"])
+        if not (moved or one_sided):
             continue
         parts = []
         if moved:
@@ -278,9 +298,9 @@ def label_shift(ctx: CheckContext, params: dict) -> list[Finding]:
                             for m in labels["moved"][:3])  # fmt: skip
             parts.append(f"class proportions differ (total variation {labels['tv_distance']:.2f}, "
                          f"{_p(labels['p_value'])}): {top}")  # fmt: skip
-        if labels["only_target"]:
+        if one_sided and labels["only_target"]:
             parts.append(f"only in {pair.target}: {', '.join(labels['only_target'][:5])}")
-        if labels["only_reference"]:
+        if one_sided and labels["only_reference"]:
             parts.append(f"only in {pair.reference}: {', '.join(labels['only_reference'][:5])}")
         out.append(
             Finding(
@@ -339,8 +359,11 @@ def pretraining_gap(ctx: CheckContext, params: dict) -> list[Finding]:
     head confidence when the backbone records no BatchNorm statistics)."""
     gap = dataset_gap(ctx)
     if gap is None:
-        return ctx.skip("pretraining_gap", NO_EMBEDDINGS if ctx.embeddings is None else
-                        "the backbone records neither BatchNorm statistics nor ImageNet probabilities")  # fmt: skip
+        emb = ctx.embeddings
+        why = (NO_EMBEDDINGS if emb is None else
+               "the backbone records neither BatchNorm statistics nor ImageNet probabilities"
+               if emb.bn_stats is None and emb.probs is None else "no decoded image has an embedding")  # fmt: skip
+        return ctx.skip("pretraining_gap", why)
     if gap["images"] < params["min_images"]:
         return ctx.skip("pretraining_gap", f"fewer than {params['min_images']} embedded images")
     level = gap_level(gap, params)
@@ -380,7 +403,7 @@ def shift_section(ctx: CheckContext) -> list[dict]:
         entry["fid_note"] = "backbone-specific: compare only between runs with the same backbone"
         entry["verdict"] = verdict(result["embedding"], params)
         entry["skipped"] = result["skipped"]
-        entry["explanations"] = explanations(result)
+        entry["explanations"] = explanations(result, ctx.shift_params.get("property_shift"))
         entry["properties"] = result["properties"]
         entry["labels"] = result["labels"]
         entry["classes"] = emb.get("classes", [])
