@@ -1,3 +1,23 @@
-"""image-auditor: measure what is wrong with an image dataset before fine-tuning on it."""
+"""image-auditor: measure what is wrong with an image dataset before fine-tuning on it.
+
+``auditor.scan(...)`` and ``auditor.gate(...)`` are the entry points for pipelines and
+training scripts (imported lazily: ``import auditor`` stays cheap).
+"""
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "scan": ("auditor.api", "scan"),
+    "gate": ("auditor.gating", "gate"),
+    "GateFailed": ("auditor.gating", "GateFailed"),
+    "GateResult": ("auditor.gating", "GateResult"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'auditor' has no attribute {name!r}")

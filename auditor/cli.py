@@ -6,6 +6,7 @@ reason on stderr).
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -238,15 +239,90 @@ def _input_errors():
     from .backbones import BackboneError
     from .backbones.torch_state import ModelFileError
     from .dataset import DatasetError
+    from .gating import ReportError
     from .rules import RulesError
 
     try:
         yield
-    except (DatasetError, RulesError, BackboneError, ModelFileError, FileNotFoundError) as exc:
+    except (DatasetError, RulesError, BackboneError, ModelFileError, FileNotFoundError, ReportError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         err_console.print("interrupted; the cache keeps what was finished so far", style="yellow")
         raise typer.Exit(130) from None
+
+
+@app.command()
+def gate(
+    dataset: Annotated[Path | None, typer.Argument(help="Dataset folder (omit with --from-report).")] = None,
+    from_report: Annotated[
+        Path | None, typer.Option("--from-report", help="Judge this report.json instead of scanning.")
+    ] = None,
+    rules: Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")] = None,
+    source: Annotated[Path | None, typer.Option(help="A source-like reference set (domain shift).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file: one test case per rule.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report folder [default: reports/<dataset-name>].")
+    ] = None,
+    no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip the backbone (no TensorFlow).")] = False,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    layout: LayoutOpt = "auto",
+    manifest: ManifestOpt = None,
+    workers: WorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict.")] = False,
+) -> None:
+    """Pass or fail DATASET against the rules: exit 0 when every error-level rule passes,
+    1 when one fails, 2 on a usage or input error. Failing rules are printed first. With
+    GITHUB_ACTIONS set, also prints ::error/::warning annotations."""
+    from .gating import gate as run_gate
+    from .gating import github_annotations, junit_xml
+    from .report import atomic_write_bytes
+
+    if (dataset is None) == (from_report is None):
+        _fail("give a DATASET to scan, or --from-report report.json (not both)")
+    bar, update = _progress()
+    with _input_errors(), bar:
+        if from_report is not None:
+            result = run_gate(from_report=from_report, rules=rules)
+        else:
+            result = run_gate(
+                dataset, rules=rules, source=source, out=out, embed=not no_embed, backbone=backbone,
+                weights=weights, layout=layout, manifest=manifest, workers=workers, cache_dir=cache_dir,
+                progress=update,
+            )  # fmt: skip
+    if junit is not None:
+        atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(result):
+            print(line, flush=True)
+    if not quiet:
+        print_gate(result)
+    verdict = "[bold green]Gate: passed[/]" if result.passed else "[bold red]Gate: failed[/]"
+    where = f" (report: {result.report_path})" if result.report_path else ""
+    out_console.print(verdict + where, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+def print_gate(result, console: Console = out_console) -> None:
+    """Failing rules first (with their first findings), then those over a warning limit."""
+    from rich.table import Table
+
+    table = Table(title="Gate", show_lines=False)
+    for col in ("rule", "status", "findings", "allowed", "flagged", "first findings"):
+        table.add_column(col, overflow="fold")
+    for e in result.failures + result.warnings:
+        allowed = " / ".join(x for x in (
+            f"{e['threshold']}" if e["threshold"] is not None else "",
+            f"{e['max_fraction']:.1%}" if e["max_fraction"] is not None else "") if x)  # fmt: skip
+        style = "bold red" if e["status"] == "fail" else "yellow"
+        table.add_row(e["rule"], f"[{style}]{e['status']}[/]", str(e["value"]), allowed or "-",
+                      f"{e['fraction']:.1%}", "; ".join(e["examples"][:2]))  # fmt: skip
+    passed = sum(r["status"] == "pass" for r in result.report["gate"]["rules"])
+    if table.row_count:
+        console.print(table)
+    console.print(f"{passed} rules passed, {len(result.warnings)} over a warning limit, {len(result.failures)} failed",
+                  highlight=False)  # fmt: skip
 
 
 @app.command()

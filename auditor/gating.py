@@ -1,0 +1,215 @@
+"""The pre-training gate: pass/fail a dataset against a rules file, for pipelines.
+
+:func:`gate` scans (through the cache, so a rerun is cheap) or re-judges an existing
+``report.json``, and returns a :class:`GateResult`; :func:`junit_xml` and
+:func:`github_annotations` turn it into what CI systems read. Exit codes (``audit gate``):
+0 passed, 1 failed, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checks import Finding
+from .rules import Rules, RulesError, apply_severities, judge, load_rules
+
+
+class GateFailed(RuntimeError):
+    """Raised by ``gate(..., raise_on_fail=True)`` when an error-level rule fails; the
+    :class:`GateResult` is in ``.result``."""
+
+    def __init__(self, result: GateResult):
+        self.result = result
+        names = ", ".join(r["rule"] for r in result.failures)
+        super().__init__(f"dataset failed the gate: {names} (report: {result.report_path or 'not written'})")
+
+
+@dataclass
+class GateResult:
+    """``passed``; ``failures`` and ``warnings``: the gate entries (rule, severity, status,
+    value, threshold, fraction, max_fraction) with status fail / warn, plus ``examples``
+    (the first finding messages); ``report_path``: the report.json judged or written."""
+
+    passed: bool
+    failures: list[dict]
+    warnings: list[dict]
+    report: dict
+    report_path: Path | None = None
+    scan: Any = field(default=None, repr=False)  # auditor.api.ScanResult when the gate scanned
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def _example(f: dict, paths: int = 3) -> str:
+    """A finding in one line: its message and the first paths it names (if the message does not)."""
+    shown = [p for p in f["paths"][:paths] if p not in f["message"]]
+    more = f" (+{len(f['paths']) - paths} more)" if len(f["paths"]) > paths else ""
+    return f["message"] + (f": {', '.join(shown)}{more}" if shown else "")
+
+
+def _result(report: dict, report_path: Path | None, scan: Any = None, examples: int = 3) -> GateResult:
+    by_check: dict[str, list[dict]] = {}
+    for f in report["findings"]:
+        by_check.setdefault(f["check"], []).append(f)
+
+    def with_examples(e: dict) -> dict:
+        fs = sorted(by_check.get(e["rule"], []), key=lambda f: -f["score"])
+        return {**e, "examples": [_example(f) for f in fs[:examples]]}
+
+    rules = report["gate"]["rules"]
+    return GateResult(
+        passed=bool(report["gate"]["passed"]),
+        failures=[with_examples(e) for e in rules if e["status"] == "fail"],
+        warnings=[with_examples(e) for e in rules if e["status"] == "warn"],
+        report=report, report_path=report_path, scan=scan,
+    )  # fmt: skip
+
+
+def rejudge(report: dict, rules: Rules) -> dict:
+    """The report with its severities and gate recomputed under ``rules`` (severity, enabled
+    and gate limits; a rule's ``params`` decide what is a finding, so changing those needs
+    a rescan). Findings of checks the rules disable are dropped."""
+    findings = [
+        Finding(f["check"], f["paths"], f["score"], f["message"], f.get("details") or {})
+        for f in report["findings"]
+        if f["check"] in rules.checks and rules.checks[f["check"]].enabled
+    ]
+    apply_severities(findings, rules)
+    out = dict(report)
+    out["findings"] = [f.to_dict() for f in findings]
+    out["gate"] = judge(findings, rules, int(report["dataset"]["images"]))
+    out["rules"] = {"source": rules.source}
+    return out
+
+
+class ReportError(ValueError):
+    """A --from-report file that is not an image-auditor report (exit code 2)."""
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    """Read a report.json; FileNotFoundError or :class:`ReportError` with a one-line reason."""
+    p = Path(path)
+    try:
+        report = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: no such report") from None
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{p}: not a readable report.json ({exc})") from None
+    if not isinstance(report, dict) or not str(report.get("schema", "")).startswith("auditor.report/"):
+        raise ReportError(f"{p}: not an image-auditor report (no 'schema: auditor.report/...')")
+    return report
+
+
+def gate(
+    dataset: str | os.PathLike | None = None,
+    *,
+    rules: str | os.PathLike | Rules | None = None,
+    source: str | os.PathLike | None = None,
+    from_report: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    raise_on_fail: bool = False,
+    **scan_options: Any,
+) -> GateResult:
+    """Judge a dataset against ``rules`` (a preset name, a file, or :class:`Rules`; default
+    ``default``) and return a :class:`GateResult` (truthy when it passed).
+
+    With ``dataset``: scans it (cached; ``source`` and every :func:`auditor.api.scan`
+    option pass through) and writes the report to ``out`` (default
+    ``reports/<dataset-name>/``). With ``from_report``: judges that report.json without
+    scanning (under ``rules`` if given, else as recorded). ``raise_on_fail=True`` raises
+    :class:`GateFailed` instead of returning a failed result.
+    """
+    if (dataset is None) == (from_report is None):
+        raise ValueError("give either a dataset to scan or from_report=report.json")
+    if from_report is not None:
+        report = load_report(from_report)
+        if rules is not None:
+            report = rejudge(report, rules if isinstance(rules, Rules) else load_rules(rules))
+        result = _result(report, Path(from_report))
+    else:
+        from .api import scan
+
+        rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
+        scanned = scan(dataset, out, rules=rules_obj, source=source, **scan_options)
+        result = _result(scanned.report, scanned.files.get("json"), scanned)
+    if raise_on_fail and not result.passed:
+        raise GateFailed(result)
+    return result
+
+
+def _describe(entry: dict) -> str:
+    allowed = []
+    if entry.get("threshold") is not None:
+        allowed.append(f"at most {entry['threshold']} findings")
+    if entry.get("max_fraction") is not None:
+        allowed.append(f"at most {entry['max_fraction']:.1%} of images")
+    text = f"{entry['value']} findings, {entry['fraction']:.1%} of images flagged (allowed: {' and '.join(allowed)})"
+    if entry.get("examples"):
+        text += "; " + "; ".join(entry["examples"])
+    return text
+
+
+def junit_xml(result: GateResult) -> str:
+    """A JUnit XML document with one test case per enabled rule: ``failure`` for a failed
+    rule, passed (with the numbers in ``system-out``) otherwise, ``skipped`` for a check
+    that could not run. GitLab, Jenkins and GitHub test reporters read it."""
+    import xml.etree.ElementTree as ET
+
+    checks = result.report.get("checks", {})
+    entries = result.report["gate"]["rules"]
+    suite = ET.Element("testsuite", {
+        "name": "image-auditor gate", "tests": str(len(entries)),
+        "failures": str(sum(e["status"] == "fail" for e in entries)),
+        "skipped": str(sum(bool(checks.get(e["rule"], {}).get("skipped")) and e["status"] == "pass" for e in entries)),
+        "errors": "0",
+    })  # fmt: skip
+    for e in entries:
+        case = ET.SubElement(suite, "testcase", {"classname": "image-auditor", "name": e["rule"]})
+        skipped = checks.get(e["rule"], {}).get("skipped")
+        detailed = _describe({**e, "examples": _examples(result, e["rule"])})
+        if e["status"] == "fail":
+            ET.SubElement(case, "failure", {"message": f"{e['rule']}: {e['value']} findings",
+                                            "type": e["severity"]}).text = detailed  # fmt: skip
+        elif skipped and e["status"] == "pass":
+            ET.SubElement(case, "skipped", {"message": skipped})
+        else:
+            ET.SubElement(case, "system-out").text = f"{e['status']}: {detailed}"
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _examples(result: GateResult, rule: str) -> list[str]:
+    for e in result.failures + result.warnings:
+        if e["rule"] == rule:
+            return e["examples"]
+    return []
+
+
+def _escape_data(s: str) -> str:
+    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(s: str) -> str:
+    return _escape_data(s).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotations(result: GateResult) -> list[str]:
+    """GitHub Actions workflow commands: ``::error`` per failed rule, ``::warning`` per rule
+    over its limit at warning level (values escaped as GitHub requires)."""
+    lines = []
+    for level, entries in (("error", result.failures), ("warning", result.warnings)):
+        for e in entries:
+            title = _escape_property(f"image-auditor {e['rule']}")
+            lines.append(f"::{level} title={title}::{_escape_data(_describe(e))}")
+    return lines
+
+
+__all__ = ["GateFailed", "GateResult", "ReportError", "gate", "github_annotations", "junit_xml", "rejudge",
+           "RulesError"]  # fmt: skip
