@@ -43,6 +43,7 @@ class ScanResult:
     embeddings: Any = None  # auditor.embed.Embeddings when the scan embedded
     source_table: pd.DataFrame | None = None  # the --source set's per-image table
     projection: pd.DataFrame | None = None  # 2-D UMAP of the compared sets (see auditor.projection)
+    context: Any = field(default=None, repr=False)  # the CheckContext the checks read (for the report)
 
     @property
     def passed(self) -> bool:
@@ -280,7 +281,8 @@ def scan(
         ctx = check_context(table, rules_obj, embeddings, src_table)
         findings = run_checks(ctx, rules_obj)
         report = build_report(disc, table, findings, rules_obj, embeddings, ctx, src_disc)
-        result = ScanResult(report, table, findings, disc, rules_obj, embeddings=embeddings, source_table=src_table)
+        result = ScanResult(report, table, findings, disc, rules_obj, embeddings=embeddings, source_table=src_table,
+                            context=ctx)  # fmt: skip
         if projection and embeddings is not None:
             from .projection import project_pairs
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 #: Findings shown per check section, and thumbnails per finding, to bound the file size.
 MAX_FINDINGS_PER_SECTION = 60
 MAX_THUMBS_PER_FINDING = 6
+#: Thumbnails in the whole report (about 6 MB at most); later sections show "(no preview)".
+MAX_THUMBS_TOTAL = 1200
 
 
 def _env() -> Environment:
@@ -29,10 +31,33 @@ def _env() -> Environment:
 
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+#: Projection points that get a hover thumbnail (64 px), classes drawn per split chart,
+#: properties drawn as overlaid histograms per comparison.
+MAX_HOVER_THUMBS = 400
+MAX_CHART_CLASSES = 40
+MAX_HISTOGRAMS = 4
+HIST_BINS = 24
 
 
-def _scatter(frame, size: int = 420, pad: int = 10) -> dict | None:
-    """Projection points scaled into an SVG box: (x, y, colour, label) per point."""
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def _small(jpeg: bytes, side: int = 64) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(jpeg))
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=70)
+    return buf.getvalue()
+
+
+def _scatter(frame, hashes: dict[tuple[str, str], str], store: Store, size: int = 420, pad: int = 10) -> dict | None:
+    """Projection points scaled into an SVG box: (x, y, colour, label, hover id) per point,
+    and the hover thumbnails {id: data URI} for a seeded sample of points."""
     if frame is None or not len(frame):
         return None
     xy = frame[["x", "y"]].to_numpy(dtype=float)
@@ -41,13 +66,98 @@ def _scatter(frame, size: int = 420, pad: int = 10) -> dict | None:
     pts = (xy - lo) * scale + pad
     groups = list(dict.fromkeys(frame["group"]))
     color = {g: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(groups)}
-    order = np.random.default_rng(0).permutation(len(frame))  # interleave groups: none hides the other
-    group, path = frame["group"].to_numpy(), frame["path"].to_numpy()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(frame))  # interleave groups: none hides the other
+    group, path, which = frame["group"].to_numpy(), frame["path"].to_numpy(), frame["set"].to_numpy()
+    hover_rows = set(rng.permutation(len(frame))[:MAX_HOVER_THUMBS].tolist())
+    want = {i: hashes.get((which[i], path[i])) for i in hover_rows}
+    jpegs = dict(store.thumbnails({h for h in want.values() if h}, MEASURE_VERSION))
+    thumbs = {str(i): _data_uri(_small(jpegs[h])) for i, h in want.items() if h in jpegs}
     points = [
-        (round(float(pts[i, 0]), 1), round(float(size - pts[i, 1]), 1), color[group[i]], f"{group[i]}: {path[i]}")
+        (round(float(pts[i, 0]), 1), round(float(size - pts[i, 1]), 1), color[group[i]],
+         f"{group[i]}: {path[i]}", str(i) if str(i) in thumbs else "")
         for i in order
-    ]
-    return {"method": frame.attrs.get("method", ""), "points": points, "legend": list(color.items())}
+    ]  # fmt: skip
+    return {"method": frame.attrs.get("method", ""), "points": points, "legend": list(color.items()),
+            "thumbs": thumbs}  # fmt: skip
+
+
+def _bars(counts: dict[str, int]) -> list[tuple[str, int, float]]:
+    """(name, count, width %) rows for a CSS bar chart, largest first."""
+    top = max(counts.values(), default=0) or 1
+    return [(k, int(v), 100.0 * v / top) for k, v in counts.items()]
+
+
+def _split_charts(table) -> list[dict]:
+    """One bar chart per split: images per class (largest classes first, capped)."""
+    labeled = table[table["label"].map(lambda x: isinstance(x, str))]
+    if labeled.empty:
+        return []
+    out = []
+    splits = sorted({s for s in labeled["split"] if isinstance(s, str)}) or [None]
+    for split in splits:
+        rows = labeled if split is None else labeled[labeled["split"] == split]
+        counts = rows["label"].value_counts()
+        shown = counts.iloc[:MAX_CHART_CLASSES].to_dict()
+        rest = int(counts.iloc[MAX_CHART_CLASSES:].sum())
+        if rest:
+            shown[f"(+{len(counts) - MAX_CHART_CLASSES} more classes)"] = rest
+        out.append({"split": split or "(all)", "bars": _bars(shown), "classes": len(counts)})
+    return out
+
+
+def _resolution_chart(ok) -> list[tuple[str, int, float]]:
+    """Images per shorter-side band (px)."""
+    side = np.minimum(ok["width"].astype(float), ok["height"].astype(float)).dropna()
+    edges = [0, 32, 64, 128, 224, 384, 512, 1024, 2048, np.inf]
+    names = ["<32", "32-63", "64-127", "128-223", "224-383", "384-511", "512-1023", "1024-2047", ">=2048"]
+    counts = np.histogram(side, bins=edges)[0]
+    return _bars({n: int(c) for n, c in zip(names, counts, strict=True) if c})
+
+
+def _histograms(result: ScanResult) -> dict[int, list[dict]]:
+    """Per shift entry: overlaid reference/target histograms (SVG polyline points, 300x90)
+    of the properties it found most different (numeric ones), on common bins."""
+    from ..checks.shift import pairs as shift_pairs
+    from ..explain import PROPERTIES
+
+    ctx = getattr(result, "context", None)
+    if ctx is None:
+        return {}
+    by_name = {p.name: p for p in PROPERTIES}
+    sides = {(p.reference, p.target): p for p in shift_pairs(ctx)}
+    out: dict[int, list[dict]] = {}
+    for k, entry in enumerate(result.report.get("shift") or []):
+        pair = sides.get((entry["reference"], entry["target"]))
+        if pair is None:
+            continue
+        charts = []
+        for prop in [p for p in entry["properties"] if p["kind"] == "numeric"][:MAX_HISTOGRAMS]:
+            spec = by_name[prop["property"]]
+            r = spec.values(pair.ref_rows).dropna().to_numpy(float)
+            t = spec.values(pair.tgt_rows).dropna().to_numpy(float)
+            if spec.log:
+                r, t = np.log10(r[r > 0]), np.log10(t[t > 0])
+            both = np.concatenate([r, t])
+            if len(r) < 2 or len(t) < 2 or not np.isfinite(both).all():
+                continue
+            lo, hi = np.quantile(both, [0.005, 0.995])
+            if hi <= lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            edges = np.linspace(lo, hi, HIST_BINS + 1)
+            hr = np.histogram(np.clip(r, lo, hi), edges)[0] / len(r)
+            ht = np.histogram(np.clip(t, lo, hi), edges)[0] / len(t)
+            top = max(hr.max(), ht.max()) or 1.0
+
+            def line(h, top=top):
+                xs = np.linspace(0, 300, HIST_BINS)
+                return " ".join(f"{x:.1f},{90 - 85 * v / top:.1f}" for x, v in zip(xs, h, strict=True))
+
+            unit = f" (log10 {spec.unit})" if spec.log and spec.unit else (" (log10)" if spec.log else "")
+            charts.append({"title": spec.title + unit, "ks": prop["statistic"], "ref": line(hr), "tgt": line(ht),
+                           "lo": float(lo), "hi": float(hi)})  # fmt: skip
+        out[k] = charts
+    return out
 
 
 def render_html(result: ScanResult, store: Store) -> str:
@@ -56,25 +166,28 @@ def render_html(result: ScanResult, store: Store) -> str:
     for f in report["findings"]:
         sections.setdefault(f["check"], []).append(f)
     shown = {c: fs[:MAX_FINDINGS_PER_SECTION] for c, fs in sections.items()}
-    wanted = {p for fs in shown.values() for f in fs for p in f["paths"][:MAX_THUMBS_PER_FINDING]}
+    wanted: dict[str, None] = {}  # ordered: shift panel first, then sections in report order
     for s in report.get("shift") or []:
-        wanted |= {im["path"] for im in ((s.get("out_of_support") or {}).get("images") or [])[:MAX_THUMBS_PER_FINDING]}
+        for im in ((s.get("out_of_support") or {}).get("images") or [])[:MAX_THUMBS_PER_FINDING]:
+            wanted.setdefault(im["path"])
+    for fs in shown.values():
+        for f in fs:
+            for p in f["paths"][:MAX_THUMBS_PER_FINDING]:
+                wanted.setdefault(p)
+    wanted = dict.fromkeys(list(wanted)[:MAX_THUMBS_TOTAL])  # bounds the file: ~5 KB a thumbnail
     table = result.table
     hash_of = {
         p: h for p, h in zip(table["path"], table["content_hash"], strict=True)
         if p in wanted and isinstance(h, str)
     }  # fmt: skip
     thumbs_by_hash = dict(store.thumbnails(hash_of.values(), MEASURE_VERSION))
-    thumbs = {
-        p: "data:image/jpeg;base64," + base64.b64encode(thumbs_by_hash[h]).decode("ascii")
-        for p, h in hash_of.items() if h in thumbs_by_hash
-    }  # fmt: skip
+    thumbs = {p: _data_uri(thumbs_by_hash[h]) for p, h in hash_of.items() if h in thumbs_by_hash}
     ok = table[table["ok"]]
     formats = ok["format"].value_counts().to_dict() if len(ok) else {}
-    classes = (
-        table.groupby([table["split"].fillna("(all)"), table["label"].fillna("(unlabeled)")])
-        .size().reset_index(name="n").to_dict("records")
-    )  # fmt: skip
+    set_hashes = {("dataset", p): h for p, h in zip(table["path"], table["content_hash"], strict=True)}
+    if result.source_table is not None:
+        src = result.source_table
+        set_hashes.update({("source", p): h for p, h in zip(src["path"], src["content_hash"], strict=True)})
     return (
         _env()
         .get_template("report.html")
@@ -85,10 +198,18 @@ def render_html(result: ScanResult, store: Store) -> str:
             thumbs=thumbs,
             max_thumbs=MAX_THUMBS_PER_FINDING,
             checks=report["checks"],
-            formats=formats,
-            classes=classes,
+            formats=_bars(formats),
+            split_charts=_split_charts(table),
+            classes=(
+                table.groupby([table["split"].fillna("(all)"), table["label"].fillna("(unlabeled)")])
+                .size()
+                .reset_index(name="n")
+                .to_dict("records")
+            ),  # fmt: skip
+            resolutions=_resolution_chart(ok) if len(ok) else [],
             width_median=float(ok["width"].median()) if len(ok) else 0,
             height_median=float(ok["height"].median()) if len(ok) else 0,
-            scatter=_scatter(result.projection),
+            scatter=_scatter(result.projection, set_hashes, store),
+            histograms=_histograms(result),
         )
     )

@@ -1,0 +1,125 @@
+"""The HTML report in a real headless Chromium (Debian's ``chromium`` driven by Playwright;
+nothing is downloaded): it opens with no console errors and no network requests, its
+sections and the embedding map render, the hover thumbnail works, and a file named like an
+HTML tag shows as text and runs nothing.
+
+Skipped when Chromium or Playwright is missing, unless AUDITOR_REQUIRE_BROWSER=1 (CI sets it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from auditor import api, synth
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+EVIL = "<img src=x onerror=alert(1)>.png"
+
+
+def _need_browser():
+    required = os.environ.get("AUDITOR_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).exists():
+        if required:
+            raise FileNotFoundError(f"{CHROMIUM}: install Debian's chromium (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    crops = synth.random_crops(56, 96, seed=71)
+    for i, (_n, rgb) in enumerate(crops[:28]):
+        synth.write(root / "src" / ("a" if i % 2 else "b") / f"{i}.jpg", synth.jpeg_bytes(rgb, 90))
+    for i, (_n, rgb) in enumerate(crops[28:]):
+        synth.write(root / "ds" / ("a" if i % 2 else "b") / f"{i}.jpg", synth.jpeg_bytes(synth.blur(rgb, 2.5), 90))
+    synth.write(root / "ds" / "a" / EVIL, synth.png_bytes(synth.darken(crops[0][1])))  # a finding, with its name
+    result = api.scan(root / "ds", root / "out", source=root / "src")
+    assert any(EVIL.split("/")[-1] in f.paths[0] for f in result.findings if f.paths)
+    return result.files["html"]
+
+
+def test_report_opens_clean_renders_and_escapes(report, tmp_path):
+    sync_playwright = _need_browser()
+    console, requests, dialogs, errors = [], [], [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: console.append(m) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(report.as_uri())
+        page.wait_for_load_state("load")
+
+        assert not errors and not [m.text for m in console], (errors, [m.text for m in console])
+        external = [u for u in requests if not u.startswith(("file:", "data:"))]
+        assert external == [] and dialogs == []
+        for section in ("shift", "leakage", "dark", "domain_shift", "label_issue"):
+            assert page.locator(f"#{section}").count() == 1, section
+        assert "Gate" in page.locator(".banner").inner_text()
+        points = json.loads((report.parent / "report.json").read_text())["projection"]["points"]
+        assert points == 57 and page.locator("svg circle").count() == points  # every image of both sets
+        assert page.locator(".hist polyline").count() >= 2  # overlaid property histograms
+        assert page.locator(".bar").count() > 0  # overview charts
+        # the hostile file name is text, never markup
+        assert page.locator("img[src='x']").count() == 0
+        assert page.get_by_text(EVIL, exact=False).count() >= 1
+        # hover thumbnail on the map
+        dot = page.locator("circle[data-t]").first
+        dot.hover(force=True)
+        hover = page.locator("#hover")
+        assert hover.is_visible() and hover.get_attribute("src").startswith("data:image/jpeg;base64,")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert dialogs == []
+
+
+def test_report_size_is_bounded_for_a_huge_dataset(tmp_path):
+    """100,000 images with thousands of findings: the HTML stays far below 20 MB (sections are
+    capped, thumbnails have a global budget, the per-image table is not embedded)."""
+    import numpy as np
+    import pandas as pd
+
+    from auditor.api import ScanResult, build_report, check_context, run_checks
+    from auditor.dataset import Discovery
+    from auditor.report.html import render_html
+    from auditor.rules import load_rules
+    from auditor.store import Store
+
+    n = 100_000
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({
+        "path": [f"train/c{i % 500}/{EVIL[:-4]}{i}.jpg" for i in range(n)], "abs_path": "", "split": "train",
+        "label": [f"c{i % 500}" for i in range(n)], "ext": ".jpg", "content_hash": None, "ok": True,
+        "format": "JPEG", "width": rng.integers(32, 4000, n), "height": rng.integers(32, 4000, n),
+        "error_kind": None, "error": None, "pixel_hash": [f"{i:x}" for i in range(n)], "phash": 0, "dhash": 0,
+        "mode": "RGB", "brightness_p95": rng.uniform(0, 255, n), "brightness_p05": rng.uniform(0, 50, n),
+        "brightness_mean": rng.uniform(0, 255, n), "contrast": rng.uniform(0, 80, n), "entropy": rng.uniform(0, 8, n),
+        "sharpness": rng.uniform(0, 1, n), "detail_ratio": rng.normal(-0.5, 0.4, n),
+        "noise_sigma": rng.uniform(0, 30, n),
+        "channel_spread": rng.uniform(0, 60, n), "colorfulness": rng.uniform(0, 80, n), "laplacian_var": 1.0,
+    })  # fmt: skip
+    rules = load_rules()
+    ctx = check_context(table, rules)
+    findings = run_checks(ctx, rules, only=["dark", "bright", "blurry", "noisy", "low_contrast", "class_imbalance"])
+    assert len(findings) > 5_000
+    disc = Discovery(root=tmp_path, layout="split-folders", items=table[["path", "abs_path", "split", "label", "ext"]],
+                     skipped={}, missing=[])  # fmt: skip
+    report = build_report(disc, table, findings, rules, None, ctx)
+    html = render_html(ScanResult(report, table, findings, disc, rules, context=ctx), Store(None))
+    size = len(html.encode())
+    assert size < 20_000_000, size
+    print(f"report.html for {n} images and {len(findings)} findings: {size / 1e6:.1f} MB")
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
