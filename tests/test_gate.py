@@ -108,3 +108,20 @@ def test_python_api(clean, leaky, tmp_path):
     assert auditor.gate(from_report=tmp_path / "b" / "report.json").passed is False
     lines = github_annotations(failed)
     assert lines[0].startswith("::error") and ET.fromstring(junit_xml(failed)).tag == "testsuites"
+
+
+def test_lenient_fails_only_on_leakage_and_an_unreadable_dataset(tmp_path, tiles, leaky):
+    from auditor.rules import load_rules
+
+    lenient = load_rules("lenient")
+    errors = sorted(n for n, r in lenient.checks.items() if r.enabled and r.severity == "error")
+    assert errors == ["corrupt", "leakage"]  # corrupt only above half of the dataset
+    assert lenient.checks["corrupt"].max_fraction == 0.5
+    assert [f["rule"] for f in auditor.gate(leaky, embed=False, out=tmp_path / "l", rules="lenient").failures] == [
+        "leakage"
+    ]
+    broken = tmp_path / "broken"
+    for i in range(6):
+        synth.write(broken / f"{i}.jpg", synth.random_bytes(200, seed=i) if i < 4 else synth.jpeg_bytes(tiles[i][1]))
+    result = auditor.gate(broken, embed=False, out=tmp_path / "b", rules="lenient")
+    assert [f["rule"] for f in result.failures] == ["corrupt"]
