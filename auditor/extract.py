@@ -81,7 +81,7 @@ def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[
         jpeg_quality=result.jpeg_quality,
         pixel_hash=pixel_hash(result.rgb),
         **perceptual_hashes(gray_u8),
-        **measure_pixels(work),
+        **measure_pixels(work, gray),
     )
     return chash, props, _thumbnail(work)
 

@@ -23,7 +23,7 @@ def pixel_hash(rgb: np.ndarray) -> str:
     stored in two lossless files (PNG vs BMP, or different metadata)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(np.asarray(rgb.shape, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(rgb).tobytes())
+    h.update(np.ascontiguousarray(rgb).data)  # the buffer itself: no copy of the pixels
     return h.hexdigest()
 
 

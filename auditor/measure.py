@@ -15,12 +15,16 @@ from scipy import ndimage
 MEASURE_VERSION = 3
 
 
-def luminance(rgb: np.ndarray) -> np.ndarray:
-    """Rec. 601 luma of an RGB uint8 image: float32 (H, W), 0..255."""
+def _planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The R, G, B planes of an RGB uint8 image as contiguous float32 (H, W) arrays."""
     rgb = np.asarray(rgb)
-    r = rgb[..., 0].astype(np.float32)
-    g = rgb[..., 1].astype(np.float32)
-    b = rgb[..., 2].astype(np.float32)
+    return tuple(rgb[..., c].astype(np.float32) for c in range(3))  # type: ignore[return-value]
+
+
+def luminance(rgb: np.ndarray, planes: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
+    """Rec. 601 luma of an RGB uint8 image: float32 (H, W), 0..255. ``planes``: the image's
+    float32 planes if already made (see :func:`measure_pixels`)."""
+    r, g, b = planes if planes is not None else _planes(rgb)
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
@@ -51,9 +55,10 @@ def _hist_percentile(hist: np.ndarray, q: float) -> float:
     return float(np.searchsorted(np.cumsum(hist), q / 100.0 * total, side="left"))
 
 
-def brightness_stats(gray: np.ndarray) -> dict[str, float]:
-    """Mean, 5th and 95th percentile of luminance (0..255)."""
-    hist = _histogram(gray)
+def brightness_stats(gray: np.ndarray, hist: np.ndarray | None = None) -> dict[str, float]:
+    """Mean, 5th and 95th percentile of luminance (0..255). ``hist``: its 256-bin histogram
+    if already made."""
+    hist = _histogram(gray) if hist is None else hist
     return {
         "brightness_mean": float(gray.mean()) if gray.size else 0.0,
         "brightness_p05": _hist_percentile(hist, 5),
@@ -66,11 +71,11 @@ def contrast(gray: np.ndarray) -> float:
     return float(gray.std()) if gray.size else 0.0
 
 
-def entropy_bits(gray: np.ndarray) -> float:
+def entropy_bits(gray: np.ndarray, hist: np.ndarray | None = None) -> float:
     """Shannon entropy of the 256-bin luminance histogram, in bits (0 = one value, 8 = max)."""
     if not gray.size:
         return 0.0
-    hist = _histogram(gray)
+    hist = _histogram(gray) if hist is None else hist
     p = hist[hist > 0] / gray.size
     return float(-(p * np.log2(p)).sum())
 
@@ -186,30 +191,32 @@ def channel_spread(rgb: np.ndarray) -> float:
     return _hist_percentile(np.bincount(spread.ravel(), minlength=256), 99)
 
 
-def colorfulness(rgb: np.ndarray) -> float:
+def colorfulness(rgb: np.ndarray, planes: tuple[np.ndarray, ...] | None = None) -> float:
     """Hasler & Suesstrunk (2003) colorfulness, 0 (gray) to ~150 (very colorful)."""
     if not rgb.size:
         return 0.0
-    r = rgb[..., 0].astype(np.float32)
-    g = rgb[..., 1].astype(np.float32)
-    b = rgb[..., 2].astype(np.float32)
+    r, g, b = planes if planes is not None else _planes(rgb)
     rg = r - g
     yb = 0.5 * (r + g) - b
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
-def measure_pixels(rgb: np.ndarray) -> dict[str, float]:
-    """All pixel properties of one (already downscaled) RGB uint8 image."""
-    gray = luminance(rgb)
-    out = brightness_stats(gray)
+def measure_pixels(rgb: np.ndarray, gray: np.ndarray | None = None) -> dict[str, float]:
+    """All pixel properties of one (already downscaled) RGB uint8 image. ``gray``: its
+    :func:`luminance` if the caller already has it. Each plane is converted to float once
+    and each histogram made once (the same numbers as calling the measures one by one)."""
+    planes = _planes(rgb)
+    gray = luminance(rgb, planes) if gray is None else gray
+    hist = _histogram(gray)
+    out = brightness_stats(gray, hist)
     out["contrast"] = contrast(gray)
-    out["entropy"] = entropy_bits(gray)
+    out["entropy"] = entropy_bits(gray, hist)
     out["sharpness"] = sharpness(gray)
     out["laplacian_var"] = laplacian_variance(gray)
     out["detail_ratio"] = detail_ratio(gray)
     # Per channel, then averaged: sensor noise is independent per channel, and a user's
     # "sigma 20" means 20 on each channel's 0..255 scale (luma would show only ~0.67 of it).
-    out["noise_sigma"] = float(np.mean([noise_sigma(rgb[..., c].astype(np.float32)) for c in range(3)]))
+    out["noise_sigma"] = float(np.mean([noise_sigma(p) for p in planes]))
     out["channel_spread"] = channel_spread(rgb)
-    out["colorfulness"] = colorfulness(rgb)
+    out["colorfulness"] = colorfulness(rgb, planes)
     return out
