@@ -165,6 +165,7 @@ def build_report(
                 "findings": counts.get(name, 0),
                 "skipped": ctx.skipped.get(name) if ctx is not None else None,
                 "note": ctx.notes.get(name) if ctx is not None else None,
+                "params": jsonable(rules.checks[name].params),
             }
             for name in registry
         },  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="audit",
@@ -29,7 +30,7 @@ _SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"error: {message}", style="red", highlight=False, soft_wrap=True)
+    err_console.print(f"error: {escape(message)}", style="red", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -66,7 +67,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
 
     report = result.report
     ds = report["dataset"]
-    splits = ", ".join(f"{k} {v}" for k, v in ds["splits"].items()) or "no splits"
+    splits = escape(", ".join(f"{k} {v}" for k, v in ds["splits"].items()) or "no splits")
     console.print(
         f"[bold]{ds['images']}[/] images ({ds['unreadable']} unreadable), "
         f"{len(ds['classes'])} classes, {splits}; layout [bold]{ds['layout']}[/]",
@@ -76,7 +77,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
     if emb is not None:
         fresh = f"{emb.computed} computed, {emb.cached} from cache"
         failed = f", {len(emb.failures)} failed" if emb.failures else ""
-        console.print(f"embeddings: [bold]{emb.backbone['id']}[/] ({emb.backbone['dims']}-d; {fresh}{failed})",
+        console.print(f"embeddings: [bold]{escape(emb.backbone['id'])}[/] ({emb.backbone['dims']}-d; {fresh}{failed})",
                       highlight=False)  # fmt: skip
     else:
         console.print("embeddings: skipped (--no-embed); outlier and embedding near-duplicate checks did not run",
@@ -102,14 +103,14 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         status = gate.get(name, {}).get("status", "pass")
         mark = {"fail": " [bold red]FAIL[/]", "warn": " [yellow]over limit[/]"}.get(status, "")
         sev = info["severity"]
-        table.add_row(name, f"[{_SEV_STYLE[sev]}]{sev}[/]", str(len(fs)) + mark, ex)
+        table.add_row(name, f"[{_SEV_STYLE[sev]}]{sev}[/]", str(len(fs)) + mark, escape(ex))
     skipped: dict[str, list[str]] = {}
     for name, info in report["checks"].items():
         if info["enabled"] and info.get("skipped") and not by_check.get(name):
             skipped.setdefault(info["skipped"], []).append(name)
     if skipped:
         lines = "; ".join(f"{', '.join(names)} ({why})" for why, names in skipped.items())
-        console.print(f"not run: {lines}", style="dim", highlight=False)
+        console.print(f"not run: {escape(lines)}", style="dim", highlight=False)
     if table.row_count:
         console.print(table)
     else:
@@ -118,7 +119,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         console.print("[bold green]Gate: passed[/]")
     else:
         failed = [r["rule"] for r in report["gate"]["rules"] if r["status"] == "fail"]
-        console.print(f"[bold red]Gate: failed[/] ({', '.join(failed)})")
+        console.print(f"[bold red]Gate: failed[/] ({escape(', '.join(failed))})")
 
 
 _VERDICT_STYLE = {"shift": "bold yellow", "minor": "cyan", "none": "green", "skipped": "dim"}
@@ -127,10 +128,10 @@ _VERDICT_STYLE = {"shift": "bold yellow", "minor": "cyan", "none": "green", "ski
 def print_shift(report: dict, console: Console = out_console, explanations: int = 3) -> None:
     """One block per comparison (verdict, effect size, what differs) and the pretraining gap."""
     for s in report.get("shift") or []:
-        head = f"shift {s['reference']} -> {s['target']}: "
+        head = escape(f"shift {s['reference']} -> {s['target']}: ")
         style = _VERDICT_STYLE.get(s["verdict"], "")
         if s["verdict"] == "skipped" or s.get("auc") is None:
-            console.print(head + f"[{style}]skipped[/] ({s['skipped']})", highlight=False)
+            console.print(head + f"[{style}]skipped[/] ({escape(str(s['skipped']))})", highlight=False)
         else:
             lo, hi = s["auc_ci"]
             p = "p<0.001" if s["p_value"] < 0.001 else f"p={s['p_value']:.3f}"
@@ -141,7 +142,7 @@ def print_shift(report: dict, console: Console = out_console, explanations: int 
                 highlight=False,
             )  # fmt: skip
         for line in s["explanations"][:explanations]:
-            console.print(f"  - {line}", highlight=False)
+            console.print(f"  - {escape(line)}", highlight=False)
     gap = report.get("pretraining_gap")
     if gap and gap.get("level"):
         parts = []
@@ -230,7 +231,7 @@ def scan(
         )  # fmt: skip
     if not quiet:
         print_summary(result)
-    out_console.print(f"Report: {result.files['html']}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {escape(str(result.files['html']))}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -292,14 +293,17 @@ def gate(
                 progress=update,
             )  # fmt: skip
     if junit is not None:
-        atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
+        try:
+            atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
+        except OSError as exc:
+            _fail(f"{junit}: cannot write the JUnit file: {exc.strerror or exc}")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in github_annotations(result):
             print(line, flush=True)
     if not quiet:
         print_gate(result)
     verdict = "[bold green]Gate: passed[/]" if result.passed else "[bold red]Gate: failed[/]"
-    where = f" (report: {result.report_path})" if result.report_path else ""
+    where = escape(f" (report: {result.report_path})") if result.report_path else ""
     out_console.print(verdict + where, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if result.passed else 1)
 
@@ -317,7 +321,7 @@ def print_gate(result, console: Console = out_console) -> None:
             f"{e['max_fraction']:.1%}" if e["max_fraction"] is not None else "") if x)  # fmt: skip
         style = "bold red" if e["status"] == "fail" else "yellow"
         table.add_row(e["rule"], f"[{style}]{e['status']}[/]", str(e["value"]), allowed or "-",
-                      f"{e['fraction']:.1%}", "; ".join(e["examples"][:2]))  # fmt: skip
+                      f"{e['fraction']:.1%}", escape("; ".join(e["examples"][:2])))  # fmt: skip
     passed = sum(r["status"] == "pass" for r in result.report["gate"]["rules"])
     if table.row_count:
         console.print(table)
@@ -354,11 +358,11 @@ def embed(
         )  # fmt: skip
     emb = result.embeddings
     out_console.print(
-        f"{len(result.paths)} images embedded with {emb.backbone['id']} ({emb.backbone['dims']}-d; "
+        f"{len(result.paths)} images embedded with {escape(emb.backbone['id'])} ({emb.backbone['dims']}-d; "
         f"{emb.computed} computed, {emb.cached} from cache; {result.skipped} unreadable skipped)",
         highlight=False,
     )
-    out_console.print(f"Embeddings: {out}", highlight=False, soft_wrap=True)
+    out_console.print(f"Embeddings: {escape(str(out))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -375,7 +379,7 @@ def demo(
 
     data_dir = out / "dataset"
     injected = build_demo(data_dir)
-    err_console.print(f"demo dataset: {data_dir} ({injected['images']} images, "
+    err_console.print(f"demo dataset: {escape(str(data_dir))} ({injected['images']} images, "
                       f"{len(injected['defects'])} injected defects)", highlight=False)  # fmt: skip
     bar, update = _progress()
     with bar:
@@ -384,7 +388,7 @@ def demo(
     found = {(f["check"], p) for f in result.report["findings"] for p in f["paths"]}
     hit = sum(1 for d in injected["defects"] if (d["check"], d["path"]) in found)
     out_console.print(f"Injected defects found: {hit}/{len(injected['defects'])}")
-    out_console.print(f"Report: {result.files['html']}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {escape(str(result.files['html']))}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks import Finding
+from .checks import Finding, jsonable
 from .rules import Rules, RulesError, apply_severities, judge, load_rules
 
 
@@ -72,8 +73,19 @@ def _result(report: dict, report_path: Path | None, scan: Any = None, examples: 
 
 def rejudge(report: dict, rules: Rules) -> dict:
     """The report with its severities and gate recomputed under ``rules`` (severity, enabled
-    and gate limits; a rule's ``params`` decide what is a finding, so changing those needs
-    a rescan). Findings of checks the rules disable are dropped."""
+    and gate limits). Findings of checks the rules disable are dropped. Raises
+    :class:`ReportError` when the rules would judge something the scan did not measure: a
+    check enabled now that was disabled (or unknown) in the scan, or different ``params``
+    (they decide what is a finding): rescan instead."""
+    ran = report.get("checks", {})
+    for name, rule in rules.checks.items():
+        if not rule.enabled:
+            continue
+        info = ran.get(name)
+        if not info or not info.get("enabled"):
+            raise ReportError(f"{rules.source}: {name} is enabled but did not run in this report; rescan")
+        if "params" in info and (info["params"] or {}) != jsonable(rule.params):
+            raise ReportError(f"{rules.source}: {name}.params differ from the scan's ({info['params']}); rescan")
     findings = [
         Finding(f["check"], f["paths"], f["score"], f["message"], f.get("details") or {})
         for f in report["findings"]
@@ -102,6 +114,11 @@ def load_report(path: str | os.PathLike) -> dict:
         raise ReportError(f"{p}: not a readable report.json ({exc})") from None
     if not isinstance(report, dict) or not str(report.get("schema", "")).startswith("auditor.report/"):
         raise ReportError(f"{p}: not an image-auditor report (no 'schema: auditor.report/...')")
+    ok = (isinstance(report.get("findings"), list) and isinstance(report.get("gate"), dict)
+          and isinstance(report["gate"].get("rules"), list) and isinstance(report.get("dataset"), dict)
+          and isinstance(report["dataset"].get("images"), int) and isinstance(report.get("checks"), dict))  # fmt: skip
+    if not ok:
+        raise ReportError(f"{p}: incomplete report (needs findings, gate.rules, dataset.images, checks)")
     return report
 
 
@@ -154,6 +171,14 @@ def _describe(entry: dict) -> str:
     return text
 
 
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _xml_text(s: str) -> str:
+    """Text with the characters XML 1.0 cannot hold written as \\xNN (file names may have them)."""
+    return _XML_FORBIDDEN.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+
+
 def junit_xml(result: GateResult) -> str:
     """A JUnit XML document with one test case per enabled rule: ``failure`` for a failed
     rule, passed (with the numbers in ``system-out``) otherwise, ``skipped`` for a check
@@ -171,12 +196,12 @@ def junit_xml(result: GateResult) -> str:
     for e in entries:
         case = ET.SubElement(suite, "testcase", {"classname": "image-auditor", "name": e["rule"]})
         skipped = checks.get(e["rule"], {}).get("skipped")
-        detailed = _describe({**e, "examples": _examples(result, e["rule"])})
+        detailed = _xml_text(_describe({**e, "examples": _examples(result, e["rule"])}))
         if e["status"] == "fail":
             ET.SubElement(case, "failure", {"message": f"{e['rule']}: {e['value']} findings",
                                             "type": e["severity"]}).text = detailed  # fmt: skip
         elif skipped and e["status"] == "pass":
-            ET.SubElement(case, "skipped", {"message": skipped})
+            ET.SubElement(case, "skipped", {"message": _xml_text(skipped)})
         else:
             ET.SubElement(case, "system-out").text = f"{e['status']}: {detailed}"
     root = ET.Element("testsuites")
@@ -193,21 +218,30 @@ def _examples(result: GateResult, rule: str) -> list[str]:
 
 
 def _escape_data(s: str) -> str:
-    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    s = s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return re.sub("[\x00-\x1f\x7f]", lambda m: f"%{ord(m.group()):02X}", s)  # no raw ESC sequences
 
 
 def _escape_property(s: str) -> str:
     return _escape_data(s).replace(":", "%3A").replace(",", "%2C")
 
 
-def github_annotations(result: GateResult) -> list[str]:
+#: GitHub shows about 10 annotations of each level per step; the rest would vanish silently.
+MAX_ANNOTATIONS = 10
+
+
+def github_annotations(result: GateResult, limit: int = MAX_ANNOTATIONS) -> list[str]:
     """GitHub Actions workflow commands: ``::error`` per failed rule, ``::warning`` per rule
-    over its limit at warning level (values escaped as GitHub requires)."""
+    over its limit at warning level (values escaped as GitHub requires), at most ``limit``
+    of each, then one line that says how many more there are and where the report is."""
     lines = []
     for level, entries in (("error", result.failures), ("warning", result.warnings)):
-        for e in entries:
+        for e in entries[:limit]:
             title = _escape_property(f"image-auditor {e['rule']}")
             lines.append(f"::{level} title={title}::{_escape_data(_describe(e))}")
+        if len(entries) > limit:
+            more = f"{len(entries) - limit} more {level} rules; see {result.report_path or 'the report'}"
+            lines.append(f"::{level} title=image-auditor::{_escape_data(more)}")
     return lines
 
 

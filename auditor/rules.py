@@ -106,6 +106,9 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(parent, str):
         raise RulesError(f"{path}: 'extends' must be a preset name or a file path")
     ppath = preset_path(parent) if parent in PRESETS else (path.parent / parent)
+    if not ppath.is_file():
+        raise RulesError(f"{path}: extends: {parent!r} is neither a preset ({', '.join(PRESETS)}) nor a file "
+                         f"({ppath})")  # fmt: skip
     base = _resolve(ppath, (*seen, path.resolve()))
     merged = _merge(base, {k: v for k, v in data.items() if k != "extends"})
     return merged
@@ -118,6 +121,8 @@ def _type_name(t) -> str:
 
 def _check_type(src: str, key: str, value: Any, expected) -> None:
     ts = expected if isinstance(expected, tuple) else (expected,)
+    if float in ts:
+        ts = (*ts, int)  # 4 is a fine value where 4.0 is expected
     ok = isinstance(value, ts) and not (isinstance(value, bool) and bool not in ts)
     if not ok:
         raise RulesError(f"{src}: {key}: expected {_type_name(expected)}, got {value!r}")
@@ -176,7 +181,13 @@ def validate(data: dict, src: str) -> Rules:
         for g, v in gate.items():
             if g not in _GATE_KEYS:
                 raise RulesError(f"{src}: {where}.gate.{g}: unknown key; expected {sorted(_GATE_KEYS)}")
+            if v is None:  # null clears a limit inherited through `extends`
+                continue
             _check_type(src, f"{where}.gate.{g}", v, _GATE_KEYS[g])
+            if g == "max_count" and v < 0:
+                raise RulesError(f"{src}: {where}.gate.max_count: expected a count >= 0, got {v!r}")
+            if g == "max_fraction" and not 0 <= v <= 1:
+                raise RulesError(f"{src}: {where}.gate.max_fraction: expected a fraction in 0..1, got {v!r}")
         rules.checks[name] = CheckRule(
             name, sev, dict(params), enabled, gate.get("max_count"), gate.get("max_fraction")
         )

@@ -125,3 +125,59 @@ def test_lenient_fails_only_on_leakage_and_an_unreadable_dataset(tmp_path, tiles
         synth.write(broken / f"{i}.jpg", synth.random_bytes(200, seed=i) if i < 4 else synth.jpeg_bytes(tiles[i][1]))
     result = auditor.gate(broken, embed=False, out=tmp_path / "b", rules="lenient")
     assert [f["rule"] for f in result.failures] == ["corrupt"]
+
+
+def test_lenient_passes_a_few_corrupt_files(tmp_path, tiles):
+    root = tmp_path / "few"
+    for i, (_, px) in enumerate(tiles[:24]):
+        synth.write(root / f"{i}.jpg", synth.jpeg_bytes(px, 90))
+    synth.write(root / "broken.jpg", b"")
+    assert auditor.gate(root, embed=False, out=tmp_path / "o", rules="lenient").passed
+    assert not auditor.gate(root, embed=False, out=tmp_path / "p", rules="strict").passed
+
+
+def test_markup_and_control_characters_in_file_names(tmp_path, tiles):
+    root = tmp_path / "odd"
+    for i, (_, px) in enumerate(tiles[:23]):
+        synth.write(root / "train" / "a" / f"{i}.jpg", synth.jpeg_bytes(px, 90))
+    data = synth.jpeg_bytes(tiles[30][1], 90)
+    names = ["[/bold]oops.jpg", "esc\x1b[31mred.jpg"]
+    for n in names:
+        synth.write(root / "train" / "a" / n, data)
+        synth.write(root / "val" / "a" / n, data)  # leakage: the names end up in messages
+    junit = tmp_path / "g.xml"
+    res = runner.invoke(app, ["gate", str(root), "--no-embed", "-o", str(tmp_path / "o"), "--junit", str(junit)],
+                        env={"GITHUB_ACTIONS": "true"})  # fmt: skip
+    assert res.exit_code == 1, res.output  # a failed gate, not a crash
+    assert "[/bold]oops.jpg" in res.output.replace("\n", "")
+    failure = ET.parse(junit).getroot().find("testsuite/testcase[@name='leakage']/failure")
+    assert "oops.jpg" in failure.text and "\x1b" not in failure.text and "\\x1b" in failure.text
+    notes = [ln for ln in res.output.splitlines() if ln.startswith("::error")]
+    assert notes and all("\x1b" not in ln for ln in notes)
+    bad = runner.invoke(app, ["gate", str(root), "--no-embed", "--junit", str(tmp_path)])  # a folder
+    assert bad.exit_code == 2
+
+
+def test_from_report_refuses_what_the_scan_did_not_measure(leaky, tmp_path):
+    off = tmp_path / "off.yaml"
+    off.write_text("schema: auditor.rules/1\nextends: default\nchecks:\n  leakage: {severity: error, enabled: false}\n")
+    res = runner.invoke(app, ["gate", str(leaky), "--no-embed", "-o", str(tmp_path / "o"), "--rules", str(off)])
+    assert res.exit_code == 0  # leakage was not checked
+    report = tmp_path / "o" / "report.json"
+    again = runner.invoke(app, ["gate", "--from-report", str(report), "--rules", "default"])
+    assert again.exit_code == 2 and "leakage is enabled but did not run" in again.output
+    other = tmp_path / "params.yaml"
+    other.write_text("schema: auditor.rules/1\nextends: off.yaml\nchecks:\n  dark: {severity: warning, "
+                     "params: {max_brightness_p95: 90}}\n")  # fmt: skip
+    changed = runner.invoke(app, ["gate", "--from-report", str(report), "--rules", str(other)])
+    assert changed.exit_code == 2 and "dark.params differ" in changed.output
+    (tmp_path / "partial.json").write_text(json.dumps({"schema": "auditor.report/1"}))
+    partial = runner.invoke(app, ["gate", "--from-report", str(tmp_path / "partial.json")])
+    assert partial.exit_code == 2 and "incomplete report" in partial.output
+
+
+def test_annotations_are_capped(leaky, tmp_path):
+    result = auditor.gate(leaky, embed=False, out=tmp_path / "o")
+    many = result.failures * 15
+    capped = github_annotations(type(result)(False, many, [], result.report, result.report_path), limit=10)
+    assert len(capped) == 11 and "5 more error rules" in capped[-1]

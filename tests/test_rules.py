@@ -89,3 +89,21 @@ def test_presets_load(preset):
         assert errors == {"leakage", "corrupt"} and rules.checks["corrupt"].max_fraction == 0.5
     if preset == "strict":
         assert "corrupt" in errors
+
+
+def test_integers_accepted_for_numbers_and_limits_range_checked(tmp_path):
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("schema: auditor.rules/1\nextends: default\nchecks:\n  outlier: {severity: warning, "
+                  "params: {neighbours: 5, robust_z: 4, min_distance: 0.3}}\n")  # fmt: skip
+    assert load_rules(ok).checks["outlier"].params["robust_z"] == 4
+    for gate, match in (("{max_count: -5}", "max_count: expected a count >= 0"),
+                        ("{max_fraction: 7}", "max_fraction: expected a fraction in 0..1")):  # fmt: skip
+        bad = tmp_path / "bad.yaml"
+        head = "schema: auditor.rules/1\nextends: default\nchecks:\n"
+        bad.write_text(head + f"  dark: {{severity: warning, gate: {gate}}}\n")
+        with pytest.raises(RulesError, match=match):
+            load_rules(bad)
+    missing = tmp_path / "child.yaml"
+    missing.write_text("schema: auditor.rules/1\nextends: nosuch\nchecks: {}\n")
+    with pytest.raises(RulesError, match="child.yaml: extends: 'nosuch' is neither a preset"):
+        load_rules(missing)

@@ -165,12 +165,14 @@ def render_html(result: ScanResult, store: Store) -> str:
     sections: dict[str, list[dict]] = {}
     for f in report["findings"]:
         sections.setdefault(f["check"], []).append(f)
-    shown = {c: fs[:MAX_FINDINGS_PER_SECTION] for c, fs in sections.items()}
+    # worst first in every section, then capped
+    shown = {c: sorted(fs, key=lambda f: -f["score"])[:MAX_FINDINGS_PER_SECTION] for c, fs in sections.items()}
     wanted: dict[str, None] = {}  # ordered: shift panel first, then sections in report order
     for s in report.get("shift") or []:
         for im in ((s.get("out_of_support") or {}).get("images") or [])[:MAX_THUMBS_PER_FINDING]:
             wanted.setdefault(im["path"])
-    for fs in shown.values():
+    rank = {"error": 0, "warning": 1, "info": 2}  # the budget goes to error sections first
+    for _, fs in sorted(shown.items(), key=lambda kv: rank.get(report["checks"][kv[0]]["severity"], 3)):
         for f in fs:
             for p in f["paths"][:MAX_THUMBS_PER_FINDING]:
                 wanted.setdefault(p)
