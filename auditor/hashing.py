@@ -148,15 +148,31 @@ def near_pairs(hashes: np.ndarray, radius: int, block: int = 1 << 18) -> tuple[n
 
 def group_pairs(n: int, pairs: np.ndarray) -> list[list[int]]:
     """Connected components (size >= 2) of the graph on ``n`` nodes with edges ``pairs``,
-    each sorted, the list sorted by first member."""
+    each sorted, the list sorted by first member.
+
+    Vectorised minimum-label propagation with pointer jumping (numpy only: no scipy.sparse
+    import, which costs a cached rescan more than the grouping itself)."""
     if len(pairs) == 0:
         return []
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
+    a = np.asarray(pairs[:, 0], dtype=np.int64)
+    b = np.asarray(pairs[:, 1], dtype=np.int64)
+    label = np.arange(n, dtype=np.int64)
+    while True:
+        low = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, low)
+        np.minimum.at(new, b, low)
+        new[new] = np.minimum(new[new], new)  # a root that lost its label passes it on
+        while True:  # pointer jumping: every node straight to its current root
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, label):
+            break
+        label = new
+    nodes = np.unique(np.concatenate([a, b]))
     members: dict[int, list[int]] = {}
-    for node in np.unique(pairs):
-        members.setdefault(int(labels[node]), []).append(int(node))
+    for node in nodes.tolist():
+        members.setdefault(int(label[node]), []).append(node)
     return sorted((sorted(g) for g in members.values() if len(g) > 1), key=lambda g: g[0])

@@ -9,7 +9,6 @@ explanations. Inputs are numpy arrays: ``rgb`` is uint8 (H, W, 3); ``gray`` is f
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 #: Bump when any measurement changes meaning, so cached values are recomputed.
 MEASURE_VERSION = 3
@@ -94,6 +93,8 @@ def sharpness(gray: np.ndarray, h_size: int = 11) -> float:
     et al. (2007): how much of the image's edge contrast survives a further ``h_size``-pixel
     box blur. It falls monotonically as an image is blurred and, being a ratio, depends far
     less on content than a Laplacian variance does."""
+    from scipy import ndimage  # here, not at import: a cached rescan never measures
+
     if min(gray.shape) < 3:
         return 0.0
     blur = 0.0

@@ -71,3 +71,22 @@ def test_pixel_hash_equal_for_same_pixels_in_two_formats():
     b = decode_bytes(buf.getvalue()).rgb
     assert hashing.pixel_hash(a) == hashing.pixel_hash(b)
     assert hashing.pixel_hash(a) != hashing.pixel_hash(a[:, ::-1].copy())
+
+
+def test_group_pairs_matches_scipy_connected_components():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, m = int(rng.integers(2, 200)), int(rng.integers(1, 300))
+        pairs = rng.integers(0, n, (m, 2))
+        graph = coo_matrix((np.ones(m), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        _, labels = connected_components(graph, directed=False)
+        members: dict[int, list[int]] = {}
+        for node in np.unique(pairs):
+            members.setdefault(int(labels[node]), []).append(int(node))
+        expected = sorted((sorted(g) for g in members.values() if len(g) > 1), key=lambda g: g[0])
+        assert hashing.group_pairs(n, pairs) == expected
+    chain = np.stack([np.arange(9999), np.arange(1, 10000)], axis=1)  # a long path is one group
+    assert hashing.group_pairs(10000, chain) == [list(range(10000))]
