@@ -330,6 +330,64 @@ def print_gate(result, console: Console = out_console) -> None:
 
 
 @app.command()
+def clean(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (read only: never modified).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for the cleaned dataset and manifest.csv.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print; write nothing.")] = False,
+    relabel: Annotated[
+        bool,
+        typer.Option(
+            "--relabel", help="Move confident label issues to the suggested label instead of quarantining them."
+        ),
+    ] = False,
+    rules: Annotated[str | None, typer.Option(help="Rules file (its 'clean' section), or a preset.")] = None,
+    no_embed: Annotated[
+        bool, typer.Option("--no-embed", help="Skip the backbone (no label issues or embedding duplicates).")
+    ] = False,
+    layout: LayoutOpt = "auto",
+    manifest: ManifestOpt = None,
+    workers: WorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Decide keep / drop / quarantine / relabel for every image from the scan's findings and
+    write CLEAN_DIR/manifest.csv plus the cleaned dataset (split/class layout, hard links
+    where possible). Rerunning gives the same result."""
+    from rich.table import Table
+
+    from .clean import CleanError
+    from .clean import clean as run_clean
+
+    if out is None and not dry_run:
+        _fail("give --out CLEAN_DIR, or --dry-run")
+    bar, update = _progress()
+    with _input_errors(), bar:
+        try:
+            result = run_clean(
+                dataset, out, rules=rules, dry_run=dry_run, relabel=relabel, embed=not no_embed, layout=layout,
+                manifest=manifest, workers=workers, cache_dir=cache_dir, progress=update,
+            )  # fmt: skip
+        except CleanError as exc:
+            _fail(str(exc))
+    m = result.manifest
+    table = Table(title="Decisions")
+    for col in ("action", "images", "why (first)"):
+        table.add_column(col, overflow="fold")
+    for action in ("drop", "quarantine", "relabel", "keep"):
+        rows = m[m["action"] == action]
+        if len(rows):
+            why = "; ".join(sorted({r.split(":")[0] for r in rows["reason"] if r})[:6])
+            table.add_row(action, str(len(rows)), escape(why or "-"))
+    out_console.print(table)
+    if result.out_dir is not None:
+        out_console.print(f"Cleaned dataset: {escape(str(result.out_dir))} (manifest.csv)", highlight=False,
+                          soft_wrap=True)  # fmt: skip
+    else:
+        out_console.print("Dry run: nothing written.")
+
+
+@app.command()
 def embed(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .npz or .parquet.")],

@@ -35,7 +35,13 @@ SEVERITIES = ("info", "warning", "error")
 PRESETS = ("default", "strict", "lenient")
 _SETTINGS = {"min_images_for_relative": int}
 _GATE_KEYS = {"max_count": int, "max_fraction": (int, float)}
-_TOP_KEYS = {"schema", "extends", "description", "settings", "checks"}
+_TOP_KEYS = {"schema", "extends", "description", "settings", "checks", "clean"}
+CLEAN_ACTIONS = ("keep", "drop", "quarantine", "keep_one", "drop_from_eval", "quarantine_confident")
+DEFAULT_CLEAN = {
+    "label_issue_min_score": 0.7,
+    "actions": {"corrupt": "drop", "exact_duplicate": "keep_one", "near_duplicate": "keep_one",
+                "leakage": "drop_from_eval", "label_conflict": "quarantine", "label_issue": "quarantine_confident"},
+}  # fmt: skip
 _CHECK_KEYS = {"severity", "enabled", "params", "gate", "description"}
 
 
@@ -58,6 +64,7 @@ class Rules:
     source: str
     settings: dict[str, Any]
     checks: dict[str, CheckRule] = field(default_factory=dict)
+    clean: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_CLEAN))
 
 
 def preset_path(name: str) -> Path:
@@ -191,11 +198,37 @@ def validate(data: dict, src: str) -> Rules:
         rules.checks[name] = CheckRule(
             name, sev, dict(params), enabled, gate.get("max_count"), gate.get("max_fraction")
         )
+    rules.clean = _validate_clean(data.get("clean"), src, registry)
     missing = [n for n in registry if n not in rules.checks]
     if missing:
         raise RulesError(f"{src}: checks.{missing[0]}: missing (every check needs a rule; "
                          f"write 'enabled: false' to turn one off)")  # fmt: skip
     return rules
+
+
+def _validate_clean(section: Any, src: str, registry: dict) -> dict:
+    """The ``clean`` policy: ``actions`` (check -> action) and ``label_issue_min_score``."""
+    if section is None:
+        return copy.deepcopy(DEFAULT_CLEAN)
+    if not isinstance(section, dict):
+        raise RulesError(f"{src}: clean: expected a mapping with 'actions' and 'label_issue_min_score'")
+    for key in section:
+        if key not in DEFAULT_CLEAN:
+            raise RulesError(f"{src}: clean.{key}: unknown key; expected {sorted(DEFAULT_CLEAN)}")
+    out = copy.deepcopy(DEFAULT_CLEAN)
+    score = section.get("label_issue_min_score", out["label_issue_min_score"])
+    _check_type(src, "clean.label_issue_min_score", score, float)
+    out["label_issue_min_score"] = float(score)
+    actions = section.get("actions", out["actions"])
+    if not isinstance(actions, dict):
+        raise RulesError(f"{src}: clean.actions: expected a mapping of check name -> action")
+    for name, act in actions.items():
+        if name not in registry:
+            raise RulesError(f"{src}: clean.actions.{name}: unknown check")
+        if act not in CLEAN_ACTIONS:
+            raise RulesError(f"{src}: clean.actions.{name}: expected one of {', '.join(CLEAN_ACTIONS)}, got {act!r}")
+    out["actions"] = dict(actions)
+    return out
 
 
 def load_rules(path: str | Path | None = None) -> Rules:
