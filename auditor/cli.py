@@ -388,6 +388,59 @@ def clean(
 
 
 @app.command()
+def finetune(
+    dataset: Annotated[Path, typer.Argument(help="A split/class dataset, e.g. the folder audit clean wrote.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder: model.keras, history.json, ...")],
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per phase (early stopping may end sooner).")] = 10,
+    unfreeze: Annotated[int, typer.Option(min=0, help="Top blocks trained in phase 2 (0: head only).")] = 3,
+    learning_rate: Annotated[float, typer.Option(help="Phase 1 learning rate; phase 2 uses a tenth.")] = 1e-3,
+    image_size: Annotated[int, typer.Option(min=32, help="Input size in pixels.")] = 224,
+    batch_size: BatchOpt = 32,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Keras augmentation layers.")] = True,
+    augmentations: Annotated[
+        str, typer.Option(help="Comma-separated: flip, rotation, zoom, translation, contrast, brightness.")
+    ] = "flip,rotation,zoom,translation,contrast,brightness",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Fine-tune EfficientNet-Lite0 on DATASET: head first with the backbone frozen, then the
+    top blocks at a 10x lower learning rate with BatchNorm frozen; early stopping; class
+    weights when imbalanced. Writes OUT/model.keras, history.json, evaluation.json."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .finetune import FinetuneError, FinetuneOptions
+    from .finetune import finetune as run_finetune
+
+    opts = FinetuneOptions(
+        epochs=epochs, unfreeze=unfreeze, learning_rate=learning_rate, image_size=image_size,
+        batch_size=batch_size, seed=seed,
+        augment=tuple(a.strip() for a in augmentations.split(",") if a.strip()) if augment else (),
+    )  # fmt: skip
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[logs]}"), console=err_console, transient=True,
+                   disable=not err_console.is_terminal)  # fmt: skip
+    tasks: dict[str, int] = {}
+
+    def update(phase: str, epoch: int, total: int, logs: dict) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total, logs="")
+        text = ", ".join(f"{k} {v:.3f}" for k, v in logs.items() if k in ("loss", "val_loss", "val_accuracy"))
+        bar.update(tasks[phase], completed=epoch, logs=text)
+
+    with _input_errors(), bar:
+        try:
+            result = run_finetune(dataset, out, opts, progress=update)
+        except FinetuneError as exc:
+            _fail(str(exc))
+    ev = result.evaluation
+    for phase, rows in result.history.items():
+        last = rows[-1]
+        out_console.print(f"{phase}: {len(rows)} epochs, val_loss {last['val_loss']:.3f}, "
+                          f"val_accuracy {last['val_accuracy']:.3f}", highlight=False)  # fmt: skip
+    out_console.print(f"validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} images; "
+                      f"model: {escape(str(result.model_path))}", highlight=False, soft_wrap=True)  # fmt: skip
+
+
+@app.command()
 def embed(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .npz or .parquet.")],

@@ -1,0 +1,237 @@
+"""``audit finetune``: the transfer-learning recipe on the default backbone, applied correctly.
+
+Model: EfficientNet-Lite0 (ImageNet, the auditor's own backbone) -> global average pooling ->
+dropout -> softmax dense with L2. Phase 1 trains the head with the backbone frozen; phase 2
+unfreezes the top ``unfreeze`` blocks (and the head convolution) at a learning rate 10x
+lower while every BatchNorm layer stays frozen and in inference mode (the classic mistake:
+unfrozen BatchNorm statistics re-estimated on small batches wreck the pretrained features).
+Augmentation with Keras preprocessing layers (active only while training), class weights
+when classes are imbalanced, early stopping on validation loss (best weights kept).
+Seeded; ``MODEL_DIR`` gets ``model.keras``, ``history.json`` and ``evaluation.json``
+(validation confusion matrix and per-class accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backbones import quiet_tensorflow
+
+#: Split names used for validation, in order of preference.
+VAL_SPLITS = ("val", "valid", "validation", "dev")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
+
+
+class FinetuneError(ValueError):
+    """The dataset cannot be fine-tuned on (exit code 2)."""
+
+
+@dataclass
+class FinetuneOptions:
+    epochs: int = 10  # per phase (early stopping may end a phase sooner)
+    unfreeze: int = 3  # top blocks trained in phase 2 (0: phase 2 skipped)
+    learning_rate: float = 1e-3  # phase 1; phase 2 uses a tenth of it
+    image_size: int = 224
+    batch_size: int = 32
+    augment: tuple[str, ...] = AUGMENTATIONS  # empty: no augmentation
+    dropout: float = 0.2
+    l2: float = 1e-4
+    patience: int = 3
+    seed: int = 0
+    val_fraction: float = 0.2  # carved from train (stratified) when there is no val split
+
+
+@dataclass
+class FinetuneResult:
+    model_path: Path
+    history: dict[str, list[dict]]  # phase -> per-epoch metrics
+    evaluation: dict  # val accuracy, confusion matrix, per-class accuracy
+    classes: list[str]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _items(dataset: str | os.PathLike, seed: int, val_fraction: float):
+    """(train paths, train labels, val paths, val labels, classes) from a split/class or
+    class-folder dataset (e.g. ``audit clean``'s output). Without a val split, a stratified
+    ``val_fraction`` of train is held out (seeded)."""
+    from .dataset import discover
+
+    disc = discover(dataset)
+    items = disc.items[disc.items["label"].map(lambda x: isinstance(x, str))]
+    items = items[~items["path"].str.startswith("_quarantine/")]
+    if items.empty:
+        raise FinetuneError(f"{dataset}: no labeled images (expected DATASET/<split>/<class>/ or DATASET/<class>/)")
+    splits = set(items["split"].dropna())
+    val_name = next((s for s in VAL_SPLITS if s in splits), None)
+    train = items[items["split"] == "train"] if "train" in splits else items[items["split"].isna()]
+    if val_name is not None:
+        val = items[items["split"] == val_name]
+    else:
+        from sklearn.model_selection import train_test_split
+
+        counts = train["label"].value_counts()
+        strat = train["label"] if counts.min() >= 2 else None
+        train, val = train_test_split(train, test_size=val_fraction, random_state=seed, stratify=strat)
+    classes = sorted(set(train["label"]))
+    if len(classes) < 2:
+        raise FinetuneError(f"{dataset}: need at least 2 classes in train, found {classes}")
+    val = val[val["label"].isin(classes)]
+    if val.empty:
+        raise FinetuneError(f"{dataset}: the validation split has no images of the train classes")
+    code = {c: i for i, c in enumerate(classes)}
+    return (list(train["abs_path"]), np.array([code[c] for c in train["label"]]), list(val["abs_path"]),
+            np.array([code[c] for c in val["label"]]), classes)  # fmt: skip
+
+
+def _load_images(paths: list[str], size: int) -> np.ndarray:
+    """uint8 (n, size, size, 3), the embedder's decode + resize (shorter side to size/0.875,
+    centre crop)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .embed import prepare_image
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        arrays = list(pool.map(lambda p: prepare_image(p, size), paths))
+    bad = [p for p, a in zip(paths, arrays, strict=True) if isinstance(a, str)]
+    if bad:
+        raise FinetuneError(f"{bad[0]}: cannot be decoded ({len(bad)} such files); run audit clean first")
+    return np.stack(arrays)
+
+
+def build(num_classes: int, options: FinetuneOptions):
+    """(model, backbone): the classifier on a frozen EfficientNet-Lite0 with ImageNet weights."""
+    import keras
+
+    from .backbones import efficientnet_lite as lite
+
+    with quiet_tensorflow():
+        pretrained = lite.load_model()
+    backbone = lite.build_model(include_top=False, input_size=options.image_size)
+    for layer in backbone.layers:  # weights are input-size independent
+        weights = pretrained.get_layer(layer.name).get_weights() if layer.weights else None
+        if weights:
+            layer.set_weights(weights)
+    backbone.trainable = False
+    inputs = keras.Input((options.image_size, options.image_size, 3), name="image")
+    x = inputs
+    if options.augment:
+        x = _augmentation(options)(x)
+    x = backbone(x, training=False)  # BatchNorm in inference mode, in both phases
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(options.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier",
+                                 kernel_regularizer=keras.regularizers.l2(options.l2))(x)  # fmt: skip
+    return keras.Model(inputs, outputs, name="auditor_finetune"), backbone
+
+
+def _augmentation(options: FinetuneOptions):
+    import keras
+
+    layers = {
+        "flip": lambda: keras.layers.RandomFlip("horizontal", seed=options.seed),
+        "rotation": lambda: keras.layers.RandomRotation(0.05, seed=options.seed),
+        "zoom": lambda: keras.layers.RandomZoom(0.1, seed=options.seed),
+        "translation": lambda: keras.layers.RandomTranslation(0.05, 0.05, seed=options.seed),
+        "contrast": lambda: keras.layers.RandomContrast(0.1, seed=options.seed),
+        "brightness": lambda: keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=options.seed),
+    }
+    unknown = [a for a in options.augment if a not in layers]
+    if unknown:
+        raise FinetuneError(f"unknown augmentation {unknown[0]!r}; expected some of {', '.join(AUGMENTATIONS)}")
+    return keras.Sequential([layers[a]() for a in options.augment], name="augmentation")
+
+
+def unfreeze_top(backbone, blocks: int) -> list[str]:
+    """Make the top ``blocks`` blocks and the head convolution trainable, every BatchNorm
+    layer stays frozen. Returns the names of the layers made trainable."""
+    import keras
+
+    from .backbones import efficientnet_lite as lite
+
+    n = len(lite.block_specs())
+    wanted = {f"block{i}_" for i in range(max(0, n - blocks), n)}
+    backbone.trainable = True
+    names = []
+    for layer in backbone.layers:
+        top = layer.name.startswith("head_") or any(layer.name.startswith(w) for w in wanted)
+        train = top and blocks > 0 and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train
+        if train and layer.weights:
+            names.append(layer.name)
+    return names
+
+
+def finetune(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    options: FinetuneOptions | None = None,
+    progress: Callable[[str, int, int, dict], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune on ``dataset`` (split/class layout; ``audit clean`` writes one) and save the
+    best model and its evaluation into ``out``. ``progress(phase, epoch, epochs, logs)``."""
+    opts = options or FinetuneOptions()
+    with quiet_tensorflow():  # TensorFlow's start-up chatter (CUDA probing) off the terminal
+        import keras
+
+        keras.utils.set_random_seed(opts.seed)
+        keras.ops.convert_to_tensor(np.zeros(1))  # device initialisation happens here
+    train_paths, y_train, val_paths, y_val, classes = _items(dataset, opts.seed, opts.val_fraction)
+    x_train = _load_images(train_paths, opts.image_size)
+    x_val = _load_images(val_paths, opts.image_size)
+    model, backbone = build(len(classes), opts)
+    counts = np.bincount(y_train, minlength=len(classes))
+    class_weight = None
+    if counts.min() > 0 and counts.max() / counts.min() > 1.5:  # imbalanced: weigh classes equally
+        class_weight = {i: float(len(y_train) / (len(classes) * c)) for i, c in enumerate(counts)}
+    history: dict[str, list[dict]] = {}
+
+    def run(phase: str, lr: float) -> None:
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])  # fmt: skip
+        callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=opts.patience, restore_best_weights=True)]
+        if progress:
+            callbacks.append(keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda e, logs: progress(phase, e + 1, opts.epochs, dict(logs or {}))))  # fmt: skip
+        h = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=opts.epochs,
+                      batch_size=opts.batch_size, class_weight=class_weight, callbacks=callbacks,
+                      shuffle=True, verbose=0)  # fmt: skip
+        keys = list(h.history)
+        history[phase] = [{k: float(h.history[k][i]) for k in keys} for i in range(len(h.history[keys[0]]))]
+
+    run("head", opts.learning_rate)
+    if opts.unfreeze > 0:
+        unfreeze_top(backbone, opts.unfreeze)
+        run("fine_tune", opts.learning_rate / 10)
+    probs = model.predict(x_val, batch_size=opts.batch_size, verbose=0)
+    pred = probs.argmax(axis=1)
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y_val, pred, labels=list(range(len(classes))))
+    per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(classes)}
+    evaluation = {"val_accuracy": float((pred == y_val).mean()), "val_images": len(y_val), "classes": classes,
+                  "confusion_matrix": cm.tolist(), "per_class_accuracy": per_class,
+                  "class_weight": class_weight, "train_images": len(y_train)}  # fmt: skip
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"model": out_dir / "model.keras", "history": out_dir / "history.json",
+             "evaluation": out_dir / "evaluation.json"}  # fmt: skip
+    tmp = out_dir / f".model.{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, files["model"])
+    from .report import atomic_write_bytes
+
+    atomic_write_bytes(files["history"], (json.dumps(history, indent=2) + "\n").encode())
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()}
+    atomic_write_bytes(files["evaluation"], (json.dumps({**evaluation, "options": settings}, indent=2,
+                                                        allow_nan=False) + "\n").encode())  # fmt: skip
+    return FinetuneResult(files["model"], history, evaluation, classes, files)
+
+
+__all__ = ["FinetuneError", "FinetuneOptions", "FinetuneResult", "build", "finetune", "unfreeze_top"]

@@ -1,0 +1,60 @@
+"""audit finetune: a tiny real fine-tune end to end; BatchNorm stays frozen in phase 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from auditor import synth
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    for cls, photo in (("cat", "chelsea"), ("coffee", "coffee")):
+        for i, (_n, rgb) in enumerate(synth.random_crops(20, 96, seed=7, photos=(photo,))):
+            split = "val" if i % 5 == 0 else "train"
+            synth.write(root / split / cls / f"{i}.jpg", synth.jpeg_bytes(rgb, 90))
+    return root
+
+
+def test_tiny_finetune_end_to_end_and_batchnorm_frozen(tiny, tmp_path):
+    import keras
+
+    from auditor.finetune import FinetuneOptions, build, finetune, unfreeze_top
+
+    opts = FinetuneOptions(epochs=1, unfreeze=2, image_size=96, batch_size=8, augment=("flip", "brightness"))
+    result = finetune(tiny, tmp_path / "model", opts)
+    assert result.classes == ["cat", "coffee"]
+    assert set(result.history) == {"head", "fine_tune"} and len(result.history["fine_tune"]) == 1
+    ev = json.loads((tmp_path / "model" / "evaluation.json").read_text())
+    assert ev["val_images"] == 8 and len(ev["confusion_matrix"]) == 2 and ev["val_accuracy"] >= 0.75
+    model = keras.saving.load_model(result.model_path, safe_mode=True)
+    assert model.output_shape == (None, 2)
+
+    model, backbone = build(2, opts)
+    trained = unfreeze_top(backbone, 2)
+    assert trained and all(n.startswith(("block14_", "block15_", "head_")) for n in trained)
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and not any(layer.trainable for layer in bns)  # frozen: inference mode in phase 2
+    assert not backbone.get_layer("block13_project_conv").trainable
+    assert backbone.get_layer("block15_project_conv").trainable
+
+
+def test_cli_finetune_and_input_errors(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from auditor.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "m"
+    res = runner.invoke(app, ["finetune", str(tiny), "--out", str(out), "--epochs", "1", "--unfreeze", "0",
+                              "--image-size", "64", "--batch-size", "8", "--no-augment"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (out / "model.keras").exists() and "validation accuracy" in res.output
+    assert list(json.loads((out / "history.json").read_text())) == ["head"]  # --unfreeze 0: head only
+    flat = tmp_path / "flat"
+    synth.write(flat / "a.jpg", synth.jpeg_bytes(synth.random_crops(1, 64, seed=1)[0][1], 90))
+    bad = runner.invoke(app, ["finetune", str(flat), "--out", str(tmp_path / "n")])
+    assert bad.exit_code == 2 and "no labeled images" in bad.output
