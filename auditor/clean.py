@@ -198,13 +198,15 @@ def clean(
     dry_run: bool = False,
     relabel: bool = False,
     scan_out: str | os.PathLike | None = None,
+    scan_result: Any = None,
     **scan_options: Any,
 ) -> CleanResult:
     """Scan ``dataset`` (cached) and decide keep / drop / quarantine / relabel for every
     image from its findings under the rules' ``clean`` policy; unless ``dry_run``, write
     ``out/manifest.csv``, ``out/clean.json`` and the cleaned dataset (split/class layout,
     hard links where possible). ``scan_out``: where the scan's report goes (default: not
-    written)."""
+    written). ``scan_result``: an :class:`auditor.api.ScanResult` to decide from instead of
+    scanning again."""
     from .api import scan
     from .rules import Rules, load_rules
 
@@ -215,7 +217,7 @@ def clean(
         raise CleanError("--out must not be the dataset itself: the original is never modified")
     if out is not None and Path(dataset).resolve() in Path(out).resolve().parents:
         raise CleanError("--out must not be inside the dataset: the original is never modified")
-    result = scan(dataset, scan_out, rules=rules_obj, write=scan_out is not None, **scan_options)
+    result = scan_result or scan(dataset, scan_out, rules=rules_obj, write=scan_out is not None, **scan_options)
     manifest = decide(result.table, result.findings, rules_obj.clean, relabel)
     manifest["path"] = _targets(manifest)
     counts = {a: int((manifest["action"] == a).sum()) for a in STRENGTH}

@@ -440,6 +440,50 @@ def finetune(
                       f"model: {escape(str(result.model_path))}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
+@app.command("run")
+def run_pipeline(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (read only).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: report, clean/, model/.")],
+    rules: Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Clean and fine-tune even when the gate fails.")] = False,
+    relabel: Annotated[bool, typer.Option("--relabel", help="Relabel confident label issues.")] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs per phase.")] = 10,
+    unfreeze: Annotated[int, typer.Option(min=0, help="Top blocks trained in phase 2.")] = 3,
+    image_size: Annotated[int, typer.Option(min=32, help="Fine-tuning input size.")] = 224,
+    batch_size: BatchOpt = 32,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Augmentation layers.")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workers: WorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """scan -> gate -> clean -> finetune, stopping at a failed gate unless --force, with one
+    report (OUT/report.html) that shows what was found, what was removed and how training went.
+    Exit 0 when it ran to the end, 1 when the gate stopped it, 2 on an input error."""
+    from .finetune import AUGMENTATIONS, FinetuneError, FinetuneOptions
+    from .pipeline import run
+
+    opts = FinetuneOptions(epochs=epochs, unfreeze=unfreeze, image_size=image_size, batch_size=batch_size,
+                           seed=seed, augment=AUGMENTATIONS if augment else ())  # fmt: skip
+    bar, update = _progress()
+    with _input_errors(), bar:
+        try:
+            result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
+                         progress=update, workers=workers, cache_dir=cache_dir)  # fmt: skip
+        except FinetuneError as exc:
+            _fail(str(exc))
+    print_summary(result.scan)
+    if result.stopped:
+        out_console.print("[bold red]Stopped: the gate failed[/] (use --force to clean and fine-tune anyway)")
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in result.clean.counts.items())
+        out_console.print(f"clean: {counts}", highlight=False)
+        ev = result.finetune.evaluation
+        out_console.print(f"fine-tune: validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} images",
+                          highlight=False)  # fmt: skip
+    out_console.print(f"Report: {escape(str(result.scan.files['html']))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if result.stopped else 0)
+
+
 @app.command()
 def embed(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],

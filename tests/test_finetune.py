@@ -58,3 +58,32 @@ def test_cli_finetune_and_input_errors(tiny, tmp_path):
     synth.write(flat / "a.jpg", synth.jpeg_bytes(synth.random_crops(1, 64, seed=1)[0][1], 90))
     bad = runner.invoke(app, ["finetune", str(flat), "--out", str(tmp_path / "n")])
     assert bad.exit_code == 2 and "no labeled images" in bad.output
+
+
+def test_audit_run_stops_at_a_failed_gate_unless_forced(tiny, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from auditor.cli import app
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    shutil.copy(data / "train" / "cat" / "1.jpg", data / "val" / "cat" / "leaked.jpg")  # train copy in val
+    runner = CliRunner()
+    args = ["run", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--unfreeze", "1",
+            "--image-size", "64", "--batch-size", "8", "--no-augment"]  # fmt: skip
+    stopped = runner.invoke(app, args)
+    assert stopped.exit_code == 1 and "Stopped: the gate failed" in stopped.output
+    assert (tmp_path / "run" / "report.html").exists() and not (tmp_path / "run" / "model").exists()
+    done = runner.invoke(app, [*args, "--force"])
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["run"] == {"gate_passed": False, "forced": True, "stopped": False}
+    assert report["clean"]["counts"]["drop"] >= 1  # the leaked val copy (overlapping crops are near copies too)
+    manifest = (tmp_path / "run" / "clean" / "manifest.csv").read_text()
+    assert ",drop,leakage: copy of an image in train,val/cat/leaked.jpg," in manifest
+    assert not (tmp_path / "run" / "clean" / "val" / "cat" / "leaked.jpg").exists()
+    assert set(report["finetune"]["history"]) == {"head", "fine_tune"}
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="finetune"' in html and 'class="curve"' in html and "confusion" in html

@@ -160,6 +160,35 @@ def _histograms(result: ScanResult) -> dict[int, list[dict]]:
     return out
 
 
+def _curves(finetune: dict | None, width: int = 360, height: int = 120) -> list[dict]:
+    """Training curves (phases one after the other) as SVG polylines: loss and accuracy,
+    training and validation, with the epoch where phase 2 starts."""
+    if not finetune or not finetune.get("history"):
+        return []
+    rows = [(phase, r) for phase, rs in finetune["history"].items() for r in rs]
+    if not rows:
+        return []
+    boundary = next((i for i, (phase, _) in enumerate(rows) if phase != rows[0][0]), None)
+    out = []
+    for metric, title in (("loss", "loss"), ("accuracy", "accuracy")):
+        series = {k: [r.get(k) for _, r in rows] for k in (metric, f"val_{metric}")}
+        values = [v for vs in series.values() for v in vs if v is not None]
+        if not values:
+            continue
+        lo, hi = min(values), max(values)
+        hi = hi if hi > lo else lo + 1.0
+        step = (width - 20) / max(len(rows) - 1, 1)
+
+        def line(vs, lo=lo, hi=hi, step=step):
+            return " ".join(f"{10 + i * step:.1f},{height - 10 - (height - 20) * (v - lo) / (hi - lo):.1f}"
+                            for i, v in enumerate(vs) if v is not None)  # fmt: skip
+
+        out.append({"title": title, "train": line(series[metric]), "val": line(series[f"val_{metric}"]),
+                    "lo": lo, "hi": hi, "epochs": len(rows),
+                    "boundary": None if boundary is None else 10 + (boundary - 0.5) * step})  # fmt: skip
+    return out
+
+
 def render_html(result: ScanResult, store: Store) -> str:
     report = result.report
     sections: dict[str, list[dict]] = {}
@@ -213,5 +242,6 @@ def render_html(result: ScanResult, store: Store) -> str:
             height_median=float(ok["height"].median()) if len(ok) else 0,
             scatter=_scatter(result.projection, set_hashes, store),
             histograms=_histograms(result),
+            curves=_curves(report.get("finetune")),
         )
     )

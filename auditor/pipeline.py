@@ -1,0 +1,70 @@
+"""``audit run``: scan -> gate -> clean -> finetune, with one report at the end.
+
+The scan's report gains a ``clean`` section (decision counts, where the cleaned dataset and
+its manifest are) and a ``finetune`` section (per-phase history, validation evaluation), and
+``report.html`` shows them. A failed gate stops the run before cleaning unless ``force``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checks import jsonable
+
+
+@dataclass
+class RunResult:
+    scan: Any  # auditor.api.ScanResult
+    passed: bool
+    stopped: bool  # True when the failed gate stopped the run
+    clean: Any = None  # auditor.clean.CleanResult
+    finetune: Any = None  # auditor.finetune.FinetuneResult
+    report_path: Path | None = None
+
+
+def run(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    rules: Any = None,
+    force: bool = False,
+    relabel: bool = False,
+    finetune_options: Any = None,
+    progress: Any = None,
+    finetune_progress: Any = None,
+    **scan_options: Any,
+) -> RunResult:
+    """Run the whole pipeline into ``out``: ``out/report.json`` + ``report.html`` (one report),
+    ``out/clean/`` (the cleaned dataset and manifest), ``out/model/`` (the fine-tuned model)."""
+    from .api import scan
+    from .clean import clean
+    from .finetune import finetune
+    from .report import write_outputs
+    from .rules import Rules, load_rules
+    from .store import Store
+
+    out = Path(out)
+    rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
+    result = scan(dataset, out, rules=rules_obj, write=False, progress=progress, **scan_options)
+    result.out_dir = out
+    passed = result.passed
+    outcome = RunResult(result, passed, stopped=not passed and not force)
+    if not outcome.stopped:
+        cleaned = clean(dataset, out / "clean", rules=rules_obj, relabel=relabel, scan_result=result)
+        outcome.clean = cleaned
+        result.report["clean"] = {"counts": cleaned.counts, "folder": "clean", "manifest": "clean/manifest.csv"}
+        tuned = finetune(out / "clean", out / "model", finetune_options, progress=finetune_progress)
+        outcome.finetune = tuned
+        result.report["finetune"] = jsonable({"model": "model/model.keras", "history": tuned.history,
+                                              "evaluation": tuned.evaluation})  # fmt: skip
+    result.report["run"] = {"gate_passed": passed, "forced": bool(force and not passed), "stopped": outcome.stopped}
+    store = Store.open_default(scan_options.get("cache_dir"))
+    try:
+        result.files = write_outputs(result, store)
+    finally:
+        store.close()
+    outcome.report_path = result.files.get("json")
+    return outcome
