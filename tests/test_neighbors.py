@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from auditor import neighbors
 
@@ -36,3 +37,14 @@ def test_approximate_graph_above_the_exact_limit(monkeypatch):
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx, strict=True)])
     assert recall >= 0.9, recall
     assert (approx != np.arange(len(x))[:, None]).all() and np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+def test_embedding_near_duplicate_threshold_is_relative_to_the_dataset():
+    from auditor.checks.duplicates import embedding_threshold
+
+    params = {"min_embedding_similarity": 0.86, "max_relative_distance": 0.5}
+    diverse = np.full((100, 3), 0.6)  # typical nearest neighbour at cosine 0.6
+    assert embedding_threshold(diverse, params) == 0.86  # the absolute floor decides
+    alike = np.full((100, 3), 0.94)  # everything looks alike (upscaled digits)
+    assert embedding_threshold(alike, params) == pytest.approx(0.97)  # only far closer pairs count
+    assert embedding_threshold(np.full((0, 3), 0.5), params) == 0.86

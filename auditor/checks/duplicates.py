@@ -25,7 +25,22 @@ def _split_key(split) -> str:
 
 #: Neighbours per image examined for embedding near duplicates.
 EMBEDDING_NEIGHBOURS = 10
-NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float}
+NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float,
+               "max_relative_distance": float}  # fmt: skip
+
+
+def embedding_threshold(sims: np.ndarray, params: dict) -> float:
+    """The cosine similarity an embedding near duplicate needs: at least
+    ``min_embedding_similarity``, and its distance (1 - cosine) at most
+    ``max_relative_distance`` times the dataset's median nearest-neighbour distance, so that
+    in a dataset where everything looks alike to the backbone (digits: every image has a
+    neighbour at 0.9+) only pairs much closer than typical neighbours count."""
+    top = sims[:, 0] if sims.ndim == 2 and sims.shape[1] else np.zeros(0)
+    top = top[np.isfinite(top)]
+    if not len(top):
+        return params["min_embedding_similarity"]
+    typical = float(np.median(1.0 - top))
+    return max(params["min_embedding_similarity"], 1.0 - params["max_relative_distance"] * typical)
 
 
 def near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[list[int]], dict]:
@@ -54,7 +69,7 @@ def _near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[
         evidence[(a, b)] = ("phash", d)
     graph = ctx.ok_knn(EMBEDDING_NEIGHBOURS)
     if graph is not None:
-        e_pairs, e_sims = similar_pairs(*graph, params["min_embedding_similarity"])
+        e_pairs, e_sims = similar_pairs(*graph, embedding_threshold(graph[1], params))
         for (a, b), sim in zip(e_pairs.tolist(), e_sims.tolist(), strict=True):
             evidence.setdefault((a, b), ("embedding", sim))
         pairs = np.concatenate([pairs, e_pairs])
