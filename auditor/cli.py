@@ -452,6 +452,13 @@ def run_pipeline(
     image_size: Annotated[int, typer.Option(min=32, help="Fine-tuning input size.")] = 224,
     batch_size: BatchOpt = 32,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Augmentation layers.")] = True,
+    augmentations: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated layers [default: chosen from the audit: flip, rotation, "
+            "zoom, translation, plus brightness/contrast when property_shift found them]."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: WorkersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -462,13 +469,15 @@ def run_pipeline(
     from .finetune import AUGMENTATIONS, FinetuneError, FinetuneOptions
     from .pipeline import run
 
+    chosen = tuple(a.strip() for a in augmentations.split(",") if a.strip()) if augmentations else AUGMENTATIONS
     opts = FinetuneOptions(epochs=epochs, unfreeze=unfreeze, image_size=image_size, batch_size=batch_size,
-                           seed=seed, augment=AUGMENTATIONS if augment else ())  # fmt: skip
+                           seed=seed, augment=chosen if augment else ())  # fmt: skip
     bar, update = _progress()
     with _input_errors(), bar:
         try:
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
-                         progress=update, workers=workers, cache_dir=cache_dir)  # fmt: skip
+                         augment_from_audit=augment and not augmentations, progress=update, workers=workers,
+                         cache_dir=cache_dir)  # fmt: skip
         except FinetuneError as exc:
             _fail(str(exc))
     print_summary(result.scan)

@@ -26,6 +26,26 @@ from .backbones import quiet_tensorflow
 #: Split names used for validation, in order of preference.
 VAL_SPLITS = ("val", "valid", "validation", "dev")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
+#: Always on when augmenting; the photometric ones are added when the audit asks for them.
+BASE_AUGMENTATIONS = ("flip", "rotation", "zoom", "translation")
+#: property_shift property -> the augmentation that makes a model robust to that difference.
+SHIFT_AUGMENTATIONS = {"brightness": "brightness", "contrast": "contrast"}
+
+
+def augmentations_from_audit(report: dict) -> tuple[tuple[str, ...], list[str]]:
+    """Augmentations chosen from a scan report: the geometric ones, plus brightness and/or
+    contrast when ``property_shift`` found that property distributed differently between
+    the compared sets (source vs dataset, or train vs val/test). Returns (augmentations,
+    reasons)."""
+    chosen, reasons = list(BASE_AUGMENTATIONS), []
+    for f in report.get("findings", []):
+        if f["check"] != "property_shift":
+            continue
+        aug = SHIFT_AUGMENTATIONS.get(f["details"].get("property"))
+        if aug and aug not in chosen:
+            chosen.append(aug)
+            reasons.append(f"{aug}: {f['message']}")
+    return tuple(chosen), reasons
 
 
 class FinetuneError(ValueError):

@@ -7,6 +7,7 @@ its manifest are) and a ``finetune`` section (per-phase history, validation eval
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +34,19 @@ def run(
     force: bool = False,
     relabel: bool = False,
     finetune_options: Any = None,
+    augment_from_audit: bool = True,
     progress: Any = None,
     finetune_progress: Any = None,
     **scan_options: Any,
 ) -> RunResult:
     """Run the whole pipeline into ``out``: ``out/report.json`` + ``report.html`` (one report),
-    ``out/clean/`` (the cleaned dataset and manifest), ``out/model/`` (the fine-tuned model)."""
+    ``out/clean/`` (the cleaned dataset and manifest), ``out/model/`` (the fine-tuned model).
+    ``augment_from_audit``: pick the augmentation layers from the findings (geometric always;
+    brightness/contrast when ``property_shift`` found that difference) instead of
+    ``finetune_options.augment``; recorded with the reasons in the report."""
     from .api import scan
     from .clean import clean
-    from .finetune import finetune
+    from .finetune import FinetuneOptions, augmentations_from_audit, finetune
     from .report import write_outputs
     from .rules import Rules, load_rules
     from .store import Store
@@ -56,10 +61,16 @@ def run(
         cleaned = clean(dataset, out / "clean", rules=rules_obj, relabel=relabel, scan_result=result)
         outcome.clean = cleaned
         result.report["clean"] = {"counts": cleaned.counts, "folder": "clean", "manifest": "clean/manifest.csv"}
-        tuned = finetune(out / "clean", out / "model", finetune_options, progress=finetune_progress)
+        opts = finetune_options or FinetuneOptions()
+        reasons: list[str] = []
+        if augment_from_audit and opts.augment:
+            chosen, reasons = augmentations_from_audit(result.report)
+            opts = dataclasses.replace(opts, augment=chosen)
+        tuned = finetune(out / "clean", out / "model", opts, progress=finetune_progress)
         outcome.finetune = tuned
-        result.report["finetune"] = jsonable({"model": "model/model.keras", "history": tuned.history,
-                                              "evaluation": tuned.evaluation})  # fmt: skip
+        augmentation = {"layers": list(opts.augment), "reasons": reasons}
+        section = {"model": "model/model.keras", "history": tuned.history, "evaluation": tuned.evaluation}
+        result.report["finetune"] = jsonable({**section, "augmentation": augmentation})
     result.report["run"] = {"gate_passed": passed, "forced": bool(force and not passed), "stopped": outcome.stopped}
     store = Store.open_default(scan_options.get("cache_dir"))
     try:

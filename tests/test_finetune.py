@@ -85,5 +85,20 @@ def test_audit_run_stops_at_a_failed_gate_unless_forced(tiny, tmp_path):
     assert ",drop,leakage: copy of an image in train,val/cat/leaked.jpg," in manifest
     assert not (tmp_path / "run" / "clean" / "val" / "cat" / "leaked.jpg").exists()
     assert set(report["finetune"]["history"]) == {"head", "fine_tune"}
+    assert report["finetune"]["augmentation"] == {"layers": [], "reasons": []}  # --no-augment
     html = (tmp_path / "run" / "report.html").read_text()
     assert 'id="finetune"' in html and 'class="curve"' in html and "confusion" in html
+
+
+def test_augmentations_chosen_from_the_audit():
+    from auditor.finetune import BASE_AUGMENTATIONS, augmentations_from_audit
+
+    darker = "val images are darker than train images"
+    report = {"findings": [
+        {"check": "property_shift", "message": darker, "details": {"property": "brightness"}},
+        {"check": "property_shift", "message": "val images are blurrier", "details": {"property": "sharpness"}},
+        {"check": "dark", "message": "x", "details": {}},
+    ]}  # fmt: skip
+    chosen, reasons = augmentations_from_audit(report)
+    assert chosen == (*BASE_AUGMENTATIONS, "brightness") and reasons == [f"brightness: {darker}"]
+    assert augmentations_from_audit({"findings": []}) == (BASE_AUGMENTATIONS, [])
