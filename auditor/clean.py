@@ -26,11 +26,12 @@ from typing import Any
 
 import pandas as pd
 
+from .dataset import SPLIT_NAMES
+
 #: Strength of each action: the strongest decision for an image wins.
 STRENGTH = {"keep": 0, "relabel": 1, "quarantine": 2, "drop": 3}
 MARKER = ".audit-clean"
 MANIFEST_COLUMNS = ["path", "label", "split", "action", "reason", "source_path", "source_label"]
-EVAL_SPLITS_ORDER = ("train", "val", "valid", "validation", "dev", "test")
 
 
 class CleanError(ValueError):
@@ -63,7 +64,7 @@ def _conflicting(rows: pd.DataFrame) -> bool:
 
 def _split_rank(split) -> tuple[int, str]:
     s = split if isinstance(split, str) else ""
-    return (EVAL_SPLITS_ORDER.index(s) if s in EVAL_SPLITS_ORDER else len(EVAL_SPLITS_ORDER), s)
+    return (SPLIT_NAMES.index(s) if s in SPLIT_NAMES else len(SPLIT_NAMES), s)
 
 
 def decide(table: pd.DataFrame, findings: list, policy: dict, relabel: bool = False) -> pd.DataFrame:

@@ -24,7 +24,17 @@ import pandas as pd
 
 from .decode import IMAGE_EXTENSIONS, sniff_format
 
-SPLIT_NAMES = ("train", "val", "valid", "validation", "test", "dev")
+#: Split folder names (any case), in pipeline order: training, then validation-like, then test.
+SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test")
+#: The splits a model is evaluated on, in the order they are preferred for validation.
+EVAL_SPLITS = SPLIT_NAMES[1:]
+
+
+def labeled(items: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an items/per-image table that carry a label (a string)."""
+    return items[items["label"].map(lambda x: isinstance(x, str))]
+
+
 LAYOUTS = ("auto", "class-folders", "split-folders", "manifest", "flat")
 ITEM_COLUMNS = ["path", "abs_path", "split", "label", "ext"]
 

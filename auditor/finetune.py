@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import quiet_tensorflow
+from .dataset import EVAL_SPLITS
 
-#: Split names used for validation, in order of preference.
-VAL_SPLITS = ("val", "valid", "validation", "dev")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
 #: Always on when augmenting; the photometric ones are added when the audit asks for them.
 BASE_AUGMENTATIONS = ("flip", "rotation", "zoom", "translation")
@@ -80,15 +79,15 @@ def _items(dataset: str | os.PathLike, seed: int, val_fraction: float):
     """(train paths, train labels, val paths, val labels, classes) from a split/class or
     class-folder dataset (e.g. ``audit clean``'s output). Without a val split, a stratified
     ``val_fraction`` of train is held out (seeded)."""
-    from .dataset import discover
+    from .dataset import discover, labeled
 
     disc = discover(dataset)
-    items = disc.items[disc.items["label"].map(lambda x: isinstance(x, str))]
+    items = labeled(disc.items)
     items = items[~items["path"].str.startswith("_quarantine/")]
     if items.empty:
         raise FinetuneError(f"{dataset}: no labeled images (expected DATASET/<split>/<class>/ or DATASET/<class>/)")
     splits = set(items["split"].dropna())
-    val_name = next((s for s in VAL_SPLITS if s in splits), None)
+    val_name = next((s for s in EVAL_SPLITS if s in splits and s != "test"), None)
     train = items[items["split"] == "train"] if "train" in splits else items[items["split"].isna()]
     if val_name is not None:
         val = items[items["split"] == val_name]

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pandas as pd
 
+from ..dataset import labeled
 from . import NO_EMBEDDINGS, CheckContext, Finding, register
 from .duplicates import NEAR_PARAMS, _closest, _evidence_text, kind_key, near_graph
 
@@ -22,8 +23,7 @@ UNLABELED = "the dataset is unlabeled (no class folders or label column)"
 
 def _labeled(ctx: CheckContext) -> pd.DataFrame:
     """Decoded rows with a label, positional index as in ``ctx.ok``."""
-    t = ctx.ok.reset_index(drop=True)
-    return t[t["label"].map(lambda x: isinstance(x, str))]
+    return labeled(ctx.ok.reset_index(drop=True))
 
 
 @register("label_conflict", "labels", NEAR_PARAMS)
@@ -32,8 +32,8 @@ def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     duplicates, as ``near_duplicate``) that carry different labels, within a split or
     across splits. Every member is listed with its split and label. Score 1 for identical
     copies, else the strength of the closest match (0..1)."""
-    labeled = _labeled(ctx)
-    if labeled.empty:
+    with_label = _labeled(ctx)
+    if with_label.empty:
         return ctx.skip("label_conflict", UNLABELED)
     t = ctx.ok.reset_index(drop=True)
     groups, evidence = near_graph(ctx, t, params)
@@ -91,8 +91,8 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
     over the labeled images of all splits. Classes with fewer than ``min_class_images``
     images are left out. Score: 1 - cleanlab's label quality (self-confidence), 0..1,
     ranked; each finding names the given and the suggested label."""
-    labeled = _labeled(ctx)
-    if labeled.empty:
+    with_label = _labeled(ctx)
+    if with_label.empty:
         return ctx.skip("label_issue", UNLABELED)
     got = ctx.ok_vectors()
     if got is None:
@@ -100,9 +100,9 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
     if params["filter_by"] not in FILTERS:
         return ctx.skip("label_issue", f"unknown filter_by {params['filter_by']!r}; expected one of {FILTERS}")
     vectors, mask = got
-    counts = labeled["label"][mask[labeled.index]].value_counts()
+    counts = with_label["label"][mask[with_label.index]].value_counts()
     keep_classes = sorted(c for c, n in counts.items() if n >= max(params["min_class_images"], params["folds"]))
-    rows = labeled[mask[labeled.index] & labeled["label"].isin(keep_classes)]
+    rows = with_label[mask[with_label.index] & with_label["label"].isin(keep_classes)]
     if len(keep_classes) < 2:
         need = max(params["min_class_images"], params["folds"])
         return ctx.skip("label_issue", f"fewer than 2 classes with at least {need} embedded images")
@@ -186,7 +186,7 @@ def class_name_inconsistency(ctx: CheckContext, params: dict) -> list[Finding]:
     least ``min_length_for_typo`` letters ('golden_retriever' / 'golden-retreiver'). Suggests merging into
     the spelling with the most images; the images under the other spellings are listed.
     Score: the share of the group's images under the other spellings."""
-    labels = ctx.table["label"][ctx.table["label"].map(lambda x: isinstance(x, str))]
+    labels = labeled(ctx.table)["label"]
     if labels.empty:
         return ctx.skip("class_name_inconsistency", UNLABELED)
     counts = Counter(labels)

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from .. import drift
+from ..dataset import EVAL_SPLITS
 from ..explain import compare_labels, compare_properties
 from . import NO_EMBEDDINGS, CheckContext, Finding, register
 
-#: Split names that are compared against ``train``, in report order.
-TARGET_SPLITS = ("val", "valid", "validation", "dev", "test")
 #: Rows per side for FID (covariances are O(n d^2)).
 FID_CAP = 10_000
 #: Per-class comparisons: images per side (at least, at most) and permutations.
@@ -60,7 +59,7 @@ def pairs(ctx: CheckContext) -> list[Pair]:
     if "train" not in splits:
         return []
     train = ok[ok["split"] == "train"]
-    others = [s for s in TARGET_SPLITS if s in splits] + sorted(splits - set(TARGET_SPLITS) - {"train"})
+    others = [s for s in EVAL_SPLITS if s in splits] + sorted(splits - set(EVAL_SPLITS) - {"train"})
     return [Pair("split", "train", s, train, ok[ok["split"] == s]) for s in others]
 
 

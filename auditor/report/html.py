@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from ..dataset import labeled as labeled_rows
 from ..measure import MEASURE_VERSION
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def _bars(counts: dict[str, int]) -> list[tuple[str, int, float]]:
 
 def _split_charts(table) -> list[dict]:
     """One bar chart per split: images per class (largest classes first, capped)."""
-    labeled = table[table["label"].map(lambda x: isinstance(x, str))]
+    labeled = labeled_rows(table)
     if labeled.empty:
         return []
     out = []
