@@ -96,8 +96,7 @@ def check_context(
     table: pd.DataFrame, rules: Rules, embeddings: Any = None, reference: pd.DataFrame | None = None
 ) -> CheckContext:
     """What the checks read: the dataset table, the embeddings, the source table (if any)."""
-    shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift", "property_shift")
-                    if rules.checks[n].enabled}  # fmt: skip
+    shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift", "property_shift")}
     return CheckContext(table=table, settings=rules.settings, embeddings=embeddings, reference=reference,
                         shift_params=shift_params)  # fmt: skip
 

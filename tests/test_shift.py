@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from auditor import api, drift, synth
-from auditor.checks.shift import DEFAULT_SHIFT, gap_level, verdict
+from auditor.checks.shift import gap_level, verdict
 from auditor.cli import app
 from auditor.explain import compare_labels, compare_properties
 from auditor.pretraining import pretraining_gap
@@ -70,7 +70,7 @@ def test_mmd_and_c2st_on_gaussians():
 
 
 def test_verdict_needs_significance_and_size():
-    p = dict(DEFAULT_SHIFT)
+    p = dict(SHIFT)
     assert verdict({"p_value": 0.001, "magnitude": 0.5}, p) == "shift"
     assert verdict({"p_value": 0.001, "magnitude": 0.05}, p) == "minor"  # significant but tiny (big samples)
     assert verdict({"p_value": 0.3, "magnitude": 0.5}, p) == "none"

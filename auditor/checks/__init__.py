@@ -77,7 +77,7 @@ class CheckContext:
     settings: dict[str, Any] = field(default_factory=dict)
     embeddings: Any = None  # auditor.embed.Embeddings, or None when the scan ran with --no-embed
     reference: pd.DataFrame | None = None  # the source set's table (``--source``), same columns
-    shift_params: dict[str, dict] = field(default_factory=dict)  # params of the enabled shift rules
+    shift_params: dict[str, dict] = field(default_factory=dict)  # params of the shift rules (enabled or not)
     skipped: dict[str, str] = field(default_factory=dict)  # check name -> why it could not run
     notes: dict[str, str] = field(default_factory=dict)  # check name -> what it left out while running
     _cache: dict = field(default_factory=dict, repr=False)

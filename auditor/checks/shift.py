@@ -163,7 +163,7 @@ def explanations(result: dict, property_params: dict | None = None, top: int = 3
     """The sentences that say what differs, most telling first: the properties that pass
     the ``property_shift`` thresholds, one-sided classes, the classes that moved
     (Bonferroni-significant), and the share of target images outside the support."""
-    pp = property_params or PROPERTY_DEFAULTS
+    pp = property_params or rule_params(None, "property_shift")
     out = []
     props = [p for p in result["properties"] if p["p_value"] < pp["alpha"] and p["statistic"] >= pp["min_statistic"]]
     props = props[:top]
@@ -207,7 +207,7 @@ def _shift_findings(ctx: CheckContext, params: dict, kind: str, check: str) -> l
         if verdict(emb, params) != "shift":
             continue
         lo, hi = emb["auc_ci"]
-        why = explanations(result, ctx.shift_params.get("property_shift"))
+        why = explanations(result, rule_params(ctx, "property_shift"))
         message = (f"{pair.target} differs from {pair.reference}: a domain classifier tells them apart with AUC "
                    f"{emb['auc']:.2f} [{lo:.2f}, {hi:.2f}] (drift {emb['magnitude']:.2f}, {_p(emb['p_value'])}, "
                    f"MMD² {emb['mmd2']:.4f})" + (f"; {why[0]}" if why else ""))  # fmt: skip
@@ -239,14 +239,20 @@ def split_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     return _shift_findings(ctx, params, "split", "split_shift")
 
 
+def rule_params(ctx: CheckContext | None, name: str) -> dict:
+    """The params of rule ``name`` for this scan (also when the rule is disabled: the
+    comparisons still run for the report), or the bundled default rules' when the context
+    was built without rules. No threshold lives in this module."""
+    if ctx is not None and name in ctx.shift_params:
+        return ctx.shift_params[name]
+    from ..rules import load_rules
+
+    return load_rules().checks[name].params
+
+
 def _analysis_params(ctx: CheckContext, kind: str) -> dict:
     """The comparison parameters of the rule that owns this kind of pair."""
-    return ctx.shift_params.get("domain_shift" if kind == "domain" else "split_shift", DEFAULT_SHIFT)
-
-
-PROPERTY_DEFAULTS = {"alpha": 0.01, "min_statistic": 0.3}
-#: Used when the owning rule is disabled: properties and labels are still compared.
-DEFAULT_SHIFT = {"alpha": 0.05, "min_magnitude": 0.2, "min_images": 20, "max_samples": 2000, "permutations": 500}
+    return rule_params(ctx, "domain_shift" if kind == "domain" else "split_shift")
 
 
 @register("property_shift", "shift", {"alpha": float, "min_statistic": float})
@@ -402,7 +408,7 @@ def shift_section(ctx: CheckContext) -> list[dict]:
         entry["fid_note"] = "backbone-specific: compare only between runs with the same backbone"
         entry["verdict"] = verdict(result["embedding"], params)
         entry["skipped"] = result["skipped"]
-        entry["explanations"] = explanations(result, ctx.shift_params.get("property_shift"))
+        entry["explanations"] = explanations(result, rule_params(ctx, "property_shift"))
         entry["properties"] = result["properties"]
         entry["labels"] = result["labels"]
         entry["classes"] = emb.get("classes", [])
