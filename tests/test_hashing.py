@@ -90,3 +90,42 @@ def test_group_pairs_matches_scipy_connected_components():
         assert hashing.group_pairs(n, pairs) == expected
     chain = np.stack([np.arange(9999), np.arange(1, 10000)], axis=1)  # a long path is one group
     assert hashing.group_pairs(10000, chain) == [list(range(10000))]
+
+
+def test_typical_nearest_distance_ignores_copies_and_matches_brute_force():
+    rng = np.random.default_rng(3)
+    h = rng.integers(0, 2**63, size=600, dtype=np.uint64)
+    h[300:400] = h[:100]  # exact copies are not neighbours
+    d = np.bitwise_count(h[:, None] ^ h[None, :]).astype(int)
+    d[d == 0] = 99
+    assert hashing.typical_nearest_distance(h, sample=600) == np.median(d.min(axis=1))
+    assert np.isnan(hashing.typical_nearest_distance(np.full(5, 7, dtype=np.uint64)))
+
+
+def _phashes(images):
+    from PIL import Image
+
+    return hashing.to_uint64(
+        hashing.perceptual_hashes(np.asarray(Image.fromarray(x).convert("L")))["phash"] for x in images
+    )
+
+
+def test_phash_radius_is_relative_to_the_dataset_on_real_images():
+    """Photos keep the absolute 6 bits; upscaled 8x8 digits (distinct digits 4-6 bits
+    apart) tighten it, while a JPEG-q40 90% copy of a digit still matches."""
+    from auditor.checks.duplicates import phash_radius
+
+    params = {"max_phash_distance": 6, "max_relative_phash_distance": 0.3}
+    photos = _phashes([t for _, t in synth.photo_tiles(128, scales=(1.0, 0.5))])
+    assert hashing.typical_nearest_distance(photos) >= 18
+    assert phash_radius(photos, params) == 6
+    digits = [synth.digit(i, 96) for i in range(600)]
+    dh = _phashes(digits)
+    radius = phash_radius(dh, params)
+    assert radius <= 3
+    pairs, _ = hashing.near_pairs(dh, 6)
+    assert len(pairs) > 20  # what the absolute radius alone would call duplicates
+    assert len(hashing.near_pairs(dh, radius)[0]) <= 0.2 * len(pairs)
+    copies = [decode_bytes(synth.near_copy_bytes(x)).rgb for x in digits[:50]]
+    d = hashing.hamming(dh[:50], _phashes(copies))
+    assert (d <= radius).mean() >= 0.95

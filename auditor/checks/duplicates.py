@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from ..hashing import group_pairs, hamming, near_pairs, to_uint64
+from ..hashing import group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
 from ..neighbors import similar_pairs
 from . import CheckContext, Finding, register
 
@@ -26,7 +26,20 @@ def _split_key(split) -> str:
 #: Neighbours per image examined for embedding near duplicates.
 EMBEDDING_NEIGHBOURS = 10
 NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float,
-               "max_relative_distance": float}  # fmt: skip
+               "max_relative_distance": float, "max_relative_phash_distance": float}  # fmt: skip
+
+
+def phash_radius(hashes: np.ndarray, params: dict) -> int:
+    """The pHash distance a near duplicate may have: at most ``max_phash_distance`` bits, and
+    at most ``max_relative_phash_distance`` times the dataset's typical distance from an
+    image to its nearest other hash (:func:`auditor.hashing.typical_nearest_distance`). On
+    photos (typical ~20 bits) the absolute limit decides; on upscaled 8x8 digits (typical 10
+    bits, distinct digits often 4-6 apart) only copies within 3 bits count."""
+    typical = typical_nearest_distance(hashes, sample=500)
+    radius = params["max_phash_distance"]
+    if np.isfinite(typical):
+        radius = min(radius, int(params["max_relative_phash_distance"] * typical))
+    return radius
 
 
 def embedding_threshold(sims: np.ndarray, params: dict) -> float:
@@ -55,12 +68,12 @@ def near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[l
 def _near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[list[int]], dict]:
     """Groups (positional indices into t = ctx.ok) of near-identical images, and the
     evidence per pair as ``{(i, j): (kind, value)}`` with i < j: ``("phash", bits)`` for
-    hash matches (pHash within ``max_phash_distance``, confirmed by the dHash), and
+    hash matches (pHash within :func:`phash_radius`, confirmed by the dHash), and
     ``("embedding", cosine)`` for pairs at least ``min_embedding_similarity`` apart in the
     backbone's feature space (flipped, cropped, color-jittered copies that hashes miss)."""
     ph = to_uint64(t["phash"])
     dh = to_uint64(t["dhash"])
-    pairs, dist = near_pairs(ph, params["max_phash_distance"])
+    pairs, dist = near_pairs(ph, phash_radius(ph, params))
     if len(pairs):
         keep = hamming(dh[pairs[:, 0]], dh[pairs[:, 1]]) <= params["max_dhash_distance"]
         pairs, dist = pairs[keep], dist[keep]
