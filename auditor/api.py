@@ -93,12 +93,17 @@ def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -
 
 
 def check_context(
-    table: pd.DataFrame, rules: Rules, embeddings: Any = None, reference: pd.DataFrame | None = None
+    table: pd.DataFrame,
+    rules: Rules,
+    embeddings: Any = None,
+    reference: pd.DataFrame | None = None,
+    annotations: Any = None,
 ) -> CheckContext:
-    """What the checks read: the dataset table, the embeddings, the source table (if any)."""
+    """What the checks read: the dataset table, the embeddings, the source table (if any),
+    the box annotations of a detection dataset (if any)."""
     shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift", "property_shift")}
     return CheckContext(table=table, settings=rules.settings, embeddings=embeddings, reference=reference,
-                        shift_params=shift_params)  # fmt: skip
+                        shift_params=shift_params, annotations=annotations)  # fmt: skip
 
 
 def run_checks(
@@ -138,6 +143,12 @@ def backbone_summary(embeddings: Any) -> dict | None:
     return {**embeddings.backbone, "embedded": len(embeddings.hashes), "failed": len(embeddings.failures)}
 
 
+def box_summary(ctx: CheckContext) -> dict | None:
+    from .checks.boxes import box_summary as summary
+
+    return summary(ctx)
+
+
 def build_report(
     disc: Discovery,
     table: pd.DataFrame,
@@ -173,6 +184,7 @@ def build_report(
         "shift": jsonable(shift_section(ctx)) if ctx is not None else [],
         "pretraining_gap": jsonable(pretraining_section(ctx, rules)) if ctx is not None else None,
         "projection": None,
+        "boxes": jsonable(box_summary(ctx)) if ctx is not None else None,
         "gate": judge(findings, rules, int(len(table))),
     }
 
@@ -220,6 +232,8 @@ def scan(
     *,
     layout: str = "auto",
     manifest: str | os.PathLike | None = None,
+    coco: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
     source: str | os.PathLike | None = None,
     source_layout: str = "auto",
     source_manifest: str | os.PathLike | None = None,
@@ -253,12 +267,17 @@ def scan(
     dataset is compared with (``domain_shift``); without it the dataset's splits are compared
     with ``train`` (``split_shift``). ``projection``: compute
     the 2-D UMAP projection of the compared sets for the report (needs embeddings).
+
+    Detection datasets (COCO ``instances_*.json`` or YOLO ``images/`` + ``labels/``, found
+    automatically; ``coco=FILE`` and ``images=DIR`` name them) also get the ``box_*``
+    checks and a ``boxes`` report section.
     """
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
     bb = None
     if embed:
         bb = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, weights, layer, preprocess)
-    disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
+    disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks, coco=coco,
+                    images=images)  # fmt: skip
     src_disc = None
     if source is not None:
         if source_manifest is None and Path(source).suffix.lower() == ".csv" and Path(source).is_file():
@@ -278,7 +297,7 @@ def scan(
             for t in (table, src_table):
                 if t is not None:
                     t["embedded"] = t["content_hash"].isin(set(embeddings.hashes))
-        ctx = check_context(table, rules_obj, embeddings, src_table)
+        ctx = check_context(table, rules_obj, embeddings, src_table, disc.annotations)
         findings = run_checks(ctx, rules_obj)
         report = build_report(disc, table, findings, rules_obj, embeddings, ctx, src_disc)
         result = ScanResult(report, table, findings, disc, rules_obj, embeddings=embeddings, source_table=src_table,

@@ -12,6 +12,11 @@ Decisions (policy from the rules file's ``clean`` section; see ``rules/default.y
 
 When several findings touch one image the strongest action wins (drop > quarantine >
 relabel > keep) and every reason is recorded.
+
+Detection datasets (COCO, YOLO) keep their layout: images stay at their relative paths and
+the annotation files are rewritten without the invalid boxes (``box_*`` findings: dropped,
+clipped to the image, or one of a duplicate pair kept; boxes of dropped images go too).
+``CLEAN_DIR/boxes.csv`` has one row per box with its action and reason.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .dataset import SPLIT_NAMES
@@ -38,15 +44,20 @@ class CleanError(ValueError):
     """The output folder cannot be used (exit code 2)."""
 
 
+BOX_MANIFEST_COLUMNS = ["box_id", "where", "path", "split", "category", "action", "reason"]
+
+
 @dataclass
 class CleanResult:
     """``manifest``: one row per image of the dataset (see :data:`MANIFEST_COLUMNS`);
-    ``counts``: images per action; ``out_dir``: where it was written (None for a dry run)."""
+    ``counts``: images per action; ``out_dir``: where it was written (None for a dry run);
+    ``boxes``: for detection datasets one row per box (:data:`BOX_MANIFEST_COLUMNS`)."""
 
     manifest: pd.DataFrame
     counts: dict[str, int]
     out_dir: Path | None
     scan: Any = field(default=None, repr=False)
+    boxes: pd.DataFrame | None = None
 
 
 def _best(rows: pd.DataFrame) -> str:
@@ -85,7 +96,7 @@ def decide(table: pd.DataFrame, findings: list, policy: dict, relabel: bool = Fa
 
     for f in findings:
         how = actions.get(f.check)
-        if how is None or how == "keep":
+        if how is None or how == "keep" or f.check.startswith("box_"):  # box actions apply to boxes
             continue
         if how in ("drop", "quarantine"):
             for p in f.paths:
@@ -136,14 +147,18 @@ def _safe_part(x) -> str | None:
     return None if part in (".", "..") else part
 
 
-def _targets(manifest: pd.DataFrame) -> list[str]:
+def _targets(manifest: pd.DataFrame, keep_layout: bool = False) -> list[str]:
     """Relative output path per row ('' for dropped): [_quarantine/]split/label/basename, a
-    numeric suffix where two images would land on one name."""
+    numeric suffix where two images would land on one name. ``keep_layout`` (detection
+    datasets, whose annotation files name the images): [_quarantine/]original path."""
     taken: set[str] = set()
     out = []
     for row in manifest.itertuples():
         if row.action == "drop":
             out.append("")
+            continue
+        if keep_layout:
+            out.append(("_quarantine/" if row.action == "quarantine" else "") + row.source_path)
             continue
         parts = [p for p in (_safe_part(row.split), _safe_part(row.label)) if p]
         if row.action == "quarantine":
@@ -159,7 +174,103 @@ def _targets(manifest: pd.DataFrame) -> list[str]:
     return out
 
 
-def _materialise(manifest: pd.DataFrame, out: Path, summary: dict) -> None:
+def decide_boxes(boxes: pd.DataFrame, findings: list, policy: dict, image_action: dict[str, str]) -> pd.DataFrame:
+    """One row per box (``boxes``: :func:`auditor.checks.boxes.boxes_of`) with ``action``
+    (keep, drop, clip) and ``reason``, from the ``box_*`` findings under the policy; boxes
+    of images that are dropped or missing are dropped."""
+    actions = policy["actions"]
+    action = dict.fromkeys(boxes["box_id"], "keep")
+    reasons: dict[str, list[str]] = {b: [] for b in boxes["box_id"]}
+    strength = {"keep": 0, "clip": 1, "drop": 2}
+
+    def apply(box_id: str, act: str, why: str) -> None:
+        if box_id in action:
+            reasons[box_id].append(why)
+            if strength[act] > strength[action[box_id]]:
+                action[box_id] = act
+
+    for f in findings:
+        how = actions.get(f.check)
+        if not f.check.startswith("box_") or how in (None, "keep"):
+            continue
+        ids = f.details.get("box_ids") or ([f.details["box_id"]] if "box_id" in f.details else [])
+        if how == "keep_one":
+            for b in ids[1:]:
+                apply(b, "drop", f"{f.check}: copy of {ids[0]}")
+        elif how in ("drop", "clip"):
+            for b in ids:
+                apply(b, how, f"{f.check}: {f.message}")
+    for b, path in zip(boxes["box_id"], boxes["path"], strict=True):
+        act = image_action.get(path)
+        if act is None:
+            apply(b, "drop", "box_missing_image: the image is not there")
+        elif act in ("drop", "quarantine"):
+            apply(b, "drop", f"the image is {'dropped' if act == 'drop' else 'quarantined'}")
+    out = boxes.copy()
+    out["action"] = [action[b] for b in out["box_id"]]
+    out["reason"] = ["; ".join(reasons[b]) for b in out["box_id"]]
+    clip = out["action"] == "clip"
+    if clip.any():  # clipped to the image; nothing left -> dropped
+        c = out.loc[clip]
+        x0, y0 = c["x0"].clip(0, 1), c["y0"].clip(0, 1)
+        x1, y1 = c["x1"].clip(0, 1), c["y1"].clip(0, 1)
+        out.loc[clip, ["x0", "y0", "x1", "y1"]] = np.column_stack([x0, y0, x1, y1])
+        empty = ((out["x1"] - out["x0"]) * out["width"] < 1) | ((out["y1"] - out["y0"]) * out["height"] < 1)
+        out.loc[clip & empty, "action"] = "drop"
+    return out
+
+
+def _write_annotations(ann: Any, boxes: pd.DataFrame, manifest: pd.DataFrame, root: Path, tmp: Path) -> None:
+    """The cleaned COCO JSON files / YOLO label files under ``tmp`` (same relative paths)."""
+    kept_images = set(manifest.loc[manifest["action"].isin(["keep", "relabel"]), "source_path"])
+    keep = boxes[boxes["action"].isin(["keep", "clip"])]
+    if ann.format == "coco":
+        by_where = {w: r for w, r in zip(keep["where"], keep.itertuples(), strict=True)}
+        for name in ann.files:
+            src = root / name if not Path(name).is_absolute() else Path(name)
+            data = json.loads(src.read_text(encoding="utf-8"))
+            label = src.name
+            anns = []
+            for i, a in enumerate(data["annotations"]):
+                r = by_where.get(f"{label}: annotations[{i}]")
+                if r is None:
+                    continue
+                if r.action == "clip":
+                    a = {**a, "bbox": [r.x0 * r.width, r.y0 * r.height, (r.x1 - r.x0) * r.width,
+                                       (r.y1 - r.y0) * r.height]}  # fmt: skip
+                anns.append(a)
+            names = {i: p for i, p in zip(ann.images["where"], ann.images["path"], strict=True)}
+            data["images"] = [img for i, img in enumerate(data["images"])
+                              if names.get(f"{label}: images[{i}]") in kept_images]  # fmt: skip
+            data["annotations"] = anns
+            dest = tmp / (name if not Path(name).is_absolute() else f"annotations/{label}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    else:
+        from .annotations import find_yolo
+
+        pairs = find_yolo(root)
+        for extra in ("data.yaml", "dataset.yaml", "data.yml", "classes.txt"):
+            if (root / extra).is_file():
+                shutil.copy2(root / extra, tmp / extra)
+        lines: dict[str, list[str]] = {}
+        for r in keep.itertuples():
+            cx, cy = (r.x0 + r.x1) / 2, (r.y0 + r.y1) / 2
+            lines.setdefault(r.path, []).append(
+                f"{r.category_id} {cx:.6f} {cy:.6f} {r.x1 - r.x0:.6f} {r.y1 - r.y0:.6f}"
+            )
+        labelled = dict(zip(ann.images["path"], ann.images["annotated"] | ann.images["background"], strict=True))
+        for path in sorted(kept_images):
+            full = root / path
+            pair = next(((i, lab) for i, lab in pairs if full.is_relative_to(i)), None)
+            if pair is None or not (labelled.get(path) or path in lines):
+                continue
+            dest = tmp / (pair[1] / full.relative_to(pair[0])).with_suffix(".txt").relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text("".join(f"{ln}\n" for ln in lines.get(path, [])), encoding="utf-8")
+
+
+def _materialise(manifest: pd.DataFrame, out: Path, summary: dict, extra: Any = None) -> None:
     """Build the cleaned folder next to ``out`` and swap it in (an old audit-clean folder is
     replaced; anything else is refused)."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
@@ -177,6 +288,8 @@ def _materialise(manifest: pd.DataFrame, out: Path, summary: dict) -> None:
             except OSError:
                 shutil.copy2(src, dest)
         manifest[MANIFEST_COLUMNS].to_csv(tmp / "manifest.csv", index=False)
+        if extra is not None:
+            extra(tmp)
         (tmp / "clean.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         (tmp / MARKER).write_text("written by audit clean; rerunning replaces this folder\n")
         old = None
@@ -220,12 +333,26 @@ def clean(
         raise CleanError("--out must not be inside the dataset: the original is never modified")
     result = scan_result or scan(dataset, scan_out, rules=rules_obj, write=scan_out is not None, **scan_options)
     manifest = decide(result.table, result.findings, rules_obj.clean, relabel)
-    manifest["path"] = _targets(manifest)
+    ann = result.discovery.annotations
+    manifest["path"] = _targets(manifest, keep_layout=ann is not None)
     counts = {a: int((manifest["action"] == a).sum()) for a in STRENGTH}
     summary = {"dataset": str(Path(dataset).resolve()), "rules": rules_obj.source, "counts": counts,
                "relabel": relabel, "policy": rules_obj.clean}  # fmt: skip
+    boxes, extra = None, None
+    if ann is not None:
+        from .checks.boxes import boxes_of
+
+        image_action = dict(zip(manifest["source_path"], manifest["action"], strict=True))
+        boxes = decide_boxes(boxes_of(result.context), result.findings, rules_obj.clean, image_action)
+        summary["boxes"] = {a: int((boxes["action"] == a).sum()) for a in ("keep", "clip", "drop")}
+
+        def extra(tmp: Path) -> None:
+            _write_annotations(ann, boxes, manifest, Path(dataset), tmp)
+            boxes[BOX_MANIFEST_COLUMNS].to_csv(tmp / "boxes.csv", index=False)
+
     out_dir = None
     if not dry_run:
         out_dir = Path(out)
-        _materialise(manifest, out_dir, summary)
-    return CleanResult(manifest[MANIFEST_COLUMNS].copy(), counts, out_dir, result)
+        _materialise(manifest, out_dir, summary, extra)
+    box_table = boxes[BOX_MANIFEST_COLUMNS].copy() if boxes is not None else None
+    return CleanResult(manifest[MANIFEST_COLUMNS].copy(), counts, out_dir, result, box_table)

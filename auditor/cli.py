@@ -68,11 +68,17 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
     report = result.report
     ds = report["dataset"]
     splits = escape(", ".join(f"{k} {v}" for k, v in ds["splits"].items()) or "no splits")
+    bx = report.get("boxes")
+    classes = "" if bx else f"{len(ds['classes'])} classes, "
     console.print(
-        f"[bold]{ds['images']}[/] images ({ds['unreadable']} unreadable), "
-        f"{len(ds['classes'])} classes, {splits}; layout [bold]{ds['layout']}[/]",
+        f"[bold]{ds['images']}[/] images ({ds['unreadable']} unreadable), {classes}{splits}; "
+        f"layout [bold]{ds['layout']}[/]",
         highlight=False,
     )
+    if bx:
+        per = ", ".join(f"{escape(c)} {v['boxes']}" for c, v in list(bx["classes"].items())[:8])
+        console.print(f"boxes ({bx['format'].upper()}): [bold]{bx['boxes']}[/] on {bx['annotated_images']} of "
+                      f"{bx['images']} images; {per}", highlight=False)  # fmt: skip
     emb = getattr(result, "embeddings", None)
     if emb is not None:
         fresh = f"{emb.computed} computed, {emb.cached} from cache"
@@ -171,7 +177,9 @@ CacheDirOpt = Annotated[Path | None, typer.Option(help="Cache folder [default: ~
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", "-j", min=1, help="Worker processes [default: CPU count].")
 ]
-LayoutOpt = Annotated[str, typer.Option(help="auto, class-folders, split-folders, manifest or flat.")]
+LayoutOpt = Annotated[str, typer.Option(help="auto, class-folders, split-folders, manifest, flat, coco or yolo.")]
+CocoOpt = Annotated[Path | None, typer.Option(help="COCO instances JSON (detection) [default: instances_*.json].")]
+ImagesOpt = Annotated[Path | None, typer.Option(help="Folder the COCO file_name paths are relative to.")]
 ManifestOpt = Annotated[
     Path | None, typer.Option(help="CSV with columns path,label[,split], paths relative to DATASET.")
 ]
@@ -192,6 +200,8 @@ def scan(
     workers: WorkersOpt = None,
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
+    coco: CocoOpt = None,
+    images: ImagesOpt = None,
     source: Annotated[
         Path | None,
         typer.Option(
@@ -222,7 +232,7 @@ def scan(
     bar, update = _progress()
     with _input_errors(), bar:
         result = run_scan(
-            dataset, out, layout=layout, manifest=manifest, rules=rules, workers=workers,
+            dataset, out, layout=layout, manifest=manifest, coco=coco, images=images, rules=rules, workers=workers,
             source=source, source_layout=source_layout, source_manifest=source_manifest,
             projection=not no_projection, embed=not no_embed, backbone=backbone, weights=weights, layer=layer,
             preprocess=preprocess,
@@ -269,6 +279,8 @@ def gate(
     weights: WeightsOpt = None,
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
+    coco: CocoOpt = None,
+    images: ImagesOpt = None,
     workers: WorkersOpt = None,
     cache_dir: CacheDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict.")] = False,
@@ -289,8 +301,8 @@ def gate(
         else:
             result = run_gate(
                 dataset, rules=rules, source=source, out=out, embed=not no_embed, backbone=backbone,
-                weights=weights, layout=layout, manifest=manifest, workers=workers, cache_dir=cache_dir,
-                progress=update,
+                weights=weights, layout=layout, manifest=manifest, coco=coco, images=images, workers=workers,
+                cache_dir=cache_dir, progress=update,
             )  # fmt: skip
     if junit is not None:
         try:
@@ -348,6 +360,8 @@ def clean(
     ] = False,
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
+    coco: CocoOpt = None,
+    images: ImagesOpt = None,
     workers: WorkersOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -366,7 +380,8 @@ def clean(
         try:
             result = run_clean(
                 dataset, out, rules=rules, dry_run=dry_run, relabel=relabel, embed=not no_embed, layout=layout,
-                manifest=manifest, workers=workers, cache_dir=cache_dir, progress=update,
+                manifest=manifest, coco=coco, images=images, workers=workers, cache_dir=cache_dir,
+                progress=update,
             )  # fmt: skip
         except CleanError as exc:
             _fail(str(exc))
@@ -401,6 +416,13 @@ def finetune(
         str, typer.Option(help="Comma-separated: flip, rotation, zoom, translation, contrast, brightness.")
     ] = "flip,rotation,zoom,translation,contrast,brightness",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    backbone: Annotated[
+        str, typer.Option(help="efficientnet-lite0 (packaged weights) or a keras.applications name.")
+    ] = "efficientnet-lite0",
+    weights: Annotated[
+        str | None, typer.Option(help="keras.applications weights: a local 'notop' file, imagenet (downloads), none.")
+    ] = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Fine-tune EfficientNet-Lite0 on DATASET: head first with the backbone frozen, then the
     top blocks at a 10x lower learning rate with BatchNorm frozen; early stopping; class
@@ -412,7 +434,7 @@ def finetune(
 
     opts = FinetuneOptions(
         epochs=epochs, unfreeze=unfreeze, learning_rate=learning_rate, image_size=image_size,
-        batch_size=batch_size, seed=seed,
+        batch_size=batch_size, seed=seed, backbone=backbone, weights=weights,
         augment=tuple(a.strip() for a in augmentations.split(",") if a.strip()) if augment else (),
     )  # fmt: skip
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -428,7 +450,7 @@ def finetune(
 
     with _input_errors(), bar:
         try:
-            result = run_finetune(dataset, out, opts, progress=update)
+            result = run_finetune(dataset, out, opts, progress=update, cache_dir=cache_dir)
         except FinetuneError as exc:
             _fail(str(exc))
     ev = result.evaluation

@@ -5,7 +5,12 @@ Layouts (auto-detected; ``layout=`` overrides):
 * ``class-folders``: ``ROOT/<class>/**/<image>`` (Keras ``image_dataset_from_directory``);
 * ``split-folders``: ``ROOT/{train,val,valid,validation,test,dev}/<class>/**/<image>``;
 * ``manifest``: a CSV with columns ``path,label[,split]``, paths relative to ROOT;
-* ``flat``: ``ROOT/<image>``, unlabeled.
+* ``flat``: ``ROOT/<image>``, unlabeled;
+* ``coco``: object detection, ``instances_*.json`` at the root or in ``annotations/`` (or
+  ``coco=FILE``), images found relative to them (or ``images=DIR``);
+* ``yolo``: object detection, ``images/`` + ``labels/*.txt`` (or ``<split>/images`` +
+  ``<split>/labels``). Detection datasets carry their boxes in ``Discovery.annotations``
+  (see :mod:`auditor.annotations`); their images are unlabeled items.
 
 Files are recognised by content (magic bytes) as well as by extension. Hidden files and
 folders are skipped; non-image files are skipped; both are counted. Symbolic links that
@@ -19,6 +24,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pandas as pd
 
@@ -35,7 +41,7 @@ def labeled(items: pd.DataFrame) -> pd.DataFrame:
     return items[items["label"].map(lambda x: isinstance(x, str))]
 
 
-LAYOUTS = ("auto", "class-folders", "split-folders", "manifest", "flat")
+LAYOUTS = ("auto", "class-folders", "split-folders", "manifest", "flat", "coco", "yolo")
 ITEM_COLUMNS = ["path", "abs_path", "split", "label", "ext"]
 
 
@@ -52,6 +58,7 @@ class Discovery:
     items: pd.DataFrame
     skipped: Counter = field(default_factory=Counter)
     missing: list[str] = field(default_factory=list)  # manifest rows whose file is absent
+    annotations: Any = None  # auditor.annotations.Annotations for COCO / YOLO datasets
 
 
 def _is_hidden(name: str) -> bool:
@@ -196,9 +203,11 @@ def discover(
     layout: str = "auto",
     manifest: str | os.PathLike | None = None,
     follow_symlinks: bool = False,
+    coco: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
 ) -> Discovery:
     """Find the images of a dataset. Raises :class:`DatasetError` for a missing root, an
-    unknown layout, a bad manifest or a dataset with no images."""
+    unknown layout, a bad manifest or annotation file, or a dataset with no images."""
     root = Path(root)
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
@@ -208,21 +217,66 @@ def discover(
         raise DatasetError(f"dataset is not a folder: {root}")
     skipped: Counter = Counter()
     missing: list[str] = []
+    annotations = None
     if manifest is not None or layout == "manifest":
         if manifest is None:
             raise DatasetError("layout 'manifest' needs --manifest FILE")
         rows, missing = _rows_from_manifest(root, Path(manifest), follow_symlinks)
         layout = "manifest"
+    elif coco is not None or layout == "coco" or (layout == "auto" and _has_coco(root)):
+        from . import annotations as ann
+
+        files = [Path(coco)] if coco is not None else ann.find_coco(root)
+        if not files:
+            raise DatasetError(f"layout 'coco': no instances_*.json in {root} or {root / 'annotations'}; "
+                               "name the file with --coco FILE")  # fmt: skip
+        for f in files:
+            if not f.is_file():
+                raise DatasetError(f"COCO file not found: {f}")
+        annotations = ann.read_coco(root, files, Path(images) if images is not None else None)
+        present = annotations.images[annotations.images["exists"]]
+        rows = [_row(root, root / p, s if isinstance(s, str) else None, None)
+                for p, s in zip(present["path"], present["split"], strict=True)]  # fmt: skip
+        for r, p in zip(rows, present["path"], strict=True):
+            r["path"] = p
+        layout = "coco"
     else:
         files = _walk(root, follow_symlinks, skipped)
-        if layout == "auto":
-            layout = _detect_layout(root, files)
-        rows = _rows_from_folders(root, files, layout)
+        if layout == "yolo" or (layout == "auto" and _has_yolo(root)):
+            from . import annotations as ann
+
+            pairs = ann.find_yolo(root)
+            if not pairs:
+                raise DatasetError(f"layout 'yolo': expected {root / 'images'} and {root / 'labels'} (or "
+                                   "<split>/images and <split>/labels)")  # fmt: skip
+            files = [f for f in files if any(_within(f, i) for i, _ in pairs)]
+            rows = [_row(root, f, None, None) for f in files]
+            annotations = ann.read_yolo(root, [r["path"] for r in rows])
+            split = dict(zip(annotations.images["path"], annotations.images["split"], strict=True))
+            for r in rows:
+                s = split.get(r["path"])
+                r["split"] = s if isinstance(s, str) else None
+            layout = "yolo"
+        else:
+            if layout == "auto":
+                layout = _detect_layout(root, files)
+            rows = _rows_from_folders(root, files, layout)
     if not rows:
         detail = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())) or "no files"
         raise DatasetError(f"no images found in {root} ({detail})")
     items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
     dup = items["path"].duplicated()
     if dup.any():
-        raise DatasetError(f"manifest lists {items['path'][dup].iloc[0]!r} more than once")
-    return Discovery(root=root, layout=layout, items=items, skipped=skipped, missing=missing)
+        raise DatasetError(f"{layout} lists {items['path'][dup].iloc[0]!r} more than once")
+    return Discovery(root=root, layout=layout, items=items, skipped=skipped, missing=missing,
+                     annotations=annotations)  # fmt: skip
+
+
+def _has_coco(root: Path) -> bool:
+    return any(root.glob("instances_*.json")) or any(root.glob("annotations/instances_*.json"))
+
+
+def _has_yolo(root: Path) -> bool:
+    from .annotations import find_yolo
+
+    return any(any(lab.rglob("*.txt")) for _, lab in find_yolo(root))

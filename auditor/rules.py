@@ -36,11 +36,13 @@ PRESETS = ("default", "strict", "lenient")
 _SETTINGS = {"min_images_for_relative": int}
 _GATE_KEYS = {"max_count": int, "max_fraction": (int, float)}
 _TOP_KEYS = {"schema", "extends", "description", "settings", "checks", "clean"}
-CLEAN_ACTIONS = ("keep", "drop", "quarantine", "keep_one", "drop_from_eval", "quarantine_confident")
+CLEAN_ACTIONS = ("keep", "drop", "quarantine", "keep_one", "drop_from_eval", "quarantine_confident", "clip")
 DEFAULT_CLEAN = {
     "label_issue_min_score": 0.7,
     "actions": {"corrupt": "drop", "exact_duplicate": "keep_one", "near_duplicate": "keep_one",
-                "leakage": "drop_from_eval", "label_conflict": "quarantine", "label_issue": "quarantine_confident"},
+                "leakage": "drop_from_eval", "label_conflict": "quarantine", "label_issue": "quarantine_confident",
+                "box_out_of_bounds": "clip", "box_degenerate": "drop", "box_duplicate": "keep_one",
+                "box_label_conflict": "drop", "box_unknown_category": "drop"},
 }  # fmt: skip
 _CHECK_KEYS = {"severity", "enabled", "params", "gate", "description"}
 

@@ -86,6 +86,31 @@ def test_report_opens_clean_renders_and_escapes(report, tmp_path):
     assert dialogs == []
 
 
+def test_detection_report_draws_boxes_without_errors(tmp_path):
+    """A COCO dataset with every box defect: the Boxes table and the flagged boxes drawn
+    over their thumbnails render with no console errors (degenerate boxes included)."""
+    sync_playwright = _need_browser()
+    from test_boxes import make_coco
+
+    make_coco(tmp_path / "coco")
+    html = api.scan(tmp_path / "coco", tmp_path / "out", embed=False, cache_dir=tmp_path / "c").files["html"]
+    console, errors = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: console.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html.as_uri())
+        page.wait_for_load_state("load")
+        assert not errors and not console, (errors, console)
+        for section in ("boxes", "box_out_of_bounds", "box_duplicate", "box_style_shift"):
+            assert page.locator(f"#{section}").count() == 1, section
+        rect = page.locator("#box_out_of_bounds ~ .finding .boxed rect").first
+        box, img = rect.bounding_box(), page.locator("#box_out_of_bounds ~ .finding .boxed img").first.bounding_box()
+        assert box["width"] > 5 and box["x"] + box["width"] > img["x"] + img["width"]  # drawn, past the edge
+        browser.close()
+
+
 def test_report_size_is_bounded_for_a_huge_dataset(tmp_path):
     """100,000 images with thousands of findings: the HTML stays far below 20 MB (sections are
     capped, thumbnails have a global budget, the per-image table is not embedded)."""

@@ -78,6 +78,7 @@ class CheckContext:
     embeddings: Any = None  # auditor.embed.Embeddings, or None when the scan ran with --no-embed
     reference: pd.DataFrame | None = None  # the source set's table (``--source``), same columns
     shift_params: dict[str, dict] = field(default_factory=dict)  # params of the shift rules (enabled or not)
+    annotations: Any = None  # auditor.annotations.Annotations of a COCO / YOLO dataset
     skipped: dict[str, str] = field(default_factory=dict)  # check name -> why it could not run
     notes: dict[str, str] = field(default_factory=dict)  # check name -> what it left out while running
     _cache: dict = field(default_factory=dict, repr=False)
@@ -157,6 +158,6 @@ def register(name: str, family: str, params: dict[str, type | tuple[type, ...]] 
 
 def load_all() -> dict[str, CheckSpec]:
     """Import every check module (registration happens at import) and return the registry."""
-    from . import duplicates, embedding, integrity, labels, quality, shift  # noqa: F401
+    from . import boxes, duplicates, embedding, integrity, labels, quality, shift  # noqa: F401
 
     return REGISTRY

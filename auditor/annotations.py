@@ -1,0 +1,364 @@
+"""Object-detection annotations: COCO JSON and YOLO text files -> one table of boxes.
+
+* **COCO**: ``instances_*.json`` at the dataset root or in ``annotations/`` (or ``coco=FILE``).
+  Images are resolved relative to ``images=DIR`` when given, else to the folder (tried in
+  order: the JSON's folder, its parent, the root, ``images/``, ``<suffix>/`` and
+  ``images/<suffix>/`` where the JSON is ``instances_<suffix>.json``) holding the most of
+  its file names. The split comes from the file name (``instances_val2017.json`` -> val).
+* **YOLO**: ``images/[<split>/]*`` with ``labels/[<split>/]*.txt`` beside them (or the
+  Roboflow ``<split>/images`` + ``<split>/labels``); one box per line, ``class cx cy w h``
+  normalised to 0..1; class names from ``data.yaml`` (``names:`` list or mapping) or
+  ``classes.txt``. An empty label file marks an image with no objects on purpose; a missing
+  one is an unannotated image.
+
+Every box keeps where it came from (``where``: ``file: annotations[i]`` or ``file:line``)
+so a finding points at the line to fix. Malformed files raise
+:class:`auditor.dataset.DatasetError` naming the file, the line or JSON path, and what was
+expected. Image paths cannot escape the dataset root. Geometry is kept as written (COCO
+pixels ``x, y, w, h``; YOLO normalised centre and size) and turned into normalised corners
+by :func:`geometry` once image sizes are known.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from .dataset import SPLIT_NAMES, DatasetError, safe_relative
+
+BOX_COLUMNS = ["box_id", "path", "split", "category", "category_id", "x", "y", "w", "h", "units", "source", "where"]
+_SPLIT_RE = re.compile(r"(validation|valid|train|test|val|dev)")
+
+
+@dataclass
+class Annotations:
+    """``boxes``: one row per box (:data:`BOX_COLUMNS`; ``units`` ``px`` = COCO top-left
+    x, y and size in pixels, ``norm`` = YOLO centre and size in 0..1; ``category`` is the
+    name, or the raw id when it is unknown). ``images``: one row per annotated image path
+    (path, split, declared width/height or NaN, exists, annotated, background, where).
+    ``problems``: references that cannot be resolved (``missing_image``, ``unknown_category``,
+    ``unknown_image_id``), each ``{"kind", "path", "where", "message", ...}``."""
+
+    format: str
+    files: list[str]
+    boxes: pd.DataFrame
+    images: pd.DataFrame
+    categories: dict[str, str]  # id (as text) -> name
+    problems: list[dict] = field(default_factory=list)
+    names_known: bool = True  # False: YOLO without data.yaml/classes.txt
+
+
+def split_of(name: str) -> str | None:
+    """train/val/test/... from a file or folder name (``instances_val2017`` -> ``val``)."""
+    m = _SPLIT_RE.search(name.lower())
+    return m.group(1) if m and m.group(1) in SPLIT_NAMES else None
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+# --- COCO --------------------------------------------------------------------------------------
+
+
+def find_coco(root: Path) -> list[Path]:
+    """``instances_*.json`` at the root or in ``annotations/``."""
+    return sorted([*root.glob("instances_*.json"), *root.glob("annotations/instances_*.json")])
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: $: expected a COCO object with images, annotations, categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{path}: $.{key}: expected a list, found {type(data.get(key)).__name__}")
+    return data
+
+
+def _image_root(root: Path, path: Path, names: list[str], images_dir: Path | None) -> Path:
+    if images_dir is not None:
+        return images_dir
+    suffix = path.stem.split("instances_", 1)[-1]
+    candidates = [path.parent, path.parent.parent, root, root / "images", root / suffix, root / "images" / suffix]
+    best, best_n = root, -1
+    sample = names[:100]
+    for c in dict.fromkeys(candidates):
+        try:
+            c.resolve().relative_to(root.resolve())
+        except ValueError:
+            continue
+        n = sum((c / PurePosixPath(s)).is_file() for s in sample if s and ".." not in s)
+        if n > best_n:
+            best, best_n = c, n
+    return best
+
+
+def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> Annotations:
+    root = Path(root)
+    if images_dir is not None:
+        images_dir = Path(images_dir)
+        try:
+            images_dir.resolve().relative_to(root.resolve())
+        except ValueError:
+            raise DatasetError(f"--images {images_dir} must be inside the dataset folder {root}") from None
+        if not images_dir.is_dir():
+            raise DatasetError(f"--images {images_dir} is not a folder")
+    boxes, images, problems = [], {}, []
+    categories: dict[str, str] = {}
+    shown: list[str] = []
+    for path in files:
+        data = _load_json(path)
+        label = path.name
+        split = split_of(path.stem)
+        shown.append(_rel(path, root) if _inside(path, root) else str(path))
+        for i, cat in enumerate(data["categories"]):
+            if not isinstance(cat, dict) or "id" not in cat or not isinstance(cat.get("name"), str):
+                raise DatasetError(f"{path}: $.categories[{i}]: expected {{\"id\": ..., \"name\": \"...\"}}, "
+                                   f"found {json.dumps(cat)[:80]}")  # fmt: skip
+            categories[str(cat["id"])] = cat["name"]
+        names = []
+        for i, img in enumerate(data["images"]):
+            if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+                raise DatasetError(f"{path}: $.images[{i}]: expected {{\"id\": ..., \"file_name\": \"...\"}}, "
+                                   f"found {json.dumps(img)[:80]}")  # fmt: skip
+            names.append(img["file_name"])
+        base = _image_root(root, path, names, images_dir)
+        by_id: dict[str, str] = {}
+        for i, img in enumerate(data["images"]):
+            try:
+                full = safe_relative(base, img["file_name"])
+                full.resolve().relative_to(root.resolve())
+            except (DatasetError, ValueError):
+                raise DatasetError(f"{path}: $.images[{i}].file_name: {img['file_name']!r} escapes the dataset "
+                                   "root") from None  # fmt: skip
+            rel = (full.parent.resolve() / full.name).relative_to(root.resolve()).as_posix()
+            by_id[str(img["id"])] = rel
+            w, h = img.get("width"), img.get("height")
+            images[rel] = {"path": rel, "split": split, "width": float(w) if _number(w) else np.nan,
+                           "height": float(h) if _number(h) else np.nan, "exists": full.is_file(),
+                           "annotated": images.get(rel, {}).get("annotated", False), "background": False,
+                           "where": f"{label}: images[{i}]"}  # fmt: skip
+        for i, ann in enumerate(data["annotations"]):
+            where = f"{label}: annotations[{i}]"
+            if not isinstance(ann, dict):
+                raise DatasetError(f"{path}: $.annotations[{i}]: expected an object, found {json.dumps(ann)[:80]}")
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+                raise DatasetError(f"{path}: $.annotations[{i}].bbox: expected [x, y, width, height] (4 numbers), "
+                                   f"found {json.dumps(bbox)[:80]}")  # fmt: skip
+            for key in ("image_id", "category_id"):
+                if key not in ann:
+                    raise DatasetError(f"{path}: $.annotations[{i}].{key}: missing")
+            rel = by_id.get(str(ann["image_id"]))
+            if rel is None:
+                problems.append({"kind": "unknown_image_id", "path": None, "where": where,
+                                 "message": f"{where} refers to image id {ann['image_id']}, which {label} does "
+                                            "not list"})  # fmt: skip
+                continue
+            images[rel]["annotated"] = True
+            cid = str(ann["category_id"])
+            source = ann.get("annotator", ann.get("source"))
+            boxes.append({"box_id": f"{label}#{ann.get('id', i)}", "path": rel, "split": split,
+                          "category": categories.get(cid, cid), "category_id": cid, "x": float(bbox[0]),
+                          "y": float(bbox[1]), "w": float(bbox[2]), "h": float(bbox[3]), "units": "px",
+                          "source": None if source is None else str(source), "where": where})  # fmt: skip
+    ann = Annotations("coco", shown, pd.DataFrame(boxes, columns=BOX_COLUMNS), _images_frame(images),
+                      categories, problems)  # fmt: skip
+    _resolve_problems(ann)
+    return ann
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _images_frame(images: dict) -> pd.DataFrame:
+    cols = ["path", "split", "width", "height", "exists", "annotated", "background", "where"]
+    return pd.DataFrame(list(images.values()), columns=cols)
+
+
+def _resolve_problems(ann: Annotations) -> None:
+    """Add missing images and unknown categories to ``problems``."""
+    for row in ann.images.itertuples():
+        if not row.exists:
+            n = int((ann.boxes["path"] == row.path).sum())
+            ann.problems.append({"kind": "missing_image", "path": row.path, "where": row.where, "boxes": n,
+                                 "message": f"{row.path} is annotated ({n} boxes, {row.where}) but the file does "
+                                            "not exist"})  # fmt: skip
+    if ann.names_known:
+        unknown = ann.boxes[~ann.boxes["category_id"].isin(list(ann.categories))]
+        for row in unknown.itertuples():
+            ann.problems.append({"kind": "unknown_category", "path": row.path, "where": row.where,
+                                 "category_id": row.category_id, "box_id": row.box_id,
+                                 "message": f"{row.where}: category {row.category_id} is not among the "
+                                            f"{len(ann.categories)} declared categories"})  # fmt: skip
+
+
+# --- YOLO --------------------------------------------------------------------------------------
+
+
+def find_yolo(root: Path) -> list[tuple[Path, Path]]:
+    """(images folder, labels folder) pairs: ``images/`` + ``labels/`` or, per split,
+    ``<split>/images`` + ``<split>/labels``."""
+    pairs = []
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        pairs.append((root / "images", root / "labels"))
+    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        if split_of(d.name) and (d / "images").is_dir() and (d / "labels").is_dir():
+            pairs.append((d / "images", d / "labels"))
+    return pairs
+
+
+def _yolo_names(root: Path) -> tuple[dict[str, str], bool]:
+    for name in ("data.yaml", "dataset.yaml", "data.yml"):
+        path = root / name
+        if path.is_file():
+            import yaml
+
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+                raise DatasetError(f"{path}: not valid YAML: {exc}") from None
+            names = data.get("names") if isinstance(data, dict) else None
+            if isinstance(names, list):
+                return {str(i): str(n) for i, n in enumerate(names)}, True
+            if isinstance(names, dict):
+                return {str(k): str(v) for k, v in names.items()}, True
+            raise DatasetError(f"{path}: names: expected a list of class names or a mapping id -> name")
+    path = root / "classes.txt"
+    if path.is_file():
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        return {str(i): n for i, n in enumerate(x for x in lines if x)}, True
+    return {}, False
+
+
+def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
+    """Boxes for the images ``image_paths`` (relative to root, under a YOLO images folder)."""
+    root = Path(root)
+    categories, known = _yolo_names(root)
+    pairs = find_yolo(root)
+    boxes, images = [], {}
+    used_labels: set[Path] = set()
+    files: list[str] = []
+    for rel in image_paths:
+        full = root / rel
+        pair = next(((i, lab) for i, lab in pairs if _inside(full, i)), None)
+        if pair is None:
+            continue
+        img_dir, lab_dir = pair
+        inner = full.relative_to(img_dir)
+        label = (lab_dir / inner).with_suffix(".txt")
+        split = split_of(inner.parts[0]) if len(inner.parts) > 1 else split_of(img_dir.parent.name)
+        lrel = _rel(label, root) if label.is_file() else None
+        images[rel] = {"path": rel, "split": split, "width": np.nan, "height": np.nan, "exists": True,
+                       "annotated": False, "background": False, "where": lrel or rel}  # fmt: skip
+        if lrel is None:
+            continue
+        used_labels.add(label.resolve())
+        files.append(lrel)
+        rows = _read_label_file(label, lrel, rel, split, categories)
+        images[rel]["annotated"] = bool(rows)
+        images[rel]["background"] = not rows
+        boxes.extend(rows)
+    problems = []
+    for img_dir, lab_dir in pairs:  # label files without an image
+        for label in sorted(lab_dir.rglob("*.txt")):
+            if label.resolve() in used_labels or label.name.startswith("."):
+                continue
+            lrel = _rel(label, root)
+            if label.name == "classes.txt" and label.parent == lab_dir:
+                continue
+            inner = label.relative_to(lab_dir).with_suffix("")
+            split = split_of(inner.parts[0]) if len(inner.parts) > 1 else split_of(img_dir.parent.name)
+            img_rel = _rel(img_dir / inner, root) + ".*"
+            rows = _read_label_file(label, lrel, img_rel, split, categories)
+            files.append(lrel)
+            problems.append({"kind": "missing_image", "path": img_rel, "where": lrel, "boxes": len(rows),
+                             "message": f"{lrel} has {len(rows)} boxes but no image {img_rel} exists"})  # fmt: skip
+    ann = Annotations("yolo", sorted(files), pd.DataFrame(boxes, columns=BOX_COLUMNS), _images_frame(images),
+                      categories, problems, names_known=known)  # fmt: skip
+    if known:
+        _resolve_problems(ann)
+    return ann
+
+
+def _read_label_file(path: Path, lrel: str, image: str, split, categories: dict[str, str]) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        ok = len(parts) == 5 and parts[0].isdigit()
+        values = []
+        if ok:
+            try:
+                values = [float(v) for v in parts[1:]]
+                ok = all(math.isfinite(v) for v in values)
+            except ValueError:
+                ok = False
+        if not ok:
+            raise DatasetError(f"{path}:{n}: expected 'class x_center y_center width height' (an integer class "
+                               f"and 4 numbers in 0..1), found {line.strip()[:80]!r}")  # fmt: skip
+        cid = str(int(parts[0]))
+        cx, cy, w, h = values
+        rows.append({"box_id": f"{lrel}:{n}", "path": image, "split": split, "category": categories.get(cid, cid),
+                     "category_id": cid, "x": cx, "y": cy, "w": w, "h": h, "units": "norm", "source": None,
+                     "where": f"{lrel}:{n}"})  # fmt: skip
+    return rows
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+
+def geometry(boxes: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:
+    """``boxes`` with normalised corners ``x0 y0 x1 y1`` (0..1 inside the image), pixel size
+    ``pw ph`` and the image ``width height`` used (``sizes``: path -> width, height; COCO's
+    declared size wins over the measured one). Rows whose image size is unknown get NaN."""
+    b = boxes.copy()
+    wh = sizes.set_index("path")[["width", "height"]]
+    b = b.join(wh, on="path")
+    px = b["units"] == "px"
+    W, H = b["width"].astype(float), b["height"].astype(float)
+    x0 = np.where(px, b["x"] / W, b["x"] - b["w"] / 2)
+    y0 = np.where(px, b["y"] / H, b["y"] - b["h"] / 2)
+    nw = np.where(px, b["w"] / W, b["w"])
+    nh = np.where(px, b["h"] / H, b["h"])
+    b["x0"], b["y0"], b["x1"], b["y1"] = x0, y0, x0 + nw, y0 + nh
+    b["pw"], b["ph"] = nw * W, nh * H
+    return b
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between boxes (n, 4) and (m, 4) given as x0, y0, x1, y1."""
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = ix * iy
+    area = lambda z: np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)

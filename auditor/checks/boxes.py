@@ -1,0 +1,349 @@
+"""Box annotations of detection datasets (COCO, YOLO): the ``box_*`` checks.
+
+Every check reads ``ctx.annotations`` (:class:`auditor.annotations.Annotations`) and skips
+itself on a dataset without box annotations. Geometry is normalised to the image (COCO's
+declared size, else the size the scan measured), so COCO pixels and YOLO fractions are
+judged alike. Per-box findings name the annotation (``file: annotations[i]`` or
+``file:line``) and carry ``details["boxes"]`` (normalised corners and class) so the report
+draws them on the thumbnail.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+
+from ..annotations import geometry, iou_matrix
+from . import CheckContext, Finding, register
+
+NOT_DETECTION = "not a detection dataset (no COCO or YOLO box annotations)"
+#: Box geometry compared by ``box_style_shift``: name -> (kind, description). "size"
+#: properties are compared as a ratio of medians, "position" ones as a difference.
+STYLE_PROPERTIES = {
+    "width": ("size", "wider"),
+    "height": ("size", "taller"),
+    "area": ("size", "larger (area)"),
+    "aspect": ("size", "more elongated (width/height)"),
+    "center_x": ("position", "further right"),
+    "center_y": ("position", "further down"),
+}
+
+
+def boxes_of(ctx: CheckContext) -> pd.DataFrame | None:
+    """The dataset's boxes with normalised geometry (cached); None without annotations."""
+    ann = ctx.annotations
+    if ann is None:
+        return None
+    if "boxes" not in ctx._cache:
+        sizes = ann.images[["path", "width", "height"]].copy()
+        measured = ctx.table.set_index("path")[["width", "height"]] if "width" in ctx.table else None
+        if measured is not None:
+            m = sizes["path"].map(measured["width"]), sizes["path"].map(measured["height"])
+            sizes["width"] = sizes["width"].fillna(m[0].astype(float))
+            sizes["height"] = sizes["height"].fillna(m[1].astype(float))
+        ctx._cache["boxes"] = geometry(ann.boxes, sizes)
+    return ctx._cache["boxes"]
+
+
+def _box(row) -> dict:
+    return {"box": [row.x0, row.y0, row.x1, row.y1], "label": str(row.category), "where": row.where}
+
+
+def _box_finding(check: str, row, score: float, message: str, **extra) -> Finding:
+    return Finding(check, [row.path], score, f"{row.where} ({row.category}): {message}",
+                   {"box_id": row.box_id, "where": row.where, "category": row.category, "split": row.split,
+                    "boxes": [_box(row)], **extra})  # fmt: skip
+
+
+@register("box_out_of_bounds", "boxes", {"tolerance": float})
+def box_out_of_bounds(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Boxes reaching beyond the image by more than ``tolerance`` (fraction of the image
+    side): a wrong coordinate convention, a resized image with stale boxes, or a typo.
+    Score: the largest overshoot as a fraction of the image side."""
+    b = boxes_of(ctx)
+    if b is None:
+        return ctx.skip("box_out_of_bounds", NOT_DETECTION)
+    tol = params["tolerance"]
+    over = pd.concat([-b["x0"], -b["y0"], b["x1"] - 1, b["y1"] - 1], axis=1).max(axis=1)
+    out = []
+    for row, o in zip(b[over > tol].itertuples(), over[over > tol], strict=True):
+        out.append(_box_finding("box_out_of_bounds", row, float(o),
+                                f"extends {o:.0%} of the image beyond its edge", overshoot=float(o)))  # fmt: skip
+    return out
+
+
+@register("box_degenerate", "boxes")
+def box_degenerate(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Boxes with zero or negative width or height (nothing to learn from; many loaders
+    crash or silently drop them). Score 1."""
+    b = boxes_of(ctx)
+    if b is None:
+        return ctx.skip("box_degenerate", NOT_DETECTION)
+    bad = b[(b["w"] <= 0) | (b["h"] <= 0)]
+    return [_box_finding("box_degenerate", r, 1.0, f"width {r.w:g}, height {r.h:g} ({r.units})") for r in
+            bad.itertuples()]  # fmt: skip
+
+
+@register("box_tiny", "boxes", {"min_side_px": float})
+def box_tiny(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Boxes with a side shorter than ``min_side_px`` pixels (and above zero): a stray click
+    rather than an object, or an object too small for the model's input resolution. Score:
+    1 - shorter side / min_side_px."""
+    b = boxes_of(ctx)
+    if b is None:
+        return ctx.skip("box_tiny", NOT_DETECTION)
+    side = np.minimum(b["pw"], b["ph"])
+    m = (b["w"] > 0) & (b["h"] > 0) & (side < params["min_side_px"])
+    return [_box_finding("box_tiny", r, float(1 - s / params["min_side_px"]),
+                         f"{r.pw:.1f} x {r.ph:.1f} px", width_px=float(r.pw), height_px=float(r.ph))
+            for r, s in zip(b[m].itertuples(), side[m], strict=True)]  # fmt: skip
+
+
+def _overlapping(b: pd.DataFrame, min_iou: float, same_class: bool) -> list[Finding]:
+    check = "box_duplicate" if same_class else "box_label_conflict"
+    out = []
+    valid = b[(b["w"] > 0) & (b["h"] > 0) & b["x0"].notna()]
+    for path, g in valid.groupby("path", sort=True):
+        if len(g) < 2:
+            continue
+        corners = g[["x0", "y0", "x1", "y1"]].to_numpy(float)
+        iou = np.triu(iou_matrix(corners, corners), k=1)
+        cats = g["category"].astype(str).to_numpy()
+        same = cats[:, None] == cats[None, :]
+        hit = (iou >= min_iou) & (same if same_class else ~same)
+        rows = list(g.itertuples())
+        for i, j in zip(*np.nonzero(hit), strict=True):
+            a, c = rows[i], rows[j]
+            what = (f"{a.where} and {c.where}: two {a.category} boxes overlap (IoU {iou[i, j]:.2f})" if same_class
+                    else f"{a.where} ({a.category}) and {c.where} ({c.category}): one object, two classes "
+                         f"(IoU {iou[i, j]:.2f})")  # fmt: skip
+            out.append(Finding(check, [path], float(iou[i, j]), what,
+                               {"box_ids": [a.box_id, c.box_id], "where": [a.where, c.where],
+                                "categories": [a.category, c.category], "iou": float(iou[i, j]),
+                                "split": a.split, "boxes": [_box(a), _box(c)]}))  # fmt: skip
+    return out
+
+
+@register("box_duplicate", "boxes", {"min_iou": float})
+def box_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Two boxes of the same class on one image with IoU at least ``min_iou``: the object
+    was annotated twice (the model is taught to predict duplicates). Score: the IoU."""
+    b = boxes_of(ctx)
+    if b is None:
+        return ctx.skip("box_duplicate", NOT_DETECTION)
+    return _overlapping(b, params["min_iou"], same_class=True)
+
+
+@register("box_label_conflict", "boxes", {"min_iou": float})
+def box_label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Near-identical boxes (IoU at least ``min_iou``) with different classes on one image:
+    the annotators disagreed. Score: the IoU."""
+    b = boxes_of(ctx)
+    if b is None:
+        return ctx.skip("box_label_conflict", NOT_DETECTION)
+    return _overlapping(b, params["min_iou"], same_class=False)
+
+
+def _problems(ctx: CheckContext, check: str, kinds: tuple[str, ...]) -> list[Finding]:
+    if ctx.annotations is None:
+        return ctx.skip(check, NOT_DETECTION)
+    out = []
+    for p in ctx.annotations.problems:
+        if p["kind"] in kinds:
+            details = {k: v for k, v in p.items() if k not in ("message", "path")}
+            out.append(Finding(check, [p["path"]] if p.get("path") else [], 1.0, p["message"], details))
+    return out
+
+
+@register("box_missing_image", "boxes")
+def box_missing_image(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Annotations whose image does not exist (a COCO ``file_name`` not on disk, a YOLO label
+    file without its image, a COCO annotation pointing at an image id that is not listed).
+    Score 1."""
+    return _problems(ctx, "box_missing_image", ("missing_image", "unknown_image_id"))
+
+
+@register("box_unknown_category", "boxes")
+def box_unknown_category(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Boxes whose class is not declared (a COCO ``category_id`` missing from
+    ``categories``; a YOLO class index beyond the ``data.yaml`` / ``classes.txt`` names).
+    Score 1."""
+    ann = ctx.annotations
+    if ann is not None and not ann.names_known:
+        return ctx.skip("box_unknown_category", "no class names (data.yaml or classes.txt) to check against")
+    return _problems(ctx, "box_unknown_category", ("unknown_category",))
+
+
+@register("box_unannotated_image", "boxes")
+def box_unannotated_image(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Images without a single box (a COCO image entry with no annotations, or under a
+    COCO root but in no JSON; a YOLO image without a label file). YOLO images with an
+    empty label file are background on purpose and not reported. Score 1."""
+    ann = ctx.annotations
+    if ann is None:
+        return ctx.skip("box_unannotated_image", NOT_DETECTION)
+    rows = ann.images[ann.images["exists"] & ~ann.images["annotated"] & ~ann.images["background"]]
+    what = "has no label file" if ann.format == "yolo" else "has no annotations"
+    return [Finding("box_unannotated_image", [r.path], 1.0, f"{r.path} {what}",
+                    {"split": r.split if isinstance(r.split, str) else None, "where": r.where})
+            for r in rows.itertuples()]  # fmt: skip
+
+
+@register("box_class_imbalance", "boxes", {"max_ratio": float, "min_boxes_per_class": int})
+def box_class_imbalance(ctx: CheckContext, params: dict) -> list[Finding]:
+    """By box count: the most common class above ``max_ratio`` times the rarest, and
+    declared classes with fewer than ``min_boxes_per_class`` boxes (none at all included).
+    Score: the ratio, or the missing share of the minimum."""
+    b = boxes_of(ctx)
+    if b is None:
+        return ctx.skip("box_class_imbalance", NOT_DETECTION)
+    ann = ctx.annotations
+    counts = b["category"].astype(str).value_counts()
+    if ann.names_known:  # undeclared ids are box_unknown_category's; declared but unused classes count as 0
+        declared = list(dict.fromkeys(ann.categories.values()))
+        counts = counts.reindex(declared, fill_value=0)
+    counts = counts.sort_values(ascending=False, kind="stable")
+    out = []
+    present = counts[counts > 0]
+    if len(present) >= 2 and present.iloc[0] / present.iloc[-1] > params["max_ratio"]:
+        ratio = present.iloc[0] / present.iloc[-1]
+        out.append(Finding("box_class_imbalance", [], float(ratio),
+                           f"{present.index[0]} has {ratio:.0f}x the boxes of {present.index[-1]} "
+                           f"({present.iloc[0]} vs {present.iloc[-1]})",
+                           {"boxes_per_class": counts.to_dict()}))  # fmt: skip
+    need = params["min_boxes_per_class"]
+    for name, n in counts[counts < need].items():
+        out.append(Finding("box_class_imbalance", [], float(1 - n / need), f"class {name} has only {n} boxes",
+                           {"class": name, "boxes": int(n)}))  # fmt: skip
+    return out
+
+
+def style_values(b: pd.DataFrame) -> pd.DataFrame:
+    """Per box: normalised width, height, area, aspect (width / height), centre x and y."""
+    w, h = b["x1"] - b["x0"], b["y1"] - b["y0"]
+    return pd.DataFrame({"width": w, "height": h, "area": w * h, "aspect": w / h,
+                         "center_x": (b["x0"] + b["x1"]) / 2, "center_y": (b["y0"] + b["y1"]) / 2},
+                        index=b.index)  # fmt: skip
+
+
+def _groupings(b: pd.DataFrame) -> list[tuple[str, str, pd.Series]]:
+    """(what is compared, reference name, group label per box): splits against train (or
+    the largest split), and annotation sources against the largest source."""
+    out = []
+    for column, kind in (("split", "split"), ("source", "source")):
+        labels = b[column].map(lambda s: s if isinstance(s, str) and s else None)
+        counts = labels.value_counts()
+        if len(counts) < 2:
+            continue
+        ref = "train" if kind == "split" and "train" in counts else counts.index[0]
+        out.append((kind, ref, labels))
+    return out
+
+
+@register("box_style_shift", "boxes",
+          {"alpha": float, "min_boxes": int, "min_relative_change": float, "min_center_shift": float})  # fmt: skip
+def box_style_shift(ctx: CheckContext, params: dict) -> list[Finding]:
+    """Annotation style differs between splits (each against train) or annotation sources
+    (COCO ``annotator``/``source``, each against the largest): per class and over all
+    classes, the box width, height, area, aspect, and centre distributions are compared
+    with a two-sample KS test (Bonferroni over every comparison) and the Wasserstein
+    distance. A difference counts when significant at ``alpha`` and large: medians of a size
+    property at least ``min_relative_change`` apart in ratio, or centres at least
+    ``min_center_shift`` of the image apart. One finding per compared group and class, the
+    largest difference first ("val boxes are 32% larger (area) than train boxes for class
+    person"). Score: the largest relative change (centre shifts divided by
+    ``min_center_shift`` x ``min_relative_change``)."""
+    from scipy.stats import ks_2samp, wasserstein_distance
+
+    b = boxes_of(ctx)
+    if b is None:
+        return ctx.skip("box_style_shift", NOT_DETECTION)
+    b = b[(b["w"] > 0) & (b["h"] > 0) & b["x0"].notna()]
+    groupings = _groupings(b)
+    if not groupings:
+        return ctx.skip("box_style_shift", "one split and one annotation source: nothing to compare")
+    values = style_values(b)
+    need = params["min_boxes"]
+    tests = []  # (kind, ref, other, class, property, a, b)
+    for kind, ref, labels in groupings:
+        for other in sorted(set(labels.dropna()) - {ref}):
+            for cls in ["(all classes)", *sorted(b["category"].astype(str).unique())]:
+                sel = b["category"].astype(str) == cls if cls != "(all classes)" else pd.Series(True, index=b.index)
+                a, o = values[sel & (labels == ref)], values[sel & (labels == other)]
+                if len(a) < need or len(o) < need:
+                    continue
+                for prop in STYLE_PROPERTIES:
+                    tests.append((kind, ref, other, cls, prop, a[prop].to_numpy(), o[prop].to_numpy()))
+    if not tests:
+        return ctx.skip("box_style_shift", f"no class has {need} boxes in two compared groups")
+    found: dict[tuple, list[dict]] = defaultdict(list)
+    for kind, ref, other, cls, prop, a, o in tests:
+        p = float(ks_2samp(a, o).pvalue) * len(tests)
+        if p >= params["alpha"]:
+            continue
+        kind_p, text = STYLE_PROPERTIES[prop]
+        ma, mo = float(np.median(a)), float(np.median(o))
+        if kind_p == "size":
+            change = mo / ma - 1 if ma > 0 else np.inf
+            large = abs(change) >= params["min_relative_change"]
+            score = abs(change)
+            phrase = f"{abs(change):.0%} " + (text if change > 0 else _opposite(prop))
+        else:
+            change = mo - ma
+            large = abs(change) >= params["min_center_shift"]
+            score = abs(change) / params["min_center_shift"] * params["min_relative_change"]
+            phrase = f"centred {abs(change):.0%} of the image " + (text if change > 0 else _opposite(prop))
+        if large:
+            found[(kind, ref, other, cls)].append({
+                "property": prop, "phrase": phrase, "change": float(change), "score": float(score),
+                "p_value": min(1.0, p), "wasserstein": float(wasserstein_distance(a, o)),
+                "median_reference": ma, "median_other": mo, "n_reference": len(a), "n_other": len(o)})  # fmt: skip
+    out = []
+    for (kind, ref, other, cls), diffs in found.items():
+        diffs.sort(key=lambda d: -d["score"])
+        top = diffs[0]
+        where = "" if cls == "(all classes)" else f" for class {cls}"
+
+        def label(g: str, kind: str = kind) -> str:
+            return f"{g} boxes" if kind == "split" else f"boxes from {kind} {g}"
+
+        message = f"{label(other)} are {top['phrase']} than {label(ref)}{where}"
+        if len(diffs) > 1:
+            message += "; also " + ", ".join(d["property"] for d in diffs[1:])
+        out.append(Finding("box_style_shift", [], top["score"], message,
+                           {"compared": kind, "reference": ref, "other": other, "class": cls,
+                            "differences": diffs}))  # fmt: skip
+    return sorted(out, key=lambda f: -f.score)
+
+
+def _opposite(prop: str) -> str:
+    return {"width": "narrower", "height": "shorter", "area": "smaller (area)", "aspect": "less elongated",
+            "center_x": "further left", "center_y": "further up"}[prop]  # fmt: skip
+
+
+def box_summary(ctx: CheckContext) -> dict | None:
+    """The report's ``boxes`` section: format, files, counts, and per-class box-size
+    statistics (normalised width/height/area medians, area 10th/90th percentiles, median
+    size in pixels)."""
+    ann = ctx.annotations
+    if ann is None:
+        return None
+    b = boxes_of(ctx)
+    valid = b[(b["w"] > 0) & (b["h"] > 0) & b["x0"].notna()]
+    v = style_values(valid)
+    classes = {}
+    for cls, g in valid.groupby(valid["category"].astype(str), sort=True):
+        s = v.loc[g.index]
+        classes[cls] = {"boxes": int(len(g)), "images": int(g["path"].nunique()),
+                        "median_width": float(s["width"].median()), "median_height": float(s["height"].median()),
+                        "median_area": float(s["area"].median()), "area_p10": float(s["area"].quantile(0.1)),
+                        "area_p90": float(s["area"].quantile(0.9)), "median_width_px": float(g["pw"].median()),
+                        "median_height_px": float(g["ph"].median()),
+                        "per_split": {str(k): int(n) for k, n in
+                                      g["split"].dropna().value_counts().items()}}  # fmt: skip
+    images = ann.images
+    return {"format": ann.format, "files": ann.files, "images": int(images["exists"].sum()),
+            "annotated_images": int((images["exists"] & images["annotated"]).sum()), "boxes": int(len(b)),
+            "categories": ann.categories, "classes": classes}  # fmt: skip

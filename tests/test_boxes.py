@@ -1,0 +1,235 @@
+"""Detection datasets: COCO and YOLO readers, the box_* checks on injected defects, clean."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from auditor import synth
+
+SIZE = 160
+NAMES = ["zero", "one", "two"]
+
+
+def _pad(box, pad):
+    cls, x, y, w, h = box
+    x, y, w, h = x - w * pad / 2, y - h * pad / 2, w * (1 + pad), h * (1 + pad)
+    x, y = max(0.0, x), max(0.0, y)
+    return cls, x, y, min(w, SIZE - x), min(h, SIZE - y)
+
+
+def scenes(pad_val: float):
+    train = synth.detection_scenes(40, SIZE, seed=1)
+    val = [(img, [_pad(b, pad_val) for b in boxes]) for img, boxes in synth.detection_scenes(40, SIZE, seed=2)]
+    return {"train": train, "val": val}
+
+
+def make_coco(root, pad_val=0.15):
+    """COCO dataset from real images (digits on photo crops); val boxes padded by
+    ``pad_val``; every box defect injected into train. Returns what was injected."""
+    for split, items in scenes(pad_val).items():
+        images, anns = [], []
+        for i, (img, boxes) in enumerate(items):
+            name = f"{split}_{i:03d}.jpg"
+            synth.write(root / "images" / split / name, synth.jpeg_bytes(img, 92))
+            images.append({"id": i, "file_name": name, "width": SIZE, "height": SIZE})
+            if split == "train" and i == 6:
+                continue  # unannotated image
+            for cls, x, y, w, h in boxes:
+                anns.append({"id": len(anns), "image_id": i, "category_id": cls + 1, "bbox": [x, y, w, h]})
+        if split == "train":
+            first = {a["image_id"]: a for a in reversed(anns)}
+            extra = [
+                {"image_id": 0, "category_id": 1, "bbox": [150, 10, 40, 30]},  # out of bounds (19% beyond)
+                {"image_id": 1, "category_id": 2, "bbox": [20, 20, 0, 15]},  # degenerate
+                {"image_id": 2, "category_id": 3, "bbox": [60, 60, 2, 2]},  # tiny
+                {**first[3], "bbox": [v + (1 if k == 0 else 0) for k, v in enumerate(first[3]["bbox"])]},  # duplicate
+                {**first[4], "category_id": first[4]["category_id"] % 3 + 1},  # label conflict
+                {"image_id": 5, "category_id": 99, "bbox": [10, 10, 30, 30]},  # unknown category
+                {"image_id": 100, "category_id": 1, "bbox": [10, 10, 30, 30]},  # missing image file
+                {"image_id": 555, "category_id": 1, "bbox": [10, 10, 30, 30]},  # unknown image id
+            ]
+            for e in extra:
+                anns.append({**e, "id": len(anns)})
+            images.append({"id": 100, "file_name": "gone.jpg", "width": SIZE, "height": SIZE})
+        cats = [{"id": i + 1, "name": n} for i, n in enumerate(NAMES)]
+        synth.write(root / "annotations" / f"instances_{split}.json",
+                    json.dumps({"images": images, "annotations": anns, "categories": cats}).encode())  # fmt: skip
+
+
+def make_yolo(root, pad_val=0.15):
+    for split, items in scenes(pad_val).items():
+        for i, (img, boxes) in enumerate(items):
+            synth.write(root / "images" / split / f"{i:03d}.jpg", synth.jpeg_bytes(img, 92))
+            if split == "train" and i == 6:
+                continue  # unannotated: no label file
+            lines = [f"{c} {(x + w / 2) / SIZE:.6f} {(y + h / 2) / SIZE:.6f} {w / SIZE:.6f} {h / SIZE:.6f}"
+                     for c, x, y, w, h in boxes]  # fmt: skip
+            if split == "train" and i == 7:
+                lines = []  # background on purpose: empty label file
+            if split == "train" and i == 0:
+                lines.append("0 0.95 0.2 0.2 0.2")  # out of bounds
+            if split == "train" and i == 1:
+                lines.append("1 0.3 0.3 0.0 0.1")  # degenerate
+            if split == "train" and i == 2:
+                lines.append("2 0.5 0.5 0.01 0.01")  # tiny (1.6 px)
+            if split == "train" and i == 3:
+                lines.append(lines[0])  # duplicate
+            if split == "train" and i == 4:
+                c, *rest = lines[0].split()
+                lines.append(" ".join([str((int(c) + 1) % 3), *rest]))  # label conflict
+            if split == "train" and i == 5:
+                lines.append("7 0.5 0.5 0.2 0.2")  # unknown class index
+            synth.write(root / "labels" / split / f"{i:03d}.txt", ("\n".join(lines) + "\n").encode())
+    synth.write(root / "labels" / "train" / "orphan.txt", b"0 0.5 0.5 0.2 0.2\n")  # no image
+    synth.write(root / "data.yaml", ("names: [" + ", ".join(NAMES) + "]\n").encode())
+
+
+def _by_check(result):
+    out: dict[str, list] = {}
+    for f in result.findings:
+        out.setdefault(f.check, []).append(f)
+    return out
+
+
+def _assert_box_defects(found, fmt):
+    assert [f.paths for f in found["box_out_of_bounds"]] == [["images/train/" + ("train_000.jpg" if fmt == "coco"
+                                                                               else "000.jpg")]]  # fmt: skip
+    assert len(found["box_degenerate"]) == 1 and "001" in found["box_degenerate"][0].paths[0]
+    assert len(found["box_tiny"]) == 1 and "002" in found["box_tiny"][0].paths[0]
+    assert len(found["box_duplicate"]) == 1 and "003" in found["box_duplicate"][0].paths[0]
+    assert len(found["box_label_conflict"]) == 1 and "004" in found["box_label_conflict"][0].paths[0]
+    assert len(found["box_unknown_category"]) == 1 and "005" in found["box_unknown_category"][0].paths[0]
+    assert [f.paths for f in found["box_unannotated_image"]] == [["images/train/" + ("train_006.jpg" if fmt == "coco"
+                                                                                   else "006.jpg")]]  # fmt: skip
+    # the padded split is named, with the size change in words
+    style = found["box_style_shift"]
+    top = style[0]
+    assert top.details["reference"] == "train" and top.details["other"] == "val"
+    assert "val boxes are" in top.message and "than train boxes" in top.message
+    props = {d["property"] for f in style for d in f.details["differences"]}
+    assert {"width", "height", "area"} <= props
+    area = next(d for f in style if f.details["class"] == "(all classes)" for d in f.details["differences"]
+                if d["property"] == "area")  # fmt: skip
+    assert 0.2 < area["change"] < 0.45  # 15% padding on each side length: +32% area
+    for f in found["box_out_of_bounds"] + found["box_duplicate"]:
+        assert f.details["boxes"] and len(f.details["boxes"][0]["box"]) == 4
+
+
+def test_coco_box_checks_find_every_injected_defect(tmp_path):
+    from auditor.api import scan
+
+    root = tmp_path / "coco"
+    make_coco(root)
+    result = scan(root, tmp_path / "r", embed=False, cache_dir=tmp_path / "c")
+    assert result.discovery.layout == "coco"
+    found = _by_check(result)
+    _assert_box_defects(found, "coco")
+    missing = found["box_missing_image"]
+    assert {m.details.get("kind") for m in missing} == {"missing_image", "unknown_image_id"}
+    assert any(m.paths == ["images/train/gone.jpg"] for m in missing)
+    assert "annotations[" in found["box_unknown_category"][0].message
+    boxes = result.report["boxes"]
+    assert boxes["format"] == "coco" and boxes["images"] == 80 and set(boxes["classes"]) >= set(NAMES)
+    assert boxes["classes"]["one"]["median_width_px"] > 20
+    assert {r["split"] for r in result.table.to_dict("records")} == {"train", "val"}
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert 'id="boxes"' in html and "<td>zero</td>" in html
+    assert html.count("<rect x=") >= 6  # the flagged boxes drawn on their thumbnails
+    assert "instances_train.json: annotations[" in html
+    # no false alarms on the clean val split except the style shift
+    val_box = [f for f in result.findings if f.check.startswith("box_") and f.check != "box_style_shift"
+               and any(p.startswith("images/val/") for p in f.paths)]  # fmt: skip
+    assert not val_box
+
+
+def test_yolo_box_checks_find_every_injected_defect(tmp_path):
+    from auditor.api import scan
+
+    root = tmp_path / "yolo"
+    make_yolo(root)
+    result = scan(root, tmp_path / "r", embed=False, cache_dir=tmp_path / "c")
+    assert result.discovery.layout == "yolo"
+    found = _by_check(result)
+    _assert_box_defects(found, "yolo")
+    assert found["box_missing_image"][0].details["where"] == "labels/train/orphan.txt"
+    assert "labels/train/005.txt:" in found["box_unknown_category"][0].message
+    assert not any("007" in f.paths[0] for f in found["box_unannotated_image"])  # empty file = background
+
+
+def test_no_style_shift_without_padding(tmp_path):
+    from auditor.api import scan
+
+    root = tmp_path / "coco"
+    make_coco(root, pad_val=0.0)
+    result = scan(root, tmp_path / "r", embed=False, cache_dir=tmp_path / "c")
+    assert not [f for f in result.findings if f.check == "box_style_shift"]
+
+
+def test_malformed_annotation_files_are_input_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from auditor.cli import app
+
+    root = tmp_path / "y"
+    synth.write(root / "images" / "a.jpg", synth.jpeg_bytes(synth.detection_scenes(1, 64)[0][0]))
+    synth.write(root / "labels" / "a.txt", b"0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2\n")
+    res = CliRunner().invoke(app, ["scan", str(root), "--no-embed", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "a.txt:2" in res.output
+    assert "class x_center y_center width height" in res.output
+
+    c = tmp_path / "c"
+    synth.write(c / "images" / "a.jpg", synth.jpeg_bytes(synth.detection_scenes(1, 64)[0][0]))
+    doc = {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "category_id": 1,
+           "bbox": [1, 2, 3]}], "categories": [{"id": 1, "name": "x"}]}  # fmt: skip
+    synth.write(c / "instances_train.json", json.dumps(doc).encode())
+    res = CliRunner().invoke(app, ["scan", str(c), "--no-embed", "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "$.annotations[0].bbox" in res.output and "4 numbers" in res.output
+    synth.write(c / "instances_train.json", b'{"images": [}')
+    res = CliRunner().invoke(app, ["scan", str(c), "--no-embed", "--out", str(tmp_path / "o3")])
+    assert res.exit_code == 2 and "not valid JSON (line 1" in res.output
+    doc["images"][0]["file_name"] = "../../etc/passwd"
+    doc["annotations"][0]["bbox"] = [1, 2, 3, 4]
+    synth.write(c / "instances_train.json", json.dumps(doc).encode())
+    res = CliRunner().invoke(app, ["scan", str(c), "--no-embed", "--out", str(tmp_path / "o4")])
+    assert res.exit_code == 2 and "escapes the dataset root" in res.output
+
+
+def test_box_checks_skip_on_classification_data(tmp_path):
+    from auditor.api import scan
+
+    for i, (_n, rgb) in enumerate(synth.random_crops(6, 64, seed=3)):
+        synth.write(tmp_path / "d" / "cat" / f"{i}.jpg", synth.jpeg_bytes(rgb))
+    result = scan(tmp_path / "d", tmp_path / "r", embed=False, cache_dir=tmp_path / "c")
+    assert result.report["boxes"] is None
+    assert result.report["checks"]["box_tiny"]["skipped"].startswith("not a detection dataset")
+
+
+@pytest.mark.parametrize("fmt", ["coco", "yolo"])
+def test_clean_writes_annotations_without_invalid_boxes(tmp_path, fmt):
+    from auditor.clean import clean
+
+    root = tmp_path / fmt
+    (make_coco if fmt == "coco" else make_yolo)(root)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    result = clean(root, tmp_path / "clean", embed=False, cache_dir=tmp_path / "c")
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # original untouched
+    boxes = result.boxes
+    dropped = boxes[boxes["action"] == "drop"]
+    reasons = " ".join(dropped["reason"])
+    for check in ("box_degenerate", "box_duplicate", "box_unknown_category", "box_label_conflict"):
+        assert check in reasons
+    clipped = boxes[boxes["action"] == "clip"]
+    assert len(clipped) == 1 and "box_out_of_bounds" in clipped["reason"].iloc[0]
+    out = tmp_path / "clean"
+    assert (out / "boxes.csv").exists() and (out / "manifest.csv").exists()
+    from auditor.api import scan
+
+    again = scan(out, tmp_path / "r2", embed=False, cache_dir=tmp_path / "c")
+    left = {f.check for f in again.findings}
+    assert not left & {"box_degenerate", "box_duplicate", "box_unknown_category", "box_label_conflict",
+                       "box_out_of_bounds"}  # fmt: skip
+    assert again.report["boxes"]["format"] == fmt
+    kept = int((boxes["action"].isin(["keep", "clip"])).sum())
+    assert again.report["boxes"]["boxes"] == kept
