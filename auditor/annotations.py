@@ -32,8 +32,9 @@ import pandas as pd
 
 from .dataset import SPLIT_NAMES, DatasetError, safe_relative
 
-BOX_COLUMNS = ["box_id", "path", "split", "category", "category_id", "x", "y", "w", "h", "units", "source", "where"]
-_SPLIT_RE = re.compile(r"(validation|valid|train|test|val|dev)")
+BOX_COLUMNS = ["box_id", "path", "split", "category", "category_id", "x", "y", "w", "h", "units", "source", "where",
+               "crowd"]  # fmt: skip
+_TOKEN_RE = re.compile(r"[a-z]+")
 
 
 @dataclass
@@ -52,12 +53,20 @@ class Annotations:
     categories: dict[str, str]  # id (as text) -> name
     problems: list[dict] = field(default_factory=list)
     names_known: bool = True  # False: YOLO without data.yaml/classes.txt
+    entries: dict[str, str] = field(default_factory=dict)  # COCO "file: images[i]" -> image path
 
 
 def split_of(name: str) -> str | None:
-    """train/val/test/... from a file or folder name (``instances_val2017`` -> ``val``)."""
-    m = _SPLIT_RE.search(name.lower())
-    return m.group(1) if m and m.group(1) in SPLIT_NAMES else None
+    """train/val/test/... from a file or folder name, as a whole word (``instances_val2017``
+    -> ``val``; ``instances_latest``, ``devices`` -> None)."""
+    return next((t for t in _TOKEN_RE.findall(name.lower()) if t in SPLIT_NAMES), None)
+
+
+def _category_id(value) -> str:
+    """A category id as text; 1.0 and "1" are the id 1."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -104,7 +113,7 @@ def _image_root(root: Path, path: Path, names: list[str], images_dir: Path | Non
             c.resolve().relative_to(root.resolve())
         except ValueError:
             continue
-        n = sum((c / PurePosixPath(s)).is_file() for s in sample if s and ".." not in s)
+        n = sum((c / PurePosixPath(s.replace("\\", "/"))).is_file() for s in sample if s and ".." not in s)
         if n > best_n:
             best, best_n = c, n
     return best
@@ -121,6 +130,7 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
         if not images_dir.is_dir():
             raise DatasetError(f"--images {images_dir} is not a folder")
     boxes, images, problems = [], {}, []
+    entries: dict[str, str] = {}
     categories: dict[str, str] = {}
     shown: list[str] = []
     for path in files:
@@ -132,7 +142,7 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
             if not isinstance(cat, dict) or "id" not in cat or not isinstance(cat.get("name"), str):
                 raise DatasetError(f"{path}: $.categories[{i}]: expected {{\"id\": ..., \"name\": \"...\"}}, "
                                    f"found {json.dumps(cat)[:80]}")  # fmt: skip
-            categories[str(cat["id"])] = cat["name"]
+            categories[_category_id(cat["id"])] = cat["name"]
         names = []
         for i, img in enumerate(data["images"]):
             if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
@@ -141,6 +151,7 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
             names.append(img["file_name"])
         base = _image_root(root, path, names, images_dir)
         by_id: dict[str, str] = {}
+        listed: list[str] = []
         for i, img in enumerate(data["images"]):
             try:
                 full = safe_relative(base, img["file_name"])
@@ -150,19 +161,34 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
                                    "root") from None  # fmt: skip
             rel = (full.parent.resolve() / full.name).relative_to(root.resolve()).as_posix()
             by_id[str(img["id"])] = rel
+            entries[f"{label}: images[{i}]"] = rel
+            listed.append(rel)
+            if rel in images:  # listed before (another file, or twice here): one image, first split
+                first = images[rel]
+                if first["split"] != split:
+                    problems.append({"kind": "shared_image", "path": rel, "where": f"{label}: images[{i}]",
+                                     "splits": sorted(s for s in {first["split"], split} if s),
+                                     "message": f"{rel} is listed in {first['where']} ({first['split']}) and in "
+                                                f"{label}: images[{i}] ({split})"})  # fmt: skip
+                continue
             w, h = img.get("width"), img.get("height")
-            images[rel] = {"path": rel, "split": split, "width": float(w) if _number(w) else np.nan,
-                           "height": float(h) if _number(h) else np.nan, "exists": full.is_file(),
-                           "annotated": images.get(rel, {}).get("annotated", False), "background": False,
-                           "where": f"{label}: images[{i}]"}  # fmt: skip
+            images[rel] = {"path": rel, "split": split, "width": float(w) if _number(w) and w > 0 else np.nan,
+                           "height": float(h) if _number(h) and h > 0 else np.nan, "exists": full.is_file(),
+                           "annotated": False, "background": False, "where": f"{label}: images[{i}]"}  # fmt: skip
+        if listed and not any(images[r]["exists"] for r in listed):
+            problems.append({"kind": "no_images_found", "path": None, "where": label,
+                             "message": f"none of the {len(listed)} images {label} lists exist under {base}; "
+                                        "name their folder with --images DIR"})  # fmt: skip
         for i, ann in enumerate(data["annotations"]):
             where = f"{label}: annotations[{i}]"
             if not isinstance(ann, dict):
                 raise DatasetError(f"{path}: $.annotations[{i}]: expected an object, found {json.dumps(ann)[:80]}")
             bbox = ann.get("bbox")
+            if bbox is None:
+                bbox = _polygon_box(ann.get("segmentation"))
             if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
-                raise DatasetError(f"{path}: $.annotations[{i}].bbox: expected [x, y, width, height] (4 numbers), "
-                                   f"found {json.dumps(bbox)[:80]}")  # fmt: skip
+                raise DatasetError(f"{path}: $.annotations[{i}].bbox: expected [x, y, width, height] (4 numbers) "
+                                   f"or a polygon segmentation, found {json.dumps(bbox)[:80]}")  # fmt: skip
             for key in ("image_id", "category_id"):
                 if key not in ann:
                     raise DatasetError(f"{path}: $.annotations[{i}].{key}: missing")
@@ -173,16 +199,29 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
                                             "not list"})  # fmt: skip
                 continue
             images[rel]["annotated"] = True
-            cid = str(ann["category_id"])
+            cid = _category_id(ann["category_id"])
             source = ann.get("annotator", ann.get("source"))
-            boxes.append({"box_id": f"{label}#{ann.get('id', i)}", "path": rel, "split": split,
+            boxes.append({"box_id": where, "path": rel, "split": images[rel]["split"],
+                          "crowd": bool(ann.get("iscrowd")),
                           "category": categories.get(cid, cid), "category_id": cid, "x": float(bbox[0]),
                           "y": float(bbox[1]), "w": float(bbox[2]), "h": float(bbox[3]), "units": "px",
                           "source": None if source is None else str(source), "where": where})  # fmt: skip
     ann = Annotations("coco", shown, pd.DataFrame(boxes, columns=BOX_COLUMNS), _images_frame(images),
-                      categories, problems)  # fmt: skip
+                      categories, problems, entries=entries)  # fmt: skip
     _resolve_problems(ann)
     return ann
+
+
+def _polygon_box(segmentation) -> list[float] | None:
+    """[x, y, w, h] around COCO polygon segmentation(s) (a list of [x1, y1, x2, y2, ...])."""
+    if not isinstance(segmentation, list) or not segmentation:
+        return None
+    polys = segmentation if isinstance(segmentation[0], list) else [segmentation]
+    xs = [v for p in polys if isinstance(p, list) for v in p[0::2]]
+    ys = [v for p in polys if isinstance(p, list) for v in p[1::2]]
+    if not xs or not ys or not all(_number(v) for v in xs + ys):
+        return None
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -237,29 +276,40 @@ def _yolo_names(root: Path) -> tuple[dict[str, str], bool]:
             import yaml
 
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
             except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
                 raise DatasetError(f"{path}: not valid YAML: {exc}") from None
             names = data.get("names") if isinstance(data, dict) else None
             if isinstance(names, list):
                 return {str(i): str(n) for i, n in enumerate(names)}, True
             if isinstance(names, dict):
-                return {str(k): str(v) for k, v in names.items()}, True
+                return {_category_id(k): str(v) for k, v in names.items()}, True
             raise DatasetError(f"{path}: names: expected a list of class names or a mapping id -> name")
-    path = root / "classes.txt"
-    if path.is_file():
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-        return {str(i): n for i, n in enumerate(x for x in lines if x)}, True
+    for path in (root / "classes.txt", root / "labels" / "classes.txt"):  # LabelImg writes the latter
+        if path.is_file():
+            try:
+                lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DatasetError(f"cannot read {path}: {exc}") from None
+            return {str(i): n for i, n in enumerate(x for x in lines if x)}, True
     return {}, False
 
 
+def _yolo_split(root: Path, img_dir: Path, inner: Path) -> str | None:
+    """images/<split>/..., or the Roboflow <split>/images/... (never the root's own name)."""
+    if len(inner.parts) > 1 and split_of(inner.parts[0]):
+        return split_of(inner.parts[0])
+    return split_of(img_dir.parent.name) if img_dir.parent.resolve() != root.resolve() else None
+
+
 def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
-    """Boxes for the images ``image_paths`` (relative to root, under a YOLO images folder)."""
+    """Boxes for the images ``image_paths`` (relative to root, under a YOLO images folder).
+    Label files outside the dataset root (through a symbolic link) are not read."""
     root = Path(root)
     categories, known = _yolo_names(root)
     pairs = find_yolo(root)
     boxes, images = [], {}
-    used_labels: set[Path] = set()
+    used_labels: dict[Path, str] = {}
     files: list[str] = []
     for rel in image_paths:
         full = root / rel
@@ -269,13 +319,17 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
         img_dir, lab_dir = pair
         inner = full.relative_to(img_dir)
         label = (lab_dir / inner).with_suffix(".txt")
-        split = split_of(inner.parts[0]) if len(inner.parts) > 1 else split_of(img_dir.parent.name)
-        lrel = _rel(label, root) if label.is_file() else None
+        split = _yolo_split(root, img_dir, inner)
+        lrel = label.relative_to(root).as_posix() if label.is_file() and _inside(label, root) else None
         images[rel] = {"path": rel, "split": split, "width": np.nan, "height": np.nan, "exists": True,
                        "annotated": False, "background": False, "where": lrel or rel}  # fmt: skip
         if lrel is None:
             continue
-        used_labels.add(label.resolve())
+        owner = used_labels.get(label.resolve())
+        if owner is not None:  # a.jpg and a.png share labels/a.txt: it belongs to the first
+            images[rel]["where"] = f"{lrel} (the label file of {owner})"
+            continue
+        used_labels[label.resolve()] = rel
         files.append(lrel)
         rows = _read_label_file(label, lrel, rel, split, categories)
         images[rel]["annotated"] = bool(rows)
@@ -284,14 +338,14 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
     problems = []
     for img_dir, lab_dir in pairs:  # label files without an image
         for label in sorted(lab_dir.rglob("*.txt")):
-            if label.resolve() in used_labels or label.name.startswith("."):
+            if label.resolve() in used_labels or label.name.startswith(".") or label.name == "classes.txt":
                 continue
-            lrel = _rel(label, root)
-            if label.name == "classes.txt" and label.parent == lab_dir:
+            if not _inside(label, root):
                 continue
+            lrel = label.relative_to(root).as_posix()
             inner = label.relative_to(lab_dir).with_suffix("")
-            split = split_of(inner.parts[0]) if len(inner.parts) > 1 else split_of(img_dir.parent.name)
-            img_rel = _rel(img_dir / inner, root) + ".*"
+            split = _yolo_split(root, img_dir, inner)
+            img_rel = (img_dir / inner).relative_to(root).as_posix() + ".*"
             rows = _read_label_file(label, lrel, img_rel, split, categories)
             files.append(lrel)
             problems.append({"kind": "missing_image", "path": img_rel, "where": lrel, "boxes": len(rows),
@@ -304,8 +358,10 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
 
 
 def _read_label_file(path: Path, lrel: str, image: str, split, categories: dict[str, str]) -> list[dict]:
+    """Boxes of one YOLO label file: ``class cx cy w h`` lines, or segmentation polygon lines
+    ``class x1 y1 x2 y2 x3 y3 ...`` (the box around the polygon)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from None
     rows = []
@@ -313,7 +369,7 @@ def _read_label_file(path: Path, lrel: str, image: str, split, categories: dict[
         parts = line.split()
         if not parts:
             continue
-        ok = len(parts) == 5 and parts[0].isdigit()
+        ok = (len(parts) == 5 or (len(parts) >= 7 and len(parts) % 2 == 1)) and parts[0].isdigit()
         values = []
         if ok:
             try:
@@ -323,12 +379,18 @@ def _read_label_file(path: Path, lrel: str, image: str, split, categories: dict[
                 ok = False
         if not ok:
             raise DatasetError(f"{path}:{n}: expected 'class x_center y_center width height' (an integer class "
-                               f"and 4 numbers in 0..1), found {line.strip()[:80]!r}")  # fmt: skip
+                               f"and 4 numbers in 0..1) or a polygon 'class x1 y1 x2 y2 x3 y3 ...', found "
+                               f"{line.strip()[:80]!r}")  # fmt: skip
         cid = str(int(parts[0]))
-        cx, cy, w, h = values
+        if len(values) == 4:
+            cx, cy, w, h = values
+        else:
+            xs, ys = values[0::2], values[1::2]
+            w, h = max(xs) - min(xs), max(ys) - min(ys)
+            cx, cy = min(xs) + w / 2, min(ys) + h / 2
         rows.append({"box_id": f"{lrel}:{n}", "path": image, "split": split, "category": categories.get(cid, cid),
                      "category_id": cid, "x": cx, "y": cy, "w": w, "h": h, "units": "norm", "source": None,
-                     "where": f"{lrel}:{n}"})  # fmt: skip
+                     "where": f"{lrel}:{n}", "crowd": False})  # fmt: skip
     return rows
 
 

@@ -6,7 +6,8 @@ Decisions (policy from the rules file's ``clean`` section; see ``rules/default.y
 - ``drop``: not in the cleaned dataset (corrupt files; the extra copies of a duplicate group;
   leaked copies in an evaluation split);
 - ``quarantine``: set aside under ``CLEAN_DIR/_quarantine/`` for a person to look at (label
-  conflicts, confident label issues);
+  conflicts, confident label issues in train; in val/test a label issue is only listed,
+  because removing the evaluation images a model gets wrong inflates its accuracy);
 - ``relabel`` (with ``--relabel``): kept under the suggested label of a ``label_issue``;
 - ``keep``: everything else.
 
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dataset import SPLIT_NAMES
+from .dataset import EVAL_SPLITS, SPLIT_NAMES
 
 #: Strength of each action: the strongest decision for an image wins.
 STRENGTH = {"keep": 0, "relabel": 1, "quarantine": 2, "drop": 3}
@@ -96,8 +97,8 @@ def decide(table: pd.DataFrame, findings: list, policy: dict, relabel: bool = Fa
 
     for f in findings:
         how = actions.get(f.check)
-        if how is None or how == "keep" or f.check.startswith("box_"):  # box actions apply to boxes
-            continue
+        if how is None or how == "keep" or (f.check.startswith("box_") and how != "quarantine"):
+            continue  # box actions other than quarantine (of the whole image) apply to boxes
         if how in ("drop", "quarantine"):
             for p in f.paths:
                 apply(p, how, f"{f.check}: {f.message}")
@@ -121,6 +122,12 @@ def decide(table: pd.DataFrame, findings: list, policy: dict, relabel: bool = Fa
             if f.score < policy["label_issue_min_score"]:
                 continue
             for p in f.paths:
+                in_eval = p in action and rows.at[p, "split"] in EVAL_SPLITS
+                if policy.get("eval_label_issues", "keep") == "keep" and in_eval:
+                    # Removing the val/test images the model finds hard would make the evaluation
+                    # look better than it is: listed for a person to check, kept.
+                    apply(p, "keep", f"{f.check} (kept: evaluation split, check by hand): {f.message}")
+                    continue
                 suggested = f.details.get("suggested_label")
                 if relabel and suggested:
                     apply(p, "relabel", f"{f.check}: relabelled {f.details.get('given_label')!r} -> {suggested!r}")
@@ -194,7 +201,7 @@ def decide_boxes(boxes: pd.DataFrame, findings: list, policy: dict, image_action
         if not f.check.startswith("box_") or how in (None, "keep"):
             continue
         ids = f.details.get("box_ids") or ([f.details["box_id"]] if "box_id" in f.details else [])
-        if how == "keep_one":
+        if how == "keep_one":  # the first box stays (crowd regions never form duplicate pairs)
             for b in ids[1:]:
                 apply(b, "drop", f"{f.check}: copy of {ids[0]}")
         elif how in ("drop", "clip"):
@@ -230,20 +237,25 @@ def _write_annotations(ann: Any, boxes: pd.DataFrame, manifest: pd.DataFrame, ro
             src = root / name if not Path(name).is_absolute() else Path(name)
             data = json.loads(src.read_text(encoding="utf-8"))
             label = src.name
+            kept_ids = {img["id"] for i, img in enumerate(data["images"])
+                        if ann.entries.get(f"{label}: images[{i}]") in kept_images}  # fmt: skip
             anns = []
             for i, a in enumerate(data["annotations"]):
                 r = by_where.get(f"{label}: annotations[{i}]")
-                if r is None:
+                if r is None or a.get("image_id") not in kept_ids:
                     continue
                 if r.action == "clip":
                     a = {**a, "bbox": [r.x0 * r.width, r.y0 * r.height, (r.x1 - r.x0) * r.width,
                                        (r.y1 - r.y0) * r.height]}  # fmt: skip
                 anns.append(a)
-            names = {i: p for i, p in zip(ann.images["where"], ann.images["path"], strict=True)}
-            data["images"] = [img for i, img in enumerate(data["images"])
-                              if names.get(f"{label}: images[{i}]") in kept_images]  # fmt: skip
+            # the cleaned folder must be found again as COCO: instances_*.json inside it
+            inside = not Path(name).is_absolute() and Path(name).name.startswith("instances_")
+            dest = tmp / (name if inside else f"annotations/instances_{Path(label).stem}.json")
+            kept = [(i, img) for i, img in enumerate(data["images"]) if img["id"] in kept_ids]
+            if not inside:  # file names relative to the dataset root, a place the reader looks
+                kept = [(i, {**img, "file_name": ann.entries[f"{label}: images[{i}]"]}) for i, img in kept]
+            data["images"] = [img for _, img in kept]
             data["annotations"] = anns
-            dest = tmp / (name if not Path(name).is_absolute() else f"annotations/{label}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(json.dumps(data) + "\n", encoding="utf-8")
     else:
@@ -259,11 +271,13 @@ def _write_annotations(ann: Any, boxes: pd.DataFrame, manifest: pd.DataFrame, ro
             lines.setdefault(r.path, []).append(
                 f"{r.category_id} {cx:.6f} {cy:.6f} {r.x1 - r.x0:.6f} {r.y1 - r.y0:.6f}"
             )
-        labelled = dict(zip(ann.images["path"], ann.images["annotated"] | ann.images["background"], strict=True))
+        background = dict(zip(ann.images["path"], ann.images["background"], strict=True))
         for path in sorted(kept_images):
             full = root / path
             pair = next(((i, lab) for i, lab in pairs if full.is_relative_to(i)), None)
-            if pair is None or not (labelled.get(path) or path in lines):
+            # no label file when it had none, or when every box of it was dropped (it needs
+            # annotating; an empty file would claim "background on purpose")
+            if pair is None or not (background.get(path) or path in lines):
                 continue
             dest = tmp / (pair[1] / full.relative_to(pair[0])).with_suffix(".txt").relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)

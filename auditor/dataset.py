@@ -235,6 +235,9 @@ def discover(
                 raise DatasetError(f"COCO file not found: {f}")
         annotations = ann.read_coco(root, files, Path(images) if images is not None else None)
         present = annotations.images[annotations.images["exists"]]
+        if present.empty:
+            why = "; ".join(p["message"] for p in annotations.problems if p["kind"] == "no_images_found")
+            raise DatasetError(f"no images found for {', '.join(annotations.files)}: {why or 'the files list none'}")
         rows = [_row(root, root / p, s if isinstance(s, str) else None, None)
                 for p, s in zip(present["path"], present["split"], strict=True)]  # fmt: skip
         for r, p in zip(rows, present["path"], strict=True):

@@ -37,12 +37,14 @@ _SETTINGS = {"min_images_for_relative": int}
 _GATE_KEYS = {"max_count": int, "max_fraction": (int, float)}
 _TOP_KEYS = {"schema", "extends", "description", "settings", "checks", "clean"}
 CLEAN_ACTIONS = ("keep", "drop", "quarantine", "keep_one", "drop_from_eval", "quarantine_confident", "clip")
+EVAL_LABEL_ISSUE_ACTIONS = ("keep", "same")
 DEFAULT_CLEAN = {
     "label_issue_min_score": 0.7,
+    "eval_label_issues": "keep",
     "actions": {"corrupt": "drop", "exact_duplicate": "keep_one", "near_duplicate": "keep_one",
                 "leakage": "drop_from_eval", "label_conflict": "quarantine", "label_issue": "quarantine_confident",
                 "box_out_of_bounds": "clip", "box_degenerate": "drop", "box_duplicate": "keep_one",
-                "box_label_conflict": "drop", "box_unknown_category": "drop"},
+                "box_label_conflict": "quarantine", "box_unknown_category": "drop"},
 }  # fmt: skip
 _CHECK_KEYS = {"severity", "enabled", "params", "gate", "description"}
 
@@ -221,6 +223,11 @@ def _validate_clean(section: Any, src: str, registry: dict) -> dict:
     score = section.get("label_issue_min_score", out["label_issue_min_score"])
     _check_type(src, "clean.label_issue_min_score", score, float)
     out["label_issue_min_score"] = float(score)
+    ev = section.get("eval_label_issues", out["eval_label_issues"])
+    if ev not in EVAL_LABEL_ISSUE_ACTIONS:
+        raise RulesError(f"{src}: clean.eval_label_issues: expected one of {', '.join(EVAL_LABEL_ISSUE_ACTIONS)}, "
+                         f"got {ev!r}")  # fmt: skip
+    out["eval_label_issues"] = ev
     actions = section.get("actions", out["actions"])
     if not isinstance(actions, dict):
         raise RulesError(f"{src}: clean.actions: expected a mapping of check name -> action")

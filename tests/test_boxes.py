@@ -20,8 +20,8 @@ def _pad(box, pad):
 
 
 def scenes(pad_val: float):
-    train = synth.detection_scenes(40, SIZE, seed=1)
-    val = [(img, [_pad(b, pad_val) for b in boxes]) for img, boxes in synth.detection_scenes(40, SIZE, seed=2)]
+    train = synth.detection_scenes(100, SIZE, seed=1)
+    val = [(img, [_pad(b, pad_val) for b in boxes]) for img, boxes in synth.detection_scenes(100, SIZE, seed=2)]
     return {"train": train, "val": val}
 
 
@@ -131,7 +131,7 @@ def test_coco_box_checks_find_every_injected_defect(tmp_path):
     assert any(m.paths == ["images/train/gone.jpg"] for m in missing)
     assert "annotations[" in found["box_unknown_category"][0].message
     boxes = result.report["boxes"]
-    assert boxes["format"] == "coco" and boxes["images"] == 80 and set(boxes["classes"]) >= set(NAMES)
+    assert boxes["format"] == "coco" and boxes["images"] == 200 and set(boxes["classes"]) >= set(NAMES)
     assert boxes["classes"]["one"]["median_width_px"] > 20
     assert {r["split"] for r in result.table.to_dict("records")} == {"train", "val"}
     html = (tmp_path / "r" / "report.html").read_text()
@@ -218,8 +218,12 @@ def test_clean_writes_annotations_without_invalid_boxes(tmp_path, fmt):
     boxes = result.boxes
     dropped = boxes[boxes["action"] == "drop"]
     reasons = " ".join(dropped["reason"])
-    for check in ("box_degenerate", "box_duplicate", "box_unknown_category", "box_label_conflict"):
+    for check in ("box_degenerate", "box_duplicate", "box_unknown_category"):
         assert check in reasons
+    quarantined = result.manifest[result.manifest["action"] == "quarantine"]
+    assert len(quarantined) == 1 and "004" in quarantined["source_path"].iloc[0]  # box_label_conflict: a person decides
+    assert "box_label_conflict" in quarantined["reason"].iloc[0]
+    assert (boxes.loc[boxes["path"] == quarantined["source_path"].iloc[0], "action"] == "drop").all()
     clipped = boxes[boxes["action"] == "clip"]
     assert len(clipped) == 1 and "box_out_of_bounds" in clipped["reason"].iloc[0]
     out = tmp_path / "clean"
@@ -229,7 +233,88 @@ def test_clean_writes_annotations_without_invalid_boxes(tmp_path, fmt):
     again = scan(out, tmp_path / "r2", embed=False, cache_dir=tmp_path / "c")
     left = {f.check for f in again.findings}
     assert not left & {"box_degenerate", "box_duplicate", "box_unknown_category", "box_label_conflict",
-                       "box_out_of_bounds"}  # fmt: skip
+                       "box_out_of_bounds", "box_missing_image"}  # fmt: skip
     assert again.report["boxes"]["format"] == fmt
     kept = int((boxes["action"].isin(["keep", "clip"])).sum())
     assert again.report["boxes"]["boxes"] == kept
+
+
+def _coco(root, images, anns, name="instances_train.json", cats=None):
+    cats = cats or [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]
+    synth.write(root / name, json.dumps({"images": images, "annotations": anns, "categories": cats}).encode())
+
+
+def test_coco_quirks_become_findings_not_crashes(tmp_path):
+    """Repeated annotation ids, crowd regions, polygon-only annotations, float category ids,
+    a zero declared width, backslash paths, an image listed in train and val, and an image
+    resized after annotation."""
+    from auditor.api import scan
+    from auditor.clean import clean
+
+    root = tmp_path / "c"
+    scenes_ = synth.detection_scenes(4, SIZE, seed=5)
+    for i, (img, _) in enumerate(scenes_):
+        synth.write(root / "imgs" / "sub" / f"{i}.jpg", synth.jpeg_bytes(img, 92))
+    small = synth.detection_scenes(1, 80, seed=6)[0][0]
+    synth.write(root / "imgs" / "sub" / "resized.jpg", synth.jpeg_bytes(small, 92))
+    images = [{"id": i, "file_name": f"imgs\\sub\\{i}.jpg", "width": SIZE, "height": SIZE} for i in range(3)]
+    images.append({"id": 9, "file_name": "imgs/sub/resized.jpg", "width": SIZE, "height": SIZE})
+    images[2]["width"] = 0  # unknown: the measured size is used
+    anns = [
+        {"id": 7, "image_id": 0, "category_id": 1, "bbox": [10, 10, 40, 40]},
+        {"id": 7, "image_id": 0, "category_id": 2, "bbox": [90, 90, 0, 20]},  # same id, degenerate
+        {"id": 8, "image_id": 1, "category_id": 1.0, "bbox": [10, 10, 60, 60], "iscrowd": 1},
+        {"id": 9, "image_id": 1, "category_id": 1, "bbox": [11, 10, 60, 60]},  # inside the crowd region
+        {"id": 10, "image_id": 2, "category_id": 2, "segmentation": [[20, 20, 60, 20, 60, 70, 20, 70]]},
+        {"id": 11, "image_id": 9, "category_id": 1, "bbox": [100, 100, 40, 40]},
+    ]
+    _coco(root, images, anns)
+    _coco(
+        root,
+        [{"id": 1, "file_name": "imgs/sub/3.jpg"}, {"id": 2, "file_name": "imgs/sub/0.jpg"}],
+        [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [5, 5, 30, 30]}],
+        name="instances_val.json",
+    )
+    result = scan(root, tmp_path / "r", embed=False, cache_dir=tmp_path / "cache")
+    found = _by_check(result)
+    assert [f.details["box_id"] for f in found["box_degenerate"]] == ["instances_train.json: annotations[1]"]
+    assert "box_duplicate" not in found and "box_unknown_category" not in found  # crowd; 1.0 is the id 1
+    poly = result.discovery.annotations.boxes.set_index("box_id").loc["instances_train.json: annotations[4]"]
+    assert (poly["x"], poly["y"], poly["w"], poly["h"]) == (20, 20, 40, 50)
+    leak = [f for f in found["leakage"] if f.details.get("evidence") == "same file"]
+    assert [f.paths for f in leak] == [["imgs/sub/0.jpg"]] and leak[0].details["splits"] == ["train", "val"]
+    mismatch = found["box_image_size_mismatch"]
+    assert [f.paths for f in mismatch] == [["imgs/sub/resized.jpg"]] and "stale" in mismatch[0].message
+    assert (tmp_path / "r" / "report.html").exists()
+    cleaned = clean(root, tmp_path / "clean", embed=False, cache_dir=tmp_path / "cache")
+    doc = json.loads((tmp_path / "clean" / "instances_train.json").read_text())
+    kept = [a["bbox"] for a in doc["annotations"] if a["image_id"] == 0]
+    assert kept == [[10, 10, 40, 40]]  # the good box with the repeated id survives
+    assert cleaned.boxes["box_id"].is_unique
+
+
+def test_yolo_quirks(tmp_path):
+    """A BOM, classes.txt inside labels/ (LabelImg), a root whose name contains 'test', two
+    images sharing one label file, a polygon line, and a label file linked from outside."""
+    from auditor.api import scan
+
+    root = tmp_path / "my_test_yolo"
+    img = synth.detection_scenes(1, 64, seed=3)[0][0]
+    for name in ("a.jpg", "b.jpg", "b.png", "c.jpg"):
+        synth.write(root / "images" / name, synth.jpeg_bytes(img) if name.endswith("jpg") else synth.png_bytes(img))
+    synth.write(root / "labels" / "classes.txt", "\ufeffcat\ndog\n".encode())
+    synth.write(root / "labels" / "a.txt", "\ufeff0 0.5 0.5 0.2 0.2\n1 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\n".encode())
+    synth.write(root / "labels" / "b.txt", b"1 0.5 0.5 0.2 0.2\n")
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / "c.txt").symlink_to(outside)
+    result = scan(root, tmp_path / "r", embed=False, cache_dir=tmp_path / "cache")
+    ann = result.discovery.annotations
+    assert ann.categories == {"0": "cat", "1": "dog"} and ann.names_known
+    assert set(ann.images["split"].dropna()) == set()  # 'test' in the root's name is not a split
+    assert sorted(ann.boxes["category"]) == ["cat", "dog", "dog"]
+    b = ann.boxes.set_index("box_id")
+    assert b.loc["labels/a.txt:2", ["x", "y", "w", "h"]].tolist() == pytest.approx([0.2, 0.2, 0.2, 0.2])
+    assert (ann.boxes["where"] == "labels/b.txt:1").sum() == 1  # b.jpg and b.png share it: counted once
+    unannotated = {f.paths[0] for f in result.findings if f.check == "box_unannotated_image"}
+    assert unannotated == {"images/b.png", "images/c.jpg"}  # c's label file leaves the dataset: not read

@@ -100,3 +100,21 @@ def test_label_issue_quarantine_or_relabel():
     r = decide(table, findings, policy, relabel=True).set_index("source_path")
     assert r.at["a.jpg", "action"] == "relabel" and r.at["a.jpg", "label"] == "dog"
     assert r.at["a.jpg", "source_label"] == "cat"
+
+
+def test_label_issues_in_evaluation_splits_are_listed_not_removed():
+    """Quarantining the val images a model gets wrong would inflate validation accuracy: by
+    default a val/test label issue is kept (with its reason); eval_label_issues: same
+    treats it as in train."""
+    table = pd.DataFrame({
+        "path": ["train/a.jpg", "val/b.jpg"], "abs_path": ["/x/a.jpg", "/x/b.jpg"], "split": ["train", "val"],
+        "label": ["cat", "cat"], "width": 10, "height": 10, "file_size": 1,
+    })  # fmt: skip
+    issue = {"given_label": "cat", "suggested_label": "dog"}
+    findings = [Finding("label_issue", [p], 0.9, "looks like 'dog'", issue) for p in table["path"]]
+    policy = load_rules().clean
+    m = decide(table, findings, policy).set_index("source_path")
+    assert m.at["train/a.jpg", "action"] == "quarantine"
+    assert m.at["val/b.jpg", "action"] == "keep" and "evaluation split" in m.at["val/b.jpg", "reason"]
+    same = decide(table, findings, {**policy, "eval_label_issues": "same"}).set_index("source_path")
+    assert same.at["val/b.jpg", "action"] == "quarantine"

@@ -104,7 +104,7 @@ def box_tiny(ctx: CheckContext, params: dict) -> list[Finding]:
 def _overlapping(b: pd.DataFrame, min_iou: float, same_class: bool) -> list[Finding]:
     check = "box_duplicate" if same_class else "box_label_conflict"
     out = []
-    valid = b[(b["w"] > 0) & (b["h"] > 0) & b["x0"].notna()]
+    valid = b[(b["w"] > 0) & (b["h"] > 0) & b["x0"].notna() & ~b["crowd"].astype(bool)]  # crowd regions overlap
     for path, g in valid.groupby("path", sort=True):
         if len(g) < 2:
             continue
@@ -129,7 +129,8 @@ def _overlapping(b: pd.DataFrame, min_iou: float, same_class: bool) -> list[Find
 @register("box_duplicate", "boxes", {"min_iou": float})
 def box_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     """Two boxes of the same class on one image with IoU at least ``min_iou``: the object
-    was annotated twice (the model is taught to predict duplicates). Score: the IoU."""
+    was annotated twice (the model is taught to predict duplicates). COCO crowd regions
+    (``iscrowd``) are left out. Score: the IoU."""
     b = boxes_of(ctx)
     if b is None:
         return ctx.skip("box_duplicate", NOT_DETECTION)
@@ -162,7 +163,7 @@ def box_missing_image(ctx: CheckContext, params: dict) -> list[Finding]:
     """Annotations whose image does not exist (a COCO ``file_name`` not on disk, a YOLO label
     file without its image, a COCO annotation pointing at an image id that is not listed).
     Score 1."""
-    return _problems(ctx, "box_missing_image", ("missing_image", "unknown_image_id"))
+    return _problems(ctx, "box_missing_image", ("missing_image", "unknown_image_id", "no_images_found"))
 
 
 @register("box_unknown_category", "boxes")
@@ -176,11 +177,41 @@ def box_unknown_category(ctx: CheckContext, params: dict) -> list[Finding]:
     return _problems(ctx, "box_unknown_category", ("unknown_category",))
 
 
+@register("box_image_size_mismatch", "boxes")
+def box_image_size_mismatch(ctx: CheckContext, params: dict) -> list[Finding]:
+    """A COCO image whose declared ``width``/``height`` differ from the decoded image: the
+    file was resized or replaced after annotation (the boxes are stale), or its EXIF
+    orientation turns it (boxes drawn on the unrotated image land in the wrong place).
+    Boxes are judged in the declared frame. Score 1."""
+    ann = ctx.annotations
+    if ann is None:
+        return ctx.skip("box_image_size_mismatch", NOT_DETECTION)
+    if ann.format != "coco":
+        return ctx.skip("box_image_size_mismatch", "YOLO boxes are fractions of the image: no declared size")
+    t = ctx.ok.set_index("path")
+    out = []
+    for r in ann.images.itertuples():
+        if not (np.isfinite(r.width) and np.isfinite(r.height)) or r.path not in t.index:
+            continue
+        w, h = int(t.at[r.path, "width"]), int(t.at[r.path, "height"])
+        if (w, h) == (int(r.width), int(r.height)):
+            continue
+        rotated = (w, h) == (int(r.height), int(r.width))
+        why = ("after its EXIF orientation is applied: were the boxes drawn on the unrotated image?"
+               if rotated else "the file was resized or replaced after annotation: its boxes are stale")  # fmt: skip
+        out.append(Finding("box_image_size_mismatch", [r.path], 1.0,
+                           f"{r.where} declares {int(r.width)} x {int(r.height)} but the image is {w} x {h} {why}",
+                           {"declared": [int(r.width), int(r.height)], "actual": [w, h], "rotated": rotated,
+                            "where": r.where}))  # fmt: skip
+    return out
+
+
 @register("box_unannotated_image", "boxes")
 def box_unannotated_image(ctx: CheckContext, params: dict) -> list[Finding]:
-    """Images without a single box (a COCO image entry with no annotations, or under a
-    COCO root but in no JSON; a YOLO image without a label file). YOLO images with an
-    empty label file are background on purpose and not reported. Score 1."""
+    """Images without a single box (a COCO image entry with no annotations; a YOLO image
+    without a label file). YOLO images with an empty label file are background on purpose
+    and not reported; images on disk that no COCO file lists are not part of the dataset.
+    Score 1."""
     ann = ctx.annotations
     if ann is None:
         return ctx.skip("box_unannotated_image", NOT_DETECTION)
@@ -243,14 +274,17 @@ def _groupings(b: pd.DataFrame) -> list[tuple[str, str, pd.Series]]:
 
 
 @register("box_style_shift", "boxes",
-          {"alpha": float, "min_boxes": int, "min_relative_change": float, "min_center_shift": float})  # fmt: skip
+          {"alpha": float, "min_images": int, "min_relative_change": float, "min_center_shift": float})  # fmt: skip
 def box_style_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     """Annotation style differs between splits (each against train) or annotation sources
     (COCO ``annotator``/``source``, each against the largest): per class and over all
     classes, the box width, height, area, aspect, and centre distributions are compared
     with a two-sample KS test (Bonferroni over every comparison) and the Wasserstein
-    distance. A difference counts when significant at ``alpha`` and large: medians of a size
-    property at least ``min_relative_change`` apart in ratio, or centres at least
+    distance. The unit is the image (the median of its boxes), not the box: boxes of one
+    image share its scale, so testing them as independent draws finds "shifts" between
+    random halves of one dataset far too often (``benchmarks/box_style_calibration.py``).
+    Each side needs ``min_images`` images. A difference counts when significant at
+    ``alpha`` and large: medians of a size property at least ``min_relative_change`` apart in ratio, or centres at least
     ``min_center_shift`` of the image apart. One finding per compared group and class, the
     largest difference first ("val boxes are 32% larger (area) than train boxes for class
     person"). Score: the largest relative change (centre shifts divided by
@@ -265,19 +299,23 @@ def box_style_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     if not groupings:
         return ctx.skip("box_style_shift", "one split and one annotation source: nothing to compare")
     values = style_values(b)
-    need = params["min_boxes"]
+    need = params["min_images"]
     tests = []  # (kind, ref, other, class, property, a, b)
+
+    def per_image(mask: pd.Series) -> pd.DataFrame:
+        return values[mask].groupby(b.loc[mask, "path"]).median()
+
     for kind, ref, labels in groupings:
         for other in sorted(set(labels.dropna()) - {ref}):
             for cls in ["(all classes)", *sorted(b["category"].astype(str).unique())]:
                 sel = b["category"].astype(str) == cls if cls != "(all classes)" else pd.Series(True, index=b.index)
-                a, o = values[sel & (labels == ref)], values[sel & (labels == other)]
+                a, o = per_image(sel & (labels == ref)), per_image(sel & (labels == other))
                 if len(a) < need or len(o) < need:
                     continue
                 for prop in STYLE_PROPERTIES:
                     tests.append((kind, ref, other, cls, prop, a[prop].to_numpy(), o[prop].to_numpy()))
     if not tests:
-        return ctx.skip("box_style_shift", f"no class has {need} boxes in two compared groups")
+        return ctx.skip("box_style_shift", f"no class has boxes on {need} images in two compared groups")
     found: dict[tuple, list[dict]] = defaultdict(list)
     for kind, ref, other, cls, prop, a, o in tests:
         p = float(ks_2samp(a, o).pvalue) * len(tests)
@@ -299,7 +337,8 @@ def box_style_shift(ctx: CheckContext, params: dict) -> list[Finding]:
             found[(kind, ref, other, cls)].append({
                 "property": prop, "phrase": phrase, "change": float(change), "score": float(score),
                 "p_value": min(1.0, p), "wasserstein": float(wasserstein_distance(a, o)),
-                "median_reference": ma, "median_other": mo, "n_reference": len(a), "n_other": len(o)})  # fmt: skip
+                "median_reference": ma, "median_other": mo, "images_reference": len(a),
+                "images_other": len(o)})  # fmt: skip
     out = []
     for (kind, ref, other, cls), diffs in found.items():
         diffs.sort(key=lambda d: -d["score"])
@@ -331,7 +370,7 @@ def box_summary(ctx: CheckContext) -> dict | None:
     if ann is None:
         return None
     b = boxes_of(ctx)
-    valid = b[(b["w"] > 0) & (b["h"] > 0) & b["x0"].notna()]
+    valid = b[(b["w"] > 0) & (b["h"] > 0) & np.isfinite(b[["x0", "y0", "x1", "y1", "pw", "ph"]]).all(axis=1)]
     v = style_values(valid)
     classes = {}
     for cls, g in valid.groupby(valid["category"].astype(str), sort=True):

@@ -182,10 +182,16 @@ def leakage(ctx: CheckContext, params: dict) -> list[Finding]:
     """The same or a near-same image in two or more splits (train and val/test): the
     evaluation is no longer on unseen data. Score 1 for identical copies, else 1 - d/64."""
     t = ctx.ok.reset_index(drop=True)
-    if t["split"].dropna().nunique() < 2:
-        return ctx.skip("leakage", "the dataset has fewer than two splits")
-    groups, evidence = near_graph(ctx, t, params)
     out = []
+    ann = ctx.annotations
+    for p in ann.problems if ann is not None else []:  # one file listed in two COCO splits
+        if p["kind"] == "shared_image" and len(p["splits"]) >= 2:
+            out.append(Finding("leakage", [p["path"]], 1.0, f"one file in splits {', '.join(p['splits'])}: "
+                               f"{p['message']}", {"splits": p["splits"], "identical": True,
+                                                   "evidence": "same file", "where": p["where"]}))  # fmt: skip
+    if t["split"].dropna().nunique() < 2:
+        return out or ctx.skip("leakage", "the dataset has fewer than two splits")
+    groups, evidence = near_graph(ctx, t, params)
     for group in groups:
         splits = {s for s in t.iloc[group]["split"] if isinstance(s, str)}
         if len(splits) < 2:
