@@ -112,7 +112,7 @@ def _assert_box_defects(found, fmt):
     assert {"width", "height", "area"} <= props
     area = next(d for f in style if f.details["class"] == "(all classes)" for d in f.details["differences"]
                 if d["property"] == "area")  # fmt: skip
-    assert 0.2 < area["change"] < 0.45  # 15% padding on each side length: +32% area
+    assert 0.2 < area["change"] < 0.6  # 15% padding on each side length: +32% area, plus sampling
     for f in found["box_out_of_bounds"] + found["box_duplicate"]:
         assert f.details["boxes"] and len(f.details["boxes"][0]["box"]) == 4
 
