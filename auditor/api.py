@@ -305,7 +305,7 @@ def scan(
         if projection and embeddings is not None:
             from .projection import project_pairs
 
-            result.projection = project_pairs(ctx)
+            result.projection = project_pairs(ctx, store=store if use_cache else None)
             if result.projection is not None:
                 report["projection"] = {"file": "projection.parquet", "method": result.projection.attrs["method"],
                                         "points": len(result.projection)}  # fmt: skip

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import decode as dec
 from .hashing import perceptual_hashes, pixel_hash
-from .measure import MEASURE_VERSION, downscale_to, luminance, measure_pixels
+from .measure import MEASURE_VERSION, _planes, downscale_to, luminance, measure_pixels
 from .store import Store
 
 #: Longest side, in pixels, of the working copy the pixel properties are computed on.
@@ -67,7 +67,8 @@ def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[
         props.update(error_kind=result.kind, error=result.message)
         return chash, props, None
     work = downscale_to(result.rgb, ANALYSIS_MAX_SIDE)
-    gray = luminance(work)
+    planes = _planes(work)
+    gray = luminance(work, planes)
     gray_u8 = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
     props.update(
         width=result.width,
@@ -81,7 +82,7 @@ def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[
         jpeg_quality=result.jpeg_quality,
         pixel_hash=pixel_hash(result.rgb),
         **perceptual_hashes(gray_u8),
-        **measure_pixels(work, gray),
+        **measure_pixels(work, gray, planes, gray_u8),
     )
     return chash, props, _thumbnail(work)
 

@@ -32,16 +32,27 @@ def _pack(bits: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits.ravel()).tobytes(), "big")
 
 
+#: The 8 lowest rows of the 32-point DCT-II in scipy.fftpack's convention (unnormalised:
+#: 2 * sum_n x[n] cos(pi k (2n + 1) / 64)), so that D @ X @ D.T is the top-left 8 x 8 block of
+#: ``fftpack.dct(fftpack.dct(X, axis=0), axis=1)``.
+_DCT_8x32 = 2.0 * np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(32)[None, :] + 1) / 64.0)
+
+
 def perceptual_hashes(gray_u8: np.ndarray) -> dict[str, int]:
-    """pHash and dHash (64 bits each) of a uint8 grayscale image, as unsigned ints."""
-    import imagehash  # imports PyWavelets; only workers that decode need it
+    """pHash and dHash (64 bits each) of a uint8 grayscale image, as unsigned ints.
+
+    The same bits as ``imagehash.phash`` / ``imagehash.dhash`` (hash_size 8; a test checks it
+    on real photos): Lanczos resize to 32 x 32 (9 x 8 for the dHash), the low 8 x 8 DCT
+    coefficients above their median (the dHash: each pixel brighter than its left
+    neighbour). The DCT is two small matrix products instead of two FFT calls, a third of
+    the cost, and no PyWavelets/scipy.fftpack import in the workers."""
     from PIL import Image
 
     img = Image.fromarray(gray_u8, mode="L")
-    return {
-        "phash": _pack(imagehash.phash(img, hash_size=8).hash),
-        "dhash": _pack(imagehash.dhash(img, hash_size=8).hash),
-    }
+    small = np.asarray(img.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = _DCT_8x32 @ small @ _DCT_8x32.T
+    row = np.asarray(img.resize((9, 8), Image.Resampling.LANCZOS))
+    return {"phash": _pack(low > np.median(low)), "dhash": _pack(row[:, 1:] > row[:, :-1])}
 
 
 def to_uint64(values) -> np.ndarray:

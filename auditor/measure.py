@@ -101,13 +101,14 @@ def sharpness(gray: np.ndarray, h_size: int = 11) -> float:
     for axis in (0, 1):
         blurred = ndimage.uniform_filter1d(gray, h_size, axis=axis, mode="reflect")
         d_sharp = np.abs(np.diff(gray, axis=axis))
-        d_blur = np.abs(np.diff(blurred, axis=axis))
-        m1 = float(d_sharp.sum())
+        d_blur = np.abs(np.diff(blurred, axis=axis), out=blurred[:-1] if axis == 0 else None)
+        m1 = float(d_sharp.sum(dtype=np.float64))
         if m1 <= 1e-9:
             blur = max(blur, 1.0)
             continue
-        m2 = float(np.maximum(0.0, d_sharp - d_blur).sum())
-        blur = max(blur, abs(m1 - m2) / m1)
+        # m1 - sum(max(0, d_sharp - d_blur)) == sum(min(d_sharp, d_blur)): one pass, no temporary
+        kept = float(np.minimum(d_sharp, d_blur, out=d_blur).sum(dtype=np.float64))
+        blur = max(blur, kept / m1)
     return float(1.0 - blur)
 
 
@@ -202,13 +203,19 @@ def colorfulness(rgb: np.ndarray, planes: tuple[np.ndarray, ...] | None = None) 
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
-def measure_pixels(rgb: np.ndarray, gray: np.ndarray | None = None) -> dict[str, float]:
-    """All pixel properties of one (already downscaled) RGB uint8 image. ``gray``: its
-    :func:`luminance` if the caller already has it. Each plane is converted to float once
-    and each histogram made once (the same numbers as calling the measures one by one)."""
-    planes = _planes(rgb)
+def measure_pixels(
+    rgb: np.ndarray,
+    gray: np.ndarray | None = None,
+    planes: tuple[np.ndarray, ...] | None = None,
+    gray_u8: np.ndarray | None = None,
+) -> dict[str, float]:
+    """All pixel properties of one (already downscaled) RGB uint8 image. ``gray``,
+    ``planes``, ``gray_u8``: its :func:`luminance`, float planes and rounded luminance if
+    the caller already has them. Each plane is converted to float once and each histogram
+    made once (the same numbers as calling the measures one by one)."""
+    planes = _planes(rgb) if planes is None else planes
     gray = luminance(rgb, planes) if gray is None else gray
-    hist = _histogram(gray)
+    hist = _histogram(gray) if gray_u8 is None else np.bincount(gray_u8.ravel(), minlength=256)
     out = brightness_stats(gray, hist)
     out["contrast"] = contrast(gray)
     out["entropy"] = entropy_bits(gray, hist)

@@ -34,6 +34,10 @@ def _import_umap():
     return umap.UMAP
 
 
+#: Bump when :func:`project` changes its output for the same input (cached projections).
+PROJECTION_VERSION = 1
+
+
 def project(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     """(n, 2) coordinates of the rows of ``vectors`` (cosine geometry) and the method used."""
     from .neighbors import normalize
@@ -56,11 +60,38 @@ def project(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
         return np.asarray(reducer.fit_transform(x), dtype=np.float64), "umap"
 
 
-def project_pairs(ctx: CheckContext, max_per_group: int = MAX_PER_GROUP, seed: int = 0) -> pd.DataFrame | None:
+def cached_project(vectors: np.ndarray, seed: int = 0, store=None) -> tuple[np.ndarray, str]:
+    """:func:`project` through the store's results cache, keyed by the vectors' bytes and the
+    seed: UMAP (seconds, plus numba's compile on first use in a process) runs once per
+    distinct input, so an unchanged rescan does not pay for it again."""
+    if store is None:
+        return project(vectors, seed)
+    import hashlib
+    import io
+
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    h = hashlib.blake2b(v.data, digest_size=16)
+    h.update(repr((v.shape, seed, PROJECTION_VERSION)).encode())
+    key = f"projection:{h.hexdigest()}"
+    hit = store.get_result(key)
+    if hit is not None:
+        with np.load(io.BytesIO(hit)) as z:
+            return z["xy"], str(z["method"])
+    xy, method = project(vectors, seed)
+    buf = io.BytesIO()
+    np.savez(buf, xy=xy, method=np.array(method))
+    store.put_result(key, buf.getvalue())
+    return xy, method
+
+
+def project_pairs(
+    ctx: CheckContext, max_per_group: int = MAX_PER_GROUP, seed: int = 0, store=None
+) -> pd.DataFrame | None:
     """The projection of every set this scan compares (source and dataset, or the splits):
     one row per drawn image with ``set`` ("source"/"dataset"), ``group`` (the side's name),
     ``path`` (relative to its set's root), ``x``, ``y``. Only comparisons the checks analysed
-    on the embeddings are drawn; None when there are none."""
+    on the embeddings are drawn; None when there are none. ``store``: reuse a cached
+    projection of the same vectors (:func:`cached_project`)."""
     from .checks.shift import pairs
 
     if ctx.embeddings is None:
@@ -88,7 +119,7 @@ def project_pairs(ctx: CheckContext, max_per_group: int = MAX_PER_GROUP, seed: i
     frame = pd.concat(parts, ignore_index=True)
     if len(frame) < 2:
         return None
-    xy, method = project(np.vstack(vecs), seed)
+    xy, method = cached_project(np.vstack(vecs), seed, store)
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
     frame.attrs["method"] = method
     return frame

@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS embeddings (
     extra BLOB,
     PRIMARY KEY (content_hash, backbone)
 );
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 """
 
 
@@ -180,7 +184,16 @@ class Store:
                 [(h, backbone, v, e) for h, v, e in rows],
             )
 
+    # -- derived results (deterministic functions of their key: e.g. a projection) -------
+    def get_result(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM results WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_result(self, key: str, value: bytes) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO results(key, value) VALUES (?, ?)", (key, value))
+
     def count(self, table: str) -> int:
-        if table not in ("files", "measurements", "embeddings"):
+        if table not in ("files", "measurements", "embeddings", "results"):
             raise ValueError(table)
         return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])

@@ -129,3 +129,18 @@ def test_phash_radius_is_relative_to_the_dataset_on_real_images():
     copies = [decode_bytes(synth.near_copy_bytes(x)).rgb for x in digits[:50]]
     d = hashing.hamming(dh[:50], _phashes(copies))
     assert (d <= radius).mean() >= 0.95
+
+
+def test_perceptual_hashes_equal_imagehash_on_real_photos():
+    """The matrix-DCT pHash and the dHash are bit for bit imagehash's (the reference)."""
+    import imagehash
+    from PIL import Image
+
+    images = [t for _, t in synth.photo_tiles(96, scales=(1.0, 0.5))][:60] + [data.camera(), data.coffee()]
+    images += [synth.digit(i, 64) for i in range(20)]
+    for rgb in images:
+        g8 = np.rint(luminance(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, 2))).astype(np.uint8)
+        img = Image.fromarray(g8, "L")
+        ours = hashing.perceptual_hashes(g8)
+        assert ours["phash"] == hashing._pack(imagehash.phash(img).hash)
+        assert ours["dhash"] == hashing._pack(imagehash.dhash(img).hash)

@@ -86,3 +86,29 @@ def test_a_file_that_kills_its_worker_becomes_a_finding(tmp_path, tiles, monkeyp
         res = extract.measure_all(paths, store, workers=2)
     assert res[poison][1]["error_kind"] == "decoder_crash"
     assert all("sharpness" in res[p][1] for p in paths if p != poison)
+
+
+def test_projection_is_cached_by_its_input(tmp_path, monkeypatch):
+    """An unchanged rescan does not run UMAP again: the projection of the same vectors and
+    seed comes from the store; other vectors or another seed are computed."""
+    import numpy as np
+
+    from auditor import projection
+    from auditor.store import Store
+
+    calls = []
+    real = projection.project
+
+    def counting(vectors, seed=0):
+        calls.append(seed)
+        return real(vectors, seed)
+
+    monkeypatch.setattr(projection, "project", counting)
+    v = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    with Store(tmp_path / "s.sqlite3") as store:
+        a, ma = projection.cached_project(v, 0, store)
+        b, mb = projection.cached_project(v.copy(), 0, store)
+        assert len(calls) == 1 and ma == mb and np.array_equal(a, b)
+        projection.cached_project(v, 1, store)
+        projection.cached_project(v[:-1], 0, store)
+        assert len(calls) == 3
