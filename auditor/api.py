@@ -82,7 +82,7 @@ def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -
             chash, props = measured[item["abs_path"]]
         rows.append({**item, "content_hash": chash, **props})
     table = pd.DataFrame(rows)
-    for col in ("error_kind", "error", "format", "pixel_hash", "phash", "dhash", "mode"):
+    for col in ("error_kind", "error", "format", "pixel_hash", "phash", "dhash", "phash_mirror", "mode"):
         if col not in table:
             table[col] = None
     for col in MEASURED_COLUMNS:  # a dataset where nothing decodes still has every column

@@ -39,7 +39,9 @@ _DCT_8x32 = 2.0 * np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(32)[None
 
 
 def perceptual_hashes(gray_u8: np.ndarray) -> dict[str, int]:
-    """pHash and dHash (64 bits each) of a uint8 grayscale image, as unsigned ints.
+    """pHash and dHash (64 bits each) of a uint8 grayscale image, as unsigned ints, and
+    ``phash_mirror``: the pHash of the left-right mirrored image (so a mirrored copy can be
+    recognised by its pixels: see :func:`flip_distance`).
 
     The same bits as ``imagehash.phash`` / ``imagehash.dhash`` (hash_size 8; a test checks it
     on real photos): Lanczos resize to 32 x 32 (9 x 8 for the dHash), the low 8 x 8 DCT
@@ -51,8 +53,15 @@ def perceptual_hashes(gray_u8: np.ndarray) -> dict[str, int]:
     img = Image.fromarray(gray_u8, mode="L")
     small = np.asarray(img.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
     low = _DCT_8x32 @ small @ _DCT_8x32.T
+    mirrored = _DCT_8x32 @ small[:, ::-1] @ _DCT_8x32.T
     row = np.asarray(img.resize((9, 8), Image.Resampling.LANCZOS))
-    return {"phash": _pack(low > np.median(low)), "dhash": _pack(row[:, 1:] > row[:, :-1])}
+    return {"phash": _pack(low > np.median(low)), "dhash": _pack(row[:, 1:] > row[:, :-1]),
+            "phash_mirror": _pack(mirrored > np.median(mirrored))}  # fmt: skip
+
+
+def flip_distance(phash_a: np.ndarray, phash_b: np.ndarray, mirror_b: np.ndarray) -> np.ndarray:
+    """Elementwise pHash distance allowing a left-right mirror: min(d(a, b), d(a, mirror(b)))."""
+    return np.minimum(hamming(phash_a, phash_b), hamming(phash_a, mirror_b))
 
 
 def to_uint64(values) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 #: Bump when any measurement changes meaning, so cached values are recomputed.
-MEASURE_VERSION = 3
+MEASURE_VERSION = 4
 
 
 def _planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -315,3 +315,26 @@ def test_scan_with_embeddings_is_deterministic_and_cached(tmp_path, tiles):
     assert (tmp_path / "a" / "report.json").read_bytes() == (tmp_path / "b" / "report.json").read_bytes()
     assert first.table["embedded"].all()
     assert "efficientnet-lite0-imagenet" in (tmp_path / "a" / "report.html").read_text()
+
+
+def test_adjacent_texture_tiles_are_not_embedding_duplicates(tmp_path):
+    """Neighbouring tiles of one brick wall or gravel bed look alike to the backbone (as close
+    as a colour-jittered copy once the rest of the dataset is diverse photos) but are
+    different pictures: an embedding match needs its pixels to agree too (pHash, mirror
+    allowed), so only the real mirrored copy is a near duplicate."""
+    from skimage import data
+
+    root = tmp_path / "mix"
+    for name in ("brick", "gravel", "grass"):
+        img = data.__getattribute__(name)()
+        for y in range(0, 512, 128):
+            for x in range(0, 512, 128):
+                tile = np.repeat(img[y : y + 128, x : x + 128, None], 3, axis=2)
+                synth.write(root / name / f"{name}_{y}_{x}.jpg", synth.jpeg_bytes(tile, 92))
+    photos = list(synth.photo_tiles(128))[:60]
+    for i, (_, px) in enumerate(photos):
+        synth.write(root / "photo" / f"p{i:02d}.jpg", synth.jpeg_bytes(px, 92))
+    synth.write(root / "photo" / "mirrored.jpg", synth.jpeg_bytes(synth.hflip(photos[3][1]), 92))
+    result = scan(root, write=False, cache_dir=tmp_path / "c")
+    groups = [set(f.paths) for f in result.findings if f.check == "near_duplicate"]
+    assert groups == [{"photo/p03.jpg", "photo/mirrored.jpg"}], groups

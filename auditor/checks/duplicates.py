@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from ..hashing import group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
+from ..hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
 from ..neighbors import similar_pairs
 from . import CheckContext, Finding, register
 
@@ -26,7 +26,8 @@ def _split_key(split) -> str:
 #: Neighbours per image examined for embedding near duplicates.
 EMBEDDING_NEIGHBOURS = 10
 NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float,
-               "max_relative_distance": float, "max_relative_phash_distance": float}  # fmt: skip
+               "max_relative_distance": float, "max_relative_phash_distance": float,
+               "max_mirror_phash_distance": int}  # fmt: skip
 
 
 def phash_radius(hashes: np.ndarray, params: dict) -> int:
@@ -48,12 +49,33 @@ def embedding_threshold(sims: np.ndarray, params: dict) -> float:
     ``max_relative_distance`` times the dataset's median nearest-neighbour distance, so that
     in a dataset where everything looks alike to the backbone (digits: every image has a
     neighbour at 0.9+) only pairs much closer than typical neighbours count."""
+    typical = typical_embedding_distance(sims)
+    if not np.isfinite(typical):
+        return params["min_embedding_similarity"]
+    return max(params["min_embedding_similarity"], 1.0 - params["max_relative_distance"] * typical)
+
+
+def typical_embedding_distance(sims: np.ndarray) -> float:
+    """Median cosine distance from an image to its nearest neighbour (NaN without any)."""
     top = sims[:, 0] if sims.ndim == 2 and sims.shape[1] else np.zeros(0)
     top = top[np.isfinite(top)]
-    if not len(top):
-        return params["min_embedding_similarity"]
-    typical = float(np.median(1.0 - top))
-    return max(params["min_embedding_similarity"], 1.0 - params["max_relative_distance"] * typical)
+    return float(np.median(1.0 - top)) if len(top) else float("nan")
+
+
+def corroborated(t: pd.DataFrame, e_pairs: np.ndarray, params: dict) -> np.ndarray:
+    """Which embedding matches to keep: those whose pixels agree too, pHash within
+    ``max_mirror_phash_distance`` bits with a left-right mirror allowed. The backbone alone
+    cannot tell a copy from another patch of the same texture: adjacent tiles of one gravel
+    bed or brick wall score cosine 0.92-0.96, as close as a colour-jittered copy, but their
+    pHashes are 16-38 bits apart, while mirrored copies are 0-2, colour-jittered 0-6 and
+    80%-area crops 4-20 (17 of 21 photos within the default 14) bits apart."""
+    if not len(e_pairs):
+        return np.zeros(0, dtype=bool)
+    if "phash_mirror" not in t or t["phash_mirror"].isna().any():  # measured before mirror hashes
+        return np.ones(len(e_pairs), dtype=bool)
+    ph, mirror = to_uint64(t["phash"]), to_uint64(t["phash_mirror"])
+    a, b = e_pairs[:, 0], e_pairs[:, 1]
+    return flip_distance(ph[a], ph[b], mirror[b]) <= params["max_mirror_phash_distance"]
 
 
 def near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[list[int]], dict]:
@@ -83,6 +105,8 @@ def _near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[
     graph = ctx.ok_knn(EMBEDDING_NEIGHBOURS)
     if graph is not None:
         e_pairs, e_sims = similar_pairs(*graph, embedding_threshold(graph[1], params))
+        keep = corroborated(t, e_pairs, params)
+        e_pairs, e_sims = e_pairs[keep], e_sims[keep]
         for (a, b), sim in zip(e_pairs.tolist(), e_sims.tolist(), strict=True):
             evidence.setdefault((a, b), ("embedding", sim))
         pairs = np.concatenate([pairs, e_pairs])

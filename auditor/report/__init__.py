@@ -49,6 +49,7 @@ IMAGE_COLUMNS = [
     "file_size", "width", "height", "mode", "bit_depth", "has_alpha", "n_frames", "jpeg_quality",
     "brightness_mean", "brightness_p05", "brightness_p95", "contrast", "entropy", "sharpness",
     "laplacian_var", "detail_ratio", "noise_sigma", "channel_spread", "colorfulness", "pixel_hash", "phash", "dhash",
+    "phash_mirror",
     "embedded",
 ]  # fmt: skip
 
@@ -60,7 +61,7 @@ def image_table(result: ScanResult) -> pd.DataFrame:
         if col not in t:
             t[col] = None
     t = t[IMAGE_COLUMNS].copy()
-    for col in ("phash", "dhash"):
+    for col in ("phash", "dhash", "phash_mirror"):
         t[col] = [f"{int(v):016x}" if v is not None and v == v else None for v in t[col]]
     index = {p: i for i, p in enumerate(t["path"])}
     for name in result.report["checks"]:
