@@ -165,7 +165,7 @@ def _base(options: FinetuneOptions):
     """(backbone model without top, preprocessing layers to put in front of it)."""
     import keras
 
-    from .backbones import DEFAULT_BACKBONE, LITE0, BackboneError, _keras_app
+    from .backbones import DEFAULT_BACKBONE, LITE0, BackboneError, _keras_app, load_keras_app
 
     name = options.backbone or DEFAULT_BACKBONE
     size = options.image_size
@@ -196,27 +196,11 @@ def _base(options: FinetuneOptions):
     else:
         raise FinetuneError(f"{name}: its preprocessing (BGR, caffe-style) is not supported here; use efficientnet-"
                             "lite0 or e.g. ResNet50V2, MobileNetV2, EfficientNetB0, DenseNet121")  # fmt: skip
-    weights = options.weights or "imagenet"
-    kwargs = {"include_top": False, "input_shape": (size, size, 3)}
     try:
-        if weights == "imagenet":
-            backbone = fn(weights="imagenet", **kwargs)
-        else:
-            backbone = fn(weights=None, **kwargs)
-            if weights != "none":
-                if not Path(weights).is_file():
-                    raise FinetuneError(f"weights file {weights} does not exist")
-                backbone.load_weights(weights)
-    except FinetuneError:
-        raise
-    except Exception as exc:
-        if weights == "imagenet":
-            raise FinetuneError(
-                f"could not get ImageNet weights for {name} ({type(exc).__name__}). Keras downloads them on first "
-                f"use, which needs the network; offline, pass the {name} 'notop' weights file with --weights FILE, "
-                "or use the default backbone efficientnet-lite0, which needs no download"
-            ) from exc
-        raise FinetuneError(f"could not load weights {weights} into {name}: {exc}") from exc
+        backbone = load_keras_app(name, options.weights or "imagenet", include_top=False,
+                                  input_shape=(options.image_size, options.image_size, 3))  # fmt: skip
+    except BackboneError as exc:
+        raise FinetuneError(str(exc)) from None
     return backbone, preprocess
 
 

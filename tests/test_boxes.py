@@ -117,15 +117,21 @@ def _assert_box_defects(found, fmt):
         assert f.details["boxes"] and len(f.details["boxes"][0]["box"]) == 4
 
 
-def test_coco_box_checks_find_every_injected_defect(tmp_path):
+def _scan_injected(tmp_path, fmt):
+    """Build the ``fmt`` dataset with every defect, scan it, check the common defects."""
     from auditor.api import scan
 
-    root = tmp_path / "coco"
-    make_coco(root)
+    root = tmp_path / fmt
+    (make_coco if fmt == "coco" else make_yolo)(root)
     result = scan(root, tmp_path / "r", embed=False, cache_dir=tmp_path / "c")
-    assert result.discovery.layout == "coco"
+    assert result.discovery.layout == fmt
     found = _by_check(result)
-    _assert_box_defects(found, "coco")
+    _assert_box_defects(found, fmt)
+    return result, found
+
+
+def test_coco_box_checks_find_every_injected_defect(tmp_path):
+    result, found = _scan_injected(tmp_path, "coco")
     missing = found["box_missing_image"]
     assert {m.details.get("kind") for m in missing} == {"missing_image", "unknown_image_id"}
     assert any(m.paths == ["images/train/gone.jpg"] for m in missing)
@@ -145,14 +151,7 @@ def test_coco_box_checks_find_every_injected_defect(tmp_path):
 
 
 def test_yolo_box_checks_find_every_injected_defect(tmp_path):
-    from auditor.api import scan
-
-    root = tmp_path / "yolo"
-    make_yolo(root)
-    result = scan(root, tmp_path / "r", embed=False, cache_dir=tmp_path / "c")
-    assert result.discovery.layout == "yolo"
-    found = _by_check(result)
-    _assert_box_defects(found, "yolo")
+    _, found = _scan_injected(tmp_path, "yolo")
     assert found["box_missing_image"][0].details["where"] == "labels/train/orphan.txt"
     assert "labels/train/005.txt:" in found["box_unknown_category"][0].message
     assert not any("007" in f.paths[0] for f in found["box_unannotated_image"])  # empty file = background

@@ -194,6 +194,37 @@ def _keras_app(name: str):
     return fn
 
 
+def load_keras_app(name: str, weights: str, **kwargs):
+    """A ``keras.applications`` model with ``weights``: "imagenet" (Keras downloads them:
+    offline this fails with a message saying what to do), "none" (seeded random init) or a
+    local weights file. Raises :class:`BackboneError`."""
+    import keras
+
+    fn = _keras_app(name)
+    try:
+        if weights == "imagenet":
+            return fn(weights="imagenet", **kwargs)
+        if weights == "none":
+            keras.utils.set_random_seed(0)
+            return fn(weights=None, **kwargs)
+        if not Path(weights).is_file():
+            raise BackboneError(f"weights file {weights} does not exist")
+        model = fn(weights=None, **kwargs)
+        model.load_weights(weights)
+        return model
+    except BackboneError:
+        raise
+    except Exception as exc:
+        if weights == "imagenet":
+            raise BackboneError(
+                f"could not get ImageNet weights for {name} ({type(exc).__name__}: {exc}). Keras downloads "
+                "them on first use, which needs the network; offline, pass a local file with "
+                f"`--weights FILE` (the {name} 'notop' .h5 from keras.applications), or use the default "
+                "backbone efficientnet-lite0, which needs no download"
+            ) from exc
+        raise BackboneError(f"could not load weights {weights} into {name}: {exc}") from exc
+
+
 def _keras_app_backbone(name: str, weights: str) -> Backbone:
     size = 299 if name in ("InceptionV3", "InceptionResNetV2", "Xception") else 224
     source = weights
@@ -204,31 +235,9 @@ def _keras_app_backbone(name: str, weights: str) -> Backbone:
         source = f"file-{_digest(path)}"
 
     def load(backbone: Backbone, cache_dir: str | None) -> Embedder:
-        import keras
-
         fn = _keras_app(name)
         module = sys.modules[fn.__module__]
-        kwargs = {"include_top": False, "pooling": "avg", "input_shape": (size, size, 3)}
-        try:
-            if weights == "imagenet":
-                model = fn(weights="imagenet", **kwargs)
-            elif weights == "none":
-                keras.utils.set_random_seed(0)
-                model = fn(weights=None, **kwargs)
-            else:
-                model = fn(weights=None, **kwargs)
-                model.load_weights(weights)
-        except BackboneError:
-            raise
-        except Exception as exc:
-            if weights == "imagenet":
-                raise BackboneError(
-                    f"could not get ImageNet weights for {name} ({type(exc).__name__}: {exc}). Keras downloads "
-                    "them on first use, which needs the network; offline, pass a local file with "
-                    f"`--weights FILE` (the {name} 'notop' .h5 from keras.applications), or use the default "
-                    "backbone efficientnet-lite0, which needs no download"
-                ) from exc
-            raise BackboneError(f"could not load weights {weights} into {name}: {exc}") from exc
+        model = load_keras_app(name, weights, include_top=False, pooling="avg", input_shape=(size, size, 3))
         backbone.dims = int(model.output_shape[-1])
         preprocess = getattr(module, "preprocess_input", None)
         return Embedder(backbone, model, (lambda x: np.asarray(preprocess(x.copy()))) if preprocess else
