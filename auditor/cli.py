@@ -7,6 +7,7 @@ reason on stderr).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -559,9 +560,10 @@ def demo(
     workers: Annotated[int | None, typer.Option("--workers", "-j", min=1)] = None,
 ) -> None:
     """Build a small labeled dataset offline from images shipped in scikit-image and
-    scikit-learn, inject one or more defect of every kind, scan it, and print the report path."""
+    scikit-learn, inject one or more defect of every kind, scan it, and print the report path;
+    then the same for a small COCO detection dataset with every box defect."""
     from .api import scan as run_scan
-    from .demo import build_demo
+    from .demo import build_demo, make_coco
 
     data_dir = out / "dataset"
     injected = build_demo(data_dir)
@@ -571,10 +573,31 @@ def demo(
     with bar:
         result = run_scan(data_dir, out, workers=workers, use_cache=False, progress=update)
     print_summary(result)
-    found = {(f["check"], p) for f in result.report["findings"] for p in f["paths"]}
-    hit = sum(1 for d in injected["defects"] if (d["check"], d["path"]) in found)
+    hit = _injected_found(result.report, injected["defects"])
     out_console.print(f"Injected defects found: {hit}/{len(injected['defects'])}")
     out_console.print(f"Report: {escape(str(result.files['html']))}", highlight=False, soft_wrap=True)
+
+    # the detection part: a COCO dataset with every box defect (box checks need no embeddings)
+    coco_dir = out / "detection" / "dataset"
+    if coco_dir.exists():
+        shutil.rmtree(coco_dir)
+    boxes = make_coco(coco_dir)
+    err_console.print(f"\ndetection demo (COCO): {escape(str(coco_dir))} ({len(boxes)} injected box defects)",
+                      highlight=False)  # fmt: skip
+    bar, update = _progress()
+    with bar:
+        det = run_scan(coco_dir, out / "detection", workers=workers, use_cache=False, embed=False, progress=update)
+    print_summary(det)
+    out_console.print(f"Injected box defects found: {_injected_found(det.report, boxes)}/{len(boxes)}")
+    out_console.print(f"Report: {escape(str(det.files['html']))}", highlight=False, soft_wrap=True)
+
+
+def _injected_found(report: dict, injected: list[dict]) -> int:
+    """How many injected ``{"check", "path"}`` defects the report has (path None: the check
+    has a finding at all)."""
+    found = {(f["check"], p) for f in report["findings"] for p in f["paths"]}
+    checks = {f["check"] for f in report["findings"]}
+    return sum(1 for d in injected if (d["check"], d["path"]) in found or (d["path"] is None and d["check"] in checks))
 
 
 def main() -> None:

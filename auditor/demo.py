@@ -10,6 +10,101 @@ import numpy as np
 
 from . import synth
 
+# --- detection demo: COCO / YOLO with every box defect --------------------------------------
+
+SIZE = 160
+NAMES = ["zero", "one", "two"]
+
+
+def _pad(box, pad: float):
+    cls, x, y, w, h = box
+    x, y, w, h = x - w * pad / 2, y - h * pad / 2, w * (1 + pad), h * (1 + pad)
+    x, y = max(0.0, x), max(0.0, y)
+    return cls, x, y, min(w, SIZE - x), min(h, SIZE - y)
+
+
+def scenes(pad_val: float) -> dict:
+    train = synth.detection_scenes(100, SIZE, seed=1)
+    val = [(img, [_pad(b, pad_val) for b in boxes]) for img, boxes in synth.detection_scenes(100, SIZE, seed=2)]
+    return {"train": train, "val": val}
+
+
+def make_coco(root, pad_val: float = 0.15) -> list[dict]:
+    """A COCO detection dataset from real images (scikit-learn digits pasted on scikit-image
+    photo crops, 100 per split), val boxes padded by ``pad_val`` (drawn looser), and every
+    box defect injected into train. Returns the injected defects as ``{"check", "path"}``
+    (``path`` None for the dataset-level style shift)."""
+    for split, items in scenes(pad_val).items():
+        images, anns = [], []
+        for i, (img, boxes) in enumerate(items):
+            name = f"{split}_{i:03d}.jpg"
+            synth.write(root / "images" / split / name, synth.jpeg_bytes(img, 92))
+            images.append({"id": i, "file_name": name, "width": SIZE, "height": SIZE})
+            if split == "train" and i == 6:
+                continue  # unannotated image
+            for cls, x, y, w, h in boxes:
+                anns.append({"id": len(anns), "image_id": i, "category_id": cls + 1, "bbox": [x, y, w, h]})
+        if split == "train":
+            first = {a["image_id"]: a for a in reversed(anns)}
+            extra = [
+                {"image_id": 0, "category_id": 1, "bbox": [150, 10, 40, 30]},  # out of bounds (19% beyond)
+                {"image_id": 1, "category_id": 2, "bbox": [20, 20, 0, 15]},  # degenerate
+                {"image_id": 2, "category_id": 3, "bbox": [60, 60, 2, 2]},  # tiny
+                {**first[3], "bbox": [v + (1 if k == 0 else 0) for k, v in enumerate(first[3]["bbox"])]},  # duplicate
+                {**first[4], "category_id": first[4]["category_id"] % 3 + 1},  # label conflict
+                {"image_id": 5, "category_id": 99, "bbox": [10, 10, 30, 30]},  # unknown category
+                {"image_id": 100, "category_id": 1, "bbox": [10, 10, 30, 30]},  # missing image file
+                {"image_id": 555, "category_id": 1, "bbox": [10, 10, 30, 30]},  # unknown image id
+            ]
+            for e in extra:
+                anns.append({**e, "id": len(anns)})
+            images.append({"id": 100, "file_name": "gone.jpg", "width": SIZE, "height": SIZE})
+            images[8]["width"] = SIZE + 40  # declared size no longer that of the file (resized since)
+        cats = [{"id": i + 1, "name": n} for i, n in enumerate(NAMES)]
+        cats.append({"id": len(NAMES) + 1, "name": "seven"})  # declared, never annotated
+        synth.write(root / "annotations" / f"instances_{split}.json",
+                    json.dumps({"images": images, "annotations": anns, "categories": cats}).encode())  # fmt: skip
+    checks = ("box_out_of_bounds", "box_degenerate", "box_tiny", "box_duplicate", "box_label_conflict",
+              "box_unknown_category", "box_unannotated_image")  # fmt: skip
+    injected = [{"check": c, "path": f"images/train/train_{i:03d}.jpg"} for i, c in enumerate(checks)]
+    injected.append({"check": "box_missing_image", "path": "images/train/gone.jpg"})
+    injected.append({"check": "box_image_size_mismatch", "path": "images/train/train_008.jpg"})
+    injected.append({"check": "box_class_imbalance", "path": None})  # "class seven has only 0 boxes"
+    if pad_val > 0:
+        injected.append({"check": "box_style_shift", "path": None})
+    return injected
+
+
+def make_yolo(root, pad_val: float = 0.15) -> None:
+    """The YOLO version of :func:`make_coco` (same images and defects, plus an empty label
+    file for a background image and a label file without its image)."""
+    for split, items in scenes(pad_val).items():
+        for i, (img, boxes) in enumerate(items):
+            synth.write(root / "images" / split / f"{i:03d}.jpg", synth.jpeg_bytes(img, 92))
+            if split == "train" and i == 6:
+                continue  # unannotated: no label file
+            lines = [f"{c} {(x + w / 2) / SIZE:.6f} {(y + h / 2) / SIZE:.6f} {w / SIZE:.6f} {h / SIZE:.6f}"
+                     for c, x, y, w, h in boxes]  # fmt: skip
+            if split == "train" and i == 7:
+                lines = []  # background on purpose: empty label file
+            if split == "train" and i == 0:
+                lines.append("0 0.95 0.2 0.2 0.2")  # out of bounds
+            if split == "train" and i == 1:
+                lines.append("1 0.3 0.3 0.0 0.1")  # degenerate
+            if split == "train" and i == 2:
+                lines.append("2 0.5 0.5 0.01 0.01")  # tiny (1.6 px)
+            if split == "train" and i == 3:
+                lines.append(lines[0])  # duplicate
+            if split == "train" and i == 4:
+                c, *rest = lines[0].split()
+                lines.append(" ".join([str((int(c) + 1) % 3), *rest]))  # label conflict
+            if split == "train" and i == 5:
+                lines.append("7 0.5 0.5 0.2 0.2")  # unknown class index
+            synth.write(root / "labels" / split / f"{i:03d}.txt", ("\n".join(lines) + "\n").encode())
+    synth.write(root / "labels" / "train" / "orphan.txt", b"0 0.5 0.5 0.2 0.2\n")  # no image
+    synth.write(root / "data.yaml", ("names: [" + ", ".join(NAMES) + "]\n").encode())
+
+
 #: Demo classes: each class is a photo, its images are non-overlapping tiles of it.
 DEMO_CLASSES = ("astronaut", "coffee", "rocket", "motorcycle", "china", "flower")
 

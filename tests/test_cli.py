@@ -203,6 +203,8 @@ def test_demo_finds_every_injected_defect(tmp_path):
     defects = json.loads((tmp_path / "demo" / "dataset" / "defects.json").read_text())
     assert f"Injected defects found: {len(defects)}/{len(defects)}" in res.output
     assert (tmp_path / "demo" / "report.html").exists()
+    assert "Injected box defects found: 11/11" in res.output  # the COCO part: every box_* check
+    assert (tmp_path / "demo" / "detection" / "report.html").exists()
 
 
 def test_dataset_where_nothing_decodes_is_reported_not_a_crash(tmp_path):

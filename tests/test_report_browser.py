@@ -90,7 +90,7 @@ def test_detection_report_draws_boxes_without_errors(tmp_path):
     """A COCO dataset with every box defect: the Boxes table and the flagged boxes drawn
     over their thumbnails render with no console errors (degenerate boxes included)."""
     sync_playwright = _need_browser()
-    from test_boxes import make_coco
+    from auditor.demo import make_coco
 
     make_coco(tmp_path / "coco")
     html = api.scan(tmp_path / "coco", tmp_path / "out", embed=False, cache_dir=tmp_path / "c").files["html"]
