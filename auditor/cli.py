@@ -396,6 +396,12 @@ def clean(
             why = "; ".join(sorted({r.split(":")[0] for r in rows["reason"] if r})[:6])
             table.add_row(action, str(len(rows)), escape(why or "-"))
     out_console.print(table)
+    if result.boxes is not None:
+        b = result.boxes
+        counts = ", ".join(f"{a} {int((b['action'] == a).sum())}" for a in ("keep", "clip", "drop"))
+        why = "; ".join(sorted({r.split(":")[0] for r in b.loc[b["action"] != "keep", "reason"] if r})[:6])
+        out_console.print(f"Boxes: {counts} ({escape(why or 'nothing to fix')}); one row per box in boxes.csv",
+                          highlight=False)  # fmt: skip
     if result.out_dir is not None:
         out_console.print(f"Cleaned dataset: {escape(str(result.out_dir))} (manifest.csv)", highlight=False,
                           soft_wrap=True)  # fmt: skip

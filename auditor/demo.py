@@ -33,7 +33,8 @@ def make_coco(root, pad_val: float = 0.15) -> list[dict]:
     """A COCO detection dataset from real images (scikit-learn digits pasted on scikit-image
     photo crops, 100 per split), val boxes padded by ``pad_val`` (drawn looser), and every
     box defect injected into train. Returns the injected defects as ``{"check", "path"}``
-    (``path`` None for the dataset-level style shift)."""
+    (``path`` None for the dataset-level findings)."""
+    root = Path(root)
     for split, items in scenes(pad_val).items():
         images, anns = [], []
         for i, (img, boxes) in enumerate(items):
@@ -78,6 +79,7 @@ def make_coco(root, pad_val: float = 0.15) -> list[dict]:
 def make_yolo(root, pad_val: float = 0.15) -> None:
     """The YOLO version of :func:`make_coco` (same images and defects, plus an empty label
     file for a background image and a label file without its image)."""
+    root = Path(root)
     for split, items in scenes(pad_val).items():
         for i, (img, boxes) in enumerate(items):
             synth.write(root / "images" / split / f"{i:03d}.jpg", synth.jpeg_bytes(img, 92))

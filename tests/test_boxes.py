@@ -241,3 +241,16 @@ def test_yolo_quirks(tmp_path):
     assert (ann.boxes["where"] == "labels/b.txt:1").sum() == 1  # b.jpg and b.png share it: counted once
     unannotated = {f.paths[0] for f in result.findings if f.check == "box_unannotated_image"}
     assert unannotated == {"images/b.png", "images/c.jpg"}  # c's label file leaves the dataset: not read
+
+
+def test_cli_clean_prints_box_decisions(tmp_path):
+    from typer.testing import CliRunner
+
+    from auditor.cli import app
+
+    make_coco(tmp_path / "coco")
+    res = CliRunner().invoke(app, ["clean", str(tmp_path / "coco"), "--out", str(tmp_path / "clean"), "--no-embed",
+                                   "--cache-dir", str(tmp_path / "c")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Boxes: keep" in res.output and "clip 1" in res.output and "boxes.csv" in res.output
+    assert (tmp_path / "clean" / "annotations" / "instances_train.json").exists()
