@@ -113,6 +113,8 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         table.add_row(name, f"[{_SEV_STYLE[sev]}]{sev}[/]", str(len(fs)) + mark, escape(ex))
     skipped: dict[str, list[str]] = {}
     for name, info in report["checks"].items():
+        if name.startswith("box_") and not report.get("boxes"):
+            continue  # box checks on a classification dataset: nothing to say
         if info["enabled"] and info.get("skipped") and not by_check.get(name):
             skipped.setdefault(info["skipped"], []).append(name)
     if skipped:
@@ -489,6 +491,8 @@ def run_pipeline(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    coco: CocoOpt = None,
+    images: ImagesOpt = None,
     workers: WorkersOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -506,7 +510,7 @@ def run_pipeline(
         try:
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
                          augment_from_audit=augment and not augmentations, progress=update, workers=workers,
-                         cache_dir=cache_dir)  # fmt: skip
+                         cache_dir=cache_dir, coco=coco, images=images)  # fmt: skip
         except FinetuneError as exc:
             _fail(str(exc))
     print_summary(result.scan)
@@ -515,9 +519,12 @@ def run_pipeline(
     else:
         counts = ", ".join(f"{k} {v}" for k, v in result.clean.counts.items())
         out_console.print(f"clean: {counts}", highlight=False)
-        ev = result.finetune.evaluation
-        out_console.print(f"fine-tune: validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} images",
-                          highlight=False)  # fmt: skip
+        if result.finetune is None:
+            out_console.print(f"fine-tune: skipped ({escape(result.skipped or '')})", highlight=False)
+        else:
+            ev = result.finetune.evaluation
+            out_console.print(f"fine-tune: validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} "
+                              "images", highlight=False)  # fmt: skip
     out_console.print(f"Report: {escape(str(result.scan.files['html']))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if result.stopped else 0)
 

@@ -24,6 +24,7 @@ class RunResult:
     clean: Any = None  # auditor.clean.CleanResult
     finetune: Any = None  # auditor.finetune.FinetuneResult
     report_path: Path | None = None
+    skipped: str | None = None  # why fine-tuning did not run (detection datasets)
 
 
 def run(
@@ -61,6 +62,13 @@ def run(
         cleaned = clean(dataset, out / "clean", rules=rules_obj, relabel=relabel, scan_result=result)
         outcome.clean = cleaned
         result.report["clean"] = {"counts": cleaned.counts, "folder": "clean", "manifest": "clean/manifest.csv"}
+        if cleaned.boxes is not None:
+            b = cleaned.boxes["action"]
+            result.report["clean"]["boxes"] = {a: int((b == a).sum()) for a in ("keep", "clip", "drop")}
+    if not outcome.stopped and result.discovery.annotations is not None:
+        outcome.skipped = ("a detection dataset: the built-in fine-tuning stage trains image classifiers; the "
+                           "cleaned dataset (same format, invalid boxes removed) is in clean/")  # fmt: skip
+    elif not outcome.stopped:
         opts = finetune_options or FinetuneOptions()
         reasons: list[str] = []
         if augment_from_audit and opts.augment:
@@ -73,7 +81,8 @@ def run(
         augmentation = {"layers": list(opts.augment), "reasons": reasons}
         section = {"model": "model/model.keras", "history": tuned.history, "evaluation": tuned.evaluation}
         result.report["finetune"] = jsonable({**section, "augmentation": augmentation})
-    result.report["run"] = {"gate_passed": passed, "forced": bool(force and not passed), "stopped": outcome.stopped}
+    result.report["run"] = {"gate_passed": passed, "forced": bool(force and not passed), "stopped": outcome.stopped,
+                            "finetune_skipped": outcome.skipped}  # fmt: skip
     store = Store.open_default(scan_options.get("cache_dir"))
     try:
         result.files = write_outputs(result, store)

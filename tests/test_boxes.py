@@ -254,3 +254,15 @@ def test_cli_clean_prints_box_decisions(tmp_path):
     assert res.exit_code == 0, res.output
     assert "Boxes: keep" in res.output and "clip 1" in res.output and "boxes.csv" in res.output
     assert (tmp_path / "clean" / "annotations" / "instances_train.json").exists()
+
+
+def test_audit_run_on_a_detection_dataset_cleans_and_skips_finetuning(tmp_path):
+    from auditor.pipeline import run
+
+    make_coco(tmp_path / "coco")
+    result = run(tmp_path / "coco", tmp_path / "run", force=True, embed=False, cache_dir=tmp_path / "c")
+    assert result.finetune is None and "detection dataset" in result.skipped
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["clean"]["boxes"]["clip"] == 1 and report["run"]["finetune_skipped"]
+    assert "fine-tuning skipped" in (tmp_path / "run" / "report.html").read_text()
+    assert (tmp_path / "run" / "clean" / "annotations" / "instances_val.json").exists()

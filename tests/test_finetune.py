@@ -79,7 +79,7 @@ def test_audit_run_stops_at_a_failed_gate_unless_forced(tiny, tmp_path):
     done = runner.invoke(app, [*args, "--force"])
     assert done.exit_code == 0, done.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["run"] == {"gate_passed": False, "forced": True, "stopped": False}
+    assert report["run"] == {"gate_passed": False, "forced": True, "stopped": False, "finetune_skipped": None}
     assert report["clean"]["counts"]["drop"] >= 1  # the leaked val copy (overlapping crops are near copies too)
     manifest = (tmp_path / "run" / "clean" / "manifest.csv").read_text()
     assert ",drop,leakage: copy of an image in train,val/cat/leaked.jpg," in manifest
