@@ -79,6 +79,13 @@ def _split_rank(split) -> tuple[int, str]:
     return (SPLIT_NAMES.index(s) if s in SPLIT_NAMES else len(SPLIT_NAMES), s)
 
 
+def _keep_in_eval(path: str, rows: pd.DataFrame, policy: dict, action: dict) -> bool:
+    """A label issue in val/test stays (``eval_label_issues: keep``): removing the evaluation
+    images a model gets wrong would make its accuracy look better than it is."""
+    in_eval = path in action and rows.at[path, "split"] in EVAL_SPLITS
+    return in_eval and policy.get("eval_label_issues", "keep") == "keep"
+
+
 def decide(table: pd.DataFrame, findings: list, policy: dict, relabel: bool = False) -> pd.DataFrame:
     """The manifest (without output paths): one row per item of ``table`` with ``action``,
     ``reason``, the final ``label``. ``findings``: :class:`auditor.checks.Finding` objects."""
@@ -101,6 +108,9 @@ def decide(table: pd.DataFrame, findings: list, policy: dict, relabel: bool = Fa
             continue  # box actions other than quarantine (of the whole image) apply to boxes
         if how in ("drop", "quarantine"):
             for p in f.paths:
+                if f.check == "label_issue" and _keep_in_eval(p, rows, policy, action):
+                    apply(p, "keep", f"{f.check} (kept: evaluation split, check by hand): {f.message}")
+                    continue
                 apply(p, how, f"{f.check}: {f.message}")
         elif how == "keep_one":
             members = rows.loc[[p for p in f.paths if p in action]]
@@ -122,8 +132,7 @@ def decide(table: pd.DataFrame, findings: list, policy: dict, relabel: bool = Fa
             if f.score < policy["label_issue_min_score"]:
                 continue
             for p in f.paths:
-                in_eval = p in action and rows.at[p, "split"] in EVAL_SPLITS
-                if policy.get("eval_label_issues", "keep") == "keep" and in_eval:
+                if _keep_in_eval(p, rows, policy, action):
                     # Removing the val/test images the model finds hard would make the evaluation
                     # look better than it is: listed for a person to check, kept.
                     apply(p, "keep", f"{f.check} (kept: evaluation split, check by hand): {f.message}")

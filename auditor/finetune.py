@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,19 +222,22 @@ def _augmentation(options: FinetuneOptions):
     return keras.Sequential([layers[a]() for a in options.augment], name="augmentation")
 
 
+#: Layer-name patterns that name a block in the supported backbones (Lite0 and EfficientNet
+#: ``block6a_``, MobileNetV2 ``block_16_``, ResNetV2/DenseNet ``conv5_block3_``, Xception
+#: ``block14_``, MobileNetV3 ``expanded_conv_10_``, ConvNeXt/RegNet ``..._stage_3_block_2_``).
+BLOCK_PATTERNS = re.compile(
+    r"^(?:.*?_)??(stage_?\d+_[a-z]?block_?\d+|conv\d+_block\d+|block_\d+|block\d+[a-z]?|expanded_conv(?:_\d+)?)(?:_|$)",
+    re.IGNORECASE,
+)
+
+
 def block_of(name: str) -> str | None:
-    """The block a layer belongs to, from its name: up to the first token with a digit, plus
-    a following ``block<k>`` token (``block7a_project_conv`` -> ``block7a``,
-    ``conv5_block3_2_bn`` -> ``conv5_block3``, ``block_16_project`` -> ``block_16``,
-    ``expanded_conv_10_add`` -> ``expanded_conv_10``). None for names without a digit
-    (stem, head and top layers)."""
-    tokens = name.split("_")
-    for i, tok in enumerate(tokens):
-        if any(ch.isdigit() for ch in tok):
-            if i + 1 < len(tokens) and tokens[i + 1].startswith("block") and tokens[i + 1][5:].isdigit():
-                i += 1
-            return "_".join(tokens[: i + 1])
-    return None
+    """The block a layer belongs to, from its name (:data:`BLOCK_PATTERNS`:
+    ``block7a_project_conv`` -> ``block7a``, ``conv5_block3_2_bn`` -> ``conv5_block3``,
+    ``block_16_project`` -> ``block_16``, ``expanded_conv_10_add`` -> ``expanded_conv_10``).
+    None for stem, head and automatically named layers (``conv2d_93``, ``add_38``)."""
+    m = BLOCK_PATTERNS.match(name)
+    return m.group(1) if m else None
 
 
 def unfreeze_top(backbone, blocks: int) -> list[str]:
@@ -254,18 +258,27 @@ def unfreeze_top(backbone, blocks: int) -> list[str]:
         layer.trainable = train
         if train and layer.weights:
             names.append(layer.name)
+    if blocks > 0 and not order:
+        raise FinetuneError(f"cannot tell the blocks of {backbone.name} from its layer names; use --unfreeze 0 "
+                            "(head only) or another backbone")  # fmt: skip
     return names
 
 
-def head_features(model, paths: list[str], images: Callable[[], np.ndarray], options: FinetuneOptions,
-                  cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, str]:  # fmt: skip
+def head_features(
+    model,
+    paths: list[str],
+    images: Callable[[], np.ndarray],
+    options: FinetuneOptions,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> tuple[np.ndarray, str]:
     """What the frozen backbone feeds the head, for each image (rows in ``paths`` order), and
     where it came from. The default backbone at its native 224 px reads the scan's cached
     embeddings (the same pixels and the same pooled layer; stored as float16), computing and
     caching only the missing ones; otherwise one forward pass over ``images()``."""
     from .backbones import DEFAULT_BACKBONE, LITE0
 
-    if options.backbone in (DEFAULT_BACKBONE, LITE0.id) and options.image_size == LITE0.input_size:
+    if use_cache and options.backbone in (DEFAULT_BACKBONE, LITE0.id) and options.image_size == LITE0.input_size:
         from .decode import file_digest
         from .embed import embed_files
         from .store import Store
@@ -273,6 +286,9 @@ def head_features(model, paths: list[str], images: Callable[[], np.ndarray], opt
         hashes = [file_digest(p) for p in paths]
         with Store.open_default(cache_dir) as store:
             emb = embed_files(dict(zip(hashes, paths, strict=True)), LITE0, store, cache_dir=cache_dir)
+        if emb.failures:
+            raise FinetuneError(f"{len(emb.failures)} images cannot be decoded ({next(iter(emb.failures.values()))});"
+                                " run audit clean first")  # fmt: skip
         vectors, mask = emb.rows(hashes)
         if mask.all():
             return vectors, f"cached embeddings ({emb.cached} cached, {emb.computed} computed now)"
@@ -288,6 +304,7 @@ def finetune(
     options: FinetuneOptions | None = None,
     progress: Callable[[str, int, int, dict], None] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
 ) -> FinetuneResult:
     """Fine-tune on ``dataset`` (split/class layout; ``audit clean`` writes one) and save the
     best model and its evaluation into ``out``. ``progress(phase, epoch, epochs, logs)``.
@@ -335,7 +352,8 @@ def finetune(
         fit("head", opts.learning_rate, model, images("train"), images("val"))
     else:
         feats, head_source = head_features(model, train_paths + val_paths, lambda: np.concatenate(
-            [images("train"), images("val")]), opts, cache_dir)  # fmt: skip
+            [images("train"), images("val")]), opts, cache_dir, use_cache)  # fmt: skip
+        keras.utils.set_random_seed(opts.seed)  # the same head whether the features were cached or computed
         head = keras.Sequential([keras.Input((feats.shape[1],)), keras.layers.Dropout(opts.dropout, name="dropout"),
                                  _classifier(len(classes), opts)], name="head")  # fmt: skip
         fit("head", opts.learning_rate, head, feats[: len(train_paths)], feats[len(train_paths) :])

@@ -74,9 +74,9 @@ def run(
         if augment_from_audit and opts.augment:
             chosen, reasons = augmentations_from_audit(result.report)
             opts = dataclasses.replace(opts, augment=chosen)
-        tuned = finetune(
-            out / "clean", out / "model", opts, progress=finetune_progress, cache_dir=scan_options.get("cache_dir")
-        )  # the scan's embeddings, when they fit
+        tuned = finetune(out / "clean", out / "model", opts, progress=finetune_progress,
+                         cache_dir=scan_options.get("cache_dir"),  # the scan's embeddings, when they fit
+                         use_cache=scan_options.get("use_cache", True))  # fmt: skip
         outcome.finetune = tuned
         augmentation = {"layers": list(opts.augment), "reasons": reasons}
         section = {"model": "model/model.keras", "history": tuned.history, "evaluation": tuned.evaluation}

@@ -60,6 +60,19 @@ def project(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
         return np.asarray(reducer.fit_transform(x), dtype=np.float64), "umap"
 
 
+def _versions() -> tuple[str, ...]:
+    """Versions of what computes a projection (a cached one from another version is not reused)."""
+    from importlib import metadata
+
+    out = []
+    for dist in ("umap-learn", "scikit-learn", "pynndescent", "numba"):
+        try:
+            out.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{dist}=none")
+    return tuple(out)
+
+
 def cached_project(vectors: np.ndarray, seed: int = 0, store=None) -> tuple[np.ndarray, str]:
     """:func:`project` through the store's results cache, keyed by the vectors' bytes and the
     seed: UMAP (seconds, plus numba's compile on first use in a process) runs once per
@@ -71,7 +84,7 @@ def cached_project(vectors: np.ndarray, seed: int = 0, store=None) -> tuple[np.n
 
     v = np.ascontiguousarray(vectors, dtype=np.float32)
     h = hashlib.blake2b(v.data, digest_size=16)
-    h.update(repr((v.shape, seed, PROJECTION_VERSION)).encode())
+    h.update(repr((v.shape, seed, PROJECTION_VERSION, _versions())).encode())
     key = f"projection:{h.hexdigest()}"
     hit = store.get_result(key)
     if hit is not None:

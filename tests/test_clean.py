@@ -118,3 +118,13 @@ def test_label_issues_in_evaluation_splits_are_listed_not_removed():
     assert m.at["val/b.jpg", "action"] == "keep" and "evaluation split" in m.at["val/b.jpg", "reason"]
     same = decide(table, findings, {**policy, "eval_label_issues": "same"}).set_index("source_path")
     assert same.at["val/b.jpg", "action"] == "quarantine"
+
+
+def test_eval_label_issues_kept_whatever_the_label_issue_action():
+    table = pd.DataFrame({"path": ["val/b.jpg"], "abs_path": ["/x/b.jpg"], "split": ["val"], "label": ["cat"],
+                          "width": 10, "height": 10, "file_size": 1})  # fmt: skip
+    findings = [Finding("label_issue", ["val/b.jpg"], 0.9, "looks like 'dog'", {"suggested_label": "dog"})]
+    policy = load_rules().clean
+    for how in ("drop", "quarantine"):
+        m = decide(table, findings, {**policy, "actions": {**policy["actions"], "label_issue": how}})
+        assert m["action"].tolist() == ["keep"]

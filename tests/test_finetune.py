@@ -113,6 +113,8 @@ def test_block_names_of_common_backbones():
     assert block_of("block_16_project") == "block_16"
     assert block_of("expanded_conv_10_add") == "expanded_conv_10"
     assert block_of("head_conv") is None and block_of("stem_bn") is None
+    assert block_of("convnext_tiny_stage_3_block_2_depthwise_conv") == "stage_3_block_2"
+    assert block_of("conv2d_93") is None and block_of("add_38") is None and block_of("Conv_1") is None
 
 
 def test_frozen_phase_trains_on_features_and_reuses_cached_embeddings(tiny, tmp_path):
@@ -130,6 +132,14 @@ def test_frozen_phase_trains_on_features_and_reuses_cached_embeddings(tiny, tmp_
     ev = result.evaluation
     assert ev["head_trained_on"].startswith("cached embeddings (40 cached, 0 computed")
     assert len(result.history["head"]) == 3 and ev["val_accuracy"] >= 0.75
+    fresh = finetune(tiny, tmp_path / "fresh", opts, cache_dir=tmp_path / "empty")  # embeds now: same head
+    assert fresh.evaluation["head_trained_on"].startswith("cached embeddings (0 cached, 40 computed")
+    import keras as _k
+
+    def weights(res):
+        return _k.saving.load_model(res.model_path, safe_mode=True).get_layer("classifier").get_weights()[0]
+
+    np.testing.assert_array_equal(weights(fresh), weights(result))
     small = finetune(tiny, tmp_path / "small", FinetuneOptions(epochs=2, unfreeze=0, image_size=64, batch_size=8,
                                                                augment=()), cache_dir=cache)  # fmt: skip
     assert small.evaluation["head_trained_on"] == "one forward pass of the backbone"
@@ -160,8 +170,12 @@ def test_keras_applications_backbone_and_offline_weights_error(tiny, tmp_path):
     _, backbone = build(2, opts)
     trained = unfreeze_top(backbone, 1)
     assert trained and all(n.startswith(("block_16_", "Conv_1")) for n in trained)
+    assert any(n.startswith("block_16_") for n in trained)  # the top block itself, not only the head conv
     assert not any(layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
     with pytest.raises(FinetuneError, match="weights file"):
         build(2, FinetuneOptions(image_size=64, backbone="MobileNetV2", weights=str(tmp_path / "missing.h5")))
     with pytest.raises(FinetuneError, match="caffe"):
         build(2, FinetuneOptions(image_size=64, backbone="ResNet50", weights="none"))
+    _, inception = build(2, FinetuneOptions(image_size=96, backbone="InceptionV3", weights="none"))
+    with pytest.raises(FinetuneError, match="cannot tell the blocks"):  # auto-named layers: say so, never train nothing
+        unfreeze_top(inception, 2)

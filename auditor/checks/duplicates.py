@@ -33,9 +33,10 @@ NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedd
 def phash_radius(hashes: np.ndarray, params: dict) -> int:
     """The pHash distance a near duplicate may have: at most ``max_phash_distance`` bits, and
     at most ``max_relative_phash_distance`` times the dataset's typical distance from an
-    image to its nearest other hash (:func:`auditor.hashing.typical_nearest_distance`). On
-    photos (typical ~20 bits) the absolute limit decides; on upscaled 8x8 digits (typical 10
-    bits, distinct digits often 4-6 apart) only copies within 3 bits count."""
+    image to its 5th nearest other hash (:func:`auditor.hashing.typical_nearest_distance`).
+    On photos (typical ~24 bits) the absolute limit decides; on upscaled 8x8 digits (typical
+    14 bits, distinct digits often 4-6 apart) only copies within 3 bits count; a dataset made
+    mostly of near copies keeps its radius (the 5th neighbour is another picture)."""
     typical = typical_nearest_distance(hashes, sample=500)
     radius = params["max_phash_distance"]
     if np.isfinite(typical):
