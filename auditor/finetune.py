@@ -279,12 +279,17 @@ def head_features(
     from .backbones import DEFAULT_BACKBONE, LITE0
 
     if use_cache and options.backbone in (DEFAULT_BACKBONE, LITE0.id) and options.image_size == LITE0.input_size:
-        from .decode import file_digest
         from .embed import embed_files
+        from .extract import hash_all
         from .store import Store
 
-        hashes = [file_digest(p) for p in paths]
         with Store.open_default(cache_dir) as store:
+            by_path = hash_all(paths, store)  # indexed, so the next run does not read the files to hash them
+            unreadable = [p for p in paths if by_path.get(p) is None]
+            if unreadable:
+                raise FinetuneError(f"{unreadable[0]}: cannot be read ({len(unreadable)} such files); run audit "
+                                    "clean first")  # fmt: skip
+            hashes = [by_path[p] for p in paths]
             emb = embed_files(dict(zip(hashes, paths, strict=True)), LITE0, store, cache_dir=cache_dir)
         if emb.failures:
             raise FinetuneError(f"{len(emb.failures)} images cannot be decoded ({next(iter(emb.failures.values()))});"
