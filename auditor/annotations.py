@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .dataset import SPLIT_NAMES, DatasetError, safe_relative
+from .dataset import SPLIT_NAMES, DatasetError, _within, safe_relative
 
 BOX_COLUMNS = ["box_id", "path", "split", "category", "category_id", "x", "y", "w", "h", "units", "source", "where",
                "crowd"]  # fmt: skip
@@ -109,9 +109,7 @@ def _image_root(root: Path, path: Path, names: list[str], images_dir: Path | Non
     best, best_n = root, -1
     sample = names[:100]
     for c in dict.fromkeys(candidates):
-        try:
-            c.resolve().relative_to(root.resolve())
-        except ValueError:
+        if not _inside(c, root):
             continue
         n = sum((c / PurePosixPath(s.replace("\\", "/"))).is_file() for s in sample if s and ".." not in s)
         if n > best_n:
@@ -123,10 +121,8 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
     root = Path(root)
     if images_dir is not None:
         images_dir = Path(images_dir)
-        try:
-            images_dir.resolve().relative_to(root.resolve())
-        except ValueError:
-            raise DatasetError(f"--images {images_dir} must be inside the dataset folder {root}") from None
+        if not _inside(images_dir, root):
+            raise DatasetError(f"--images {images_dir} must be inside the dataset folder {root}")
         if not images_dir.is_dir():
             raise DatasetError(f"--images {images_dir} is not a folder")
     boxes, images, problems = [], {}, []
@@ -155,10 +151,11 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
         for i, img in enumerate(data["images"]):
             try:
                 full = safe_relative(base, img["file_name"])
-                full.resolve().relative_to(root.resolve())
-            except (DatasetError, ValueError):
+            except DatasetError:
+                full = None
+            if full is None or not _inside(full, root):
                 raise DatasetError(f"{path}: $.images[{i}].file_name: {img['file_name']!r} escapes the dataset "
-                                   "root") from None  # fmt: skip
+                                   "root")  # fmt: skip
             rel = (full.parent.resolve() / full.name).relative_to(root.resolve()).as_posix()
             by_id[str(img["id"])] = rel
             entries[f"{label}: images[{i}]"] = rel
@@ -225,11 +222,8 @@ def _polygon_box(segmentation) -> list[float] | None:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
+    """``path`` lies under ``root`` once symbolic links are followed."""
+    return _within(path.resolve(), root.resolve())
 
 
 def _images_frame(images: dict) -> pd.DataFrame:
@@ -295,6 +289,15 @@ def _yolo_names(root: Path) -> tuple[dict[str, str], bool]:
     return {}, False
 
 
+def yolo_label_file(full: Path, pairs: list[tuple[Path, Path]]) -> tuple[Path, Path, Path] | None:
+    """(images folder, labels folder, label file) of an image under one of the YOLO
+    ``pairs`` (:func:`find_yolo`): ``labels/<same relative path>.txt``; None elsewhere."""
+    for img_dir, lab_dir in pairs:
+        if _inside(full, img_dir):
+            return img_dir, lab_dir, (lab_dir / full.relative_to(img_dir)).with_suffix(".txt")
+    return None
+
+
 def _yolo_split(root: Path, img_dir: Path, inner: Path) -> str | None:
     """images/<split>/..., or the Roboflow <split>/images/... (never the root's own name)."""
     if len(inner.parts) > 1 and split_of(inner.parts[0]):
@@ -313,13 +316,11 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
     files: list[str] = []
     for rel in image_paths:
         full = root / rel
-        pair = next(((i, lab) for i, lab in pairs if _inside(full, i)), None)
-        if pair is None:
+        found = yolo_label_file(full, pairs)
+        if found is None:
             continue
-        img_dir, lab_dir = pair
-        inner = full.relative_to(img_dir)
-        label = (lab_dir / inner).with_suffix(".txt")
-        split = _yolo_split(root, img_dir, inner)
+        img_dir, _, label = found
+        split = _yolo_split(root, img_dir, full.relative_to(img_dir))
         lrel = label.relative_to(root).as_posix() if label.is_file() and _inside(label, root) else None
         images[rel] = {"path": rel, "split": split, "width": np.nan, "height": np.nan, "exists": True,
                        "annotated": False, "background": False, "where": lrel or rel}  # fmt: skip

@@ -19,6 +19,7 @@ import pandas as pd
 from . import __version__
 from .backbones import Backbone, get_backbone
 from .checks import CheckContext, Finding, jsonable, load_all
+from .checks.boxes import box_summary
 from .checks.shift import dataset_gap, gap_level, shift_section
 from .dataset import Discovery, discover
 from .extract import ExtractOptions, measure_all
@@ -141,12 +142,6 @@ def backbone_summary(embeddings: Any) -> dict | None:
     if embeddings is None:
         return None
     return {**embeddings.backbone, "embedded": len(embeddings.hashes), "failed": len(embeddings.failures)}
-
-
-def box_summary(ctx: CheckContext) -> dict | None:
-    from .checks.boxes import box_summary as summary
-
-    return summary(ctx)
 
 
 def build_report(

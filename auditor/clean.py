@@ -268,7 +268,7 @@ def _write_annotations(ann: Any, boxes: pd.DataFrame, manifest: pd.DataFrame, ro
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(json.dumps(data) + "\n", encoding="utf-8")
     else:
-        from .annotations import find_yolo
+        from .annotations import find_yolo, yolo_label_file
 
         pairs = find_yolo(root)
         for extra in ("data.yaml", "dataset.yaml", "data.yml", "classes.txt"):
@@ -282,13 +282,12 @@ def _write_annotations(ann: Any, boxes: pd.DataFrame, manifest: pd.DataFrame, ro
             )
         background = dict(zip(ann.images["path"], ann.images["background"], strict=True))
         for path in sorted(kept_images):
-            full = root / path
-            pair = next(((i, lab) for i, lab in pairs if full.is_relative_to(i)), None)
+            found = yolo_label_file(root / path, pairs)
             # no label file when it had none, or when every box of it was dropped (it needs
             # annotating; an empty file would claim "background on purpose")
-            if pair is None or not (background.get(path) or path in lines):
+            if found is None or not (background.get(path) or path in lines):
                 continue
-            dest = tmp / (pair[1] / full.relative_to(pair[0])).with_suffix(".txt").relative_to(root)
+            dest = tmp / found[2].relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text("".join(f"{ln}\n" for ln in lines.get(path, [])), encoding="utf-8")
 

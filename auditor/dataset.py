@@ -240,8 +240,6 @@ def discover(
             raise DatasetError(f"no images found for {', '.join(annotations.files)}: {why or 'the files list none'}")
         rows = [_row(root, root / p, s if isinstance(s, str) else None, None)
                 for p, s in zip(present["path"], present["split"], strict=True)]  # fmt: skip
-        for r, p in zip(rows, present["path"], strict=True):
-            r["path"] = p
         layout = "coco"
     else:
         files = _walk(root, follow_symlinks, skipped)

@@ -47,6 +47,15 @@ def boxes_of(ctx: CheckContext) -> pd.DataFrame | None:
     return ctx._cache["boxes"]
 
 
+def valid_boxes(b: pd.DataFrame, pixels: bool = False) -> pd.DataFrame:
+    """The boxes with a positive size and known normalised corners (``pixels``: and a known
+    size in pixels, finite everywhere), the ones geometry can be compared on."""
+    ok = (b["w"] > 0) & (b["h"] > 0) & b["x0"].notna()
+    if pixels:
+        ok &= np.isfinite(b[["x0", "y0", "x1", "y1", "pw", "ph"]]).all(axis=1)
+    return b[ok]
+
+
 def _box(row) -> dict:
     return {"box": [row.x0, row.y0, row.x1, row.y1], "label": str(row.category), "where": row.where}
 
@@ -104,7 +113,8 @@ def box_tiny(ctx: CheckContext, params: dict) -> list[Finding]:
 def _overlapping(b: pd.DataFrame, min_iou: float, same_class: bool) -> list[Finding]:
     check = "box_duplicate" if same_class else "box_label_conflict"
     out = []
-    valid = b[(b["w"] > 0) & (b["h"] > 0) & b["x0"].notna() & ~b["crowd"].astype(bool)]  # crowd regions overlap
+    valid = valid_boxes(b)
+    valid = valid[~valid["crowd"].astype(bool)]  # crowd regions overlap by design
     for path, g in valid.groupby("path", sort=True):
         if len(g) < 2:
             continue
@@ -294,7 +304,7 @@ def box_style_shift(ctx: CheckContext, params: dict) -> list[Finding]:
         return ctx.skip("box_style_shift", NOT_DETECTION)
     from scipy.stats import ks_2samp, wasserstein_distance  # 0.7 s to import: only for detection data
 
-    b = b[(b["w"] > 0) & (b["h"] > 0) & b["x0"].notna()]
+    b = valid_boxes(b)
     groupings = _groupings(b)
     if not groupings:
         return ctx.skip("box_style_shift", "one split and one annotation source: nothing to compare")
@@ -370,7 +380,7 @@ def box_summary(ctx: CheckContext) -> dict | None:
     if ann is None:
         return None
     b = boxes_of(ctx)
-    valid = b[(b["w"] > 0) & (b["h"] > 0) & np.isfinite(b[["x0", "y0", "x1", "y1", "pw", "ph"]]).all(axis=1)]
+    valid = valid_boxes(b, pixels=True)
     v = style_values(valid)
     classes = {}
     for cls, g in valid.groupby(valid["category"].astype(str), sort=True):

@@ -63,18 +63,19 @@ def typical_embedding_distance(sims: np.ndarray) -> float:
     return float(np.median(1.0 - top)) if len(top) else float("nan")
 
 
-def corroborated(t: pd.DataFrame, e_pairs: np.ndarray, params: dict) -> np.ndarray:
+def corroborated(t: pd.DataFrame, ph: np.ndarray, e_pairs: np.ndarray, params: dict) -> np.ndarray:
     """Which embedding matches to keep: those whose pixels agree too, pHash within
     ``max_mirror_phash_distance`` bits with a left-right mirror allowed. The backbone alone
     cannot tell a copy from another patch of the same texture: adjacent tiles of one gravel
     bed or brick wall score cosine 0.92-0.96, as close as a colour-jittered copy, but their
     pHashes are 16-38 bits apart, while mirrored copies are 0-2, colour-jittered 0-6 and
-    80%-area crops 4-20 (17 of 21 photos within the default 14) bits apart."""
+    80%-area crops 4-20 (17 of 21 photos within the default 14) bits apart. ``ph``: the
+    rows' pHashes as uint64 (already converted by the caller)."""
     if not len(e_pairs):
         return np.zeros(0, dtype=bool)
     if "phash_mirror" not in t or t["phash_mirror"].isna().any():  # measured before mirror hashes
         return np.ones(len(e_pairs), dtype=bool)
-    ph, mirror = to_uint64(t["phash"]), to_uint64(t["phash_mirror"])
+    mirror = to_uint64(t["phash_mirror"])
     a, b = e_pairs[:, 0], e_pairs[:, 1]
     return flip_distance(ph[a], ph[b], mirror[b]) <= params["max_mirror_phash_distance"]
 
@@ -106,7 +107,7 @@ def _near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[
     graph = ctx.ok_knn(EMBEDDING_NEIGHBOURS)
     if graph is not None:
         e_pairs, e_sims = similar_pairs(*graph, embedding_threshold(graph[1], params))
-        keep = corroborated(t, e_pairs, params)
+        keep = corroborated(t, ph, e_pairs, params)
         e_pairs, e_sims = e_pairs[keep], e_sims[keep]
         for (a, b), sim in zip(e_pairs.tolist(), e_sims.tolist(), strict=True):
             evidence.setdefault((a, b), ("embedding", sim))
