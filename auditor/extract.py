@@ -44,10 +44,44 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
     from PIL import Image
 
     img = Image.fromarray(rgb)
-    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
+    # reducing_gap=1: box-reduce by the whole factor first, then a short bilinear step
+    # (half the time of the default 2.0; no visible difference at 128 px)
+    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR, reducing_gap=1.0)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=80)
     return buf.getvalue()
+
+
+_KERNELS: list = []  # [module or None], once this process has tried to load the kernels
+
+
+def pixel_kernels():
+    """The compiled pixel measurements (:mod:`auditor.kernels`), compiled or loaded from
+    numba's cache on first use in a process; None to use the numpy reference instead:
+    ``AUDITOR_NO_JIT`` is set, or numba cannot be imported or compile here (the scan still
+    works, slower)."""
+    if os.environ.get("AUDITOR_NO_JIT"):
+        return None
+    if not _KERNELS:
+        try:
+            from . import kernels
+
+            kernels.warm()
+        except Exception:  # numba missing, built for another numpy, or no cache/compiler
+            kernels = None
+        _KERNELS.append(kernels)
+    return _KERNELS[0]
+
+
+def _pixel_properties(work: np.ndarray) -> tuple[dict, np.ndarray]:
+    """(measure.measure_pixels of the working copy, its rounded uint8 luminance)."""
+    kernels = pixel_kernels()
+    if kernels is not None:
+        return kernels.measure_rgb(work)
+    planes = _planes(work)
+    gray = luminance(work, planes)
+    gray_u8 = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    return measure_pixels(work, gray, planes, gray_u8), gray_u8
 
 
 def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[str | None, dict, bytes | None]:
@@ -67,9 +101,7 @@ def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[
         props.update(error_kind=result.kind, error=result.message)
         return chash, props, None
     work = downscale_to(result.rgb, ANALYSIS_MAX_SIDE)
-    planes = _planes(work)
-    gray = luminance(work, planes)
-    gray_u8 = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    pixel_props, gray_u8 = _pixel_properties(work)
     props.update(
         width=result.width,
         height=result.height,
@@ -82,7 +114,7 @@ def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[
         jpeg_quality=result.jpeg_quality,
         pixel_hash=pixel_hash(result.rgb),
         **perceptual_hashes(gray_u8),
-        **measure_pixels(work, gray, planes, gray_u8),
+        **pixel_props,
     )
     return chash, props, _thumbnail(work)
 
@@ -110,6 +142,7 @@ def _iter_results(paths: list[str], workers: int, options: ExtractOptions):
         for p in paths:
             yield (p, *measure_file(p, options))
         return
+    pixel_kernels()  # compiled (or loaded) once here; forked workers inherit it
     tasks = [paths[i : i + TASK_SIZE] for i in range(0, len(paths), TASK_SIZE)]
     pending_tasks = list(reversed(tasks))
     suspects: list[str] = []  # files of tasks that were in flight when a worker died
