@@ -23,6 +23,7 @@ from .checks.boxes import box_summary
 from .checks.shift import dataset_gap, gap_level, shift_section
 from .dataset import Discovery, discover
 from .extract import ExtractOptions, measure_all
+from .fsutil import default_out_dir
 from .rules import Rules, apply_severities, judge, load_rules
 from .store import Store
 
@@ -49,12 +50,6 @@ class ScanResult:
     @property
     def passed(self) -> bool:
         return bool(self.report["gate"]["passed"])
-
-
-def default_out_dir(dataset: str | os.PathLike) -> Path:
-    """``reports/<dataset-name>/`` under the current directory."""
-    name = Path(dataset).resolve().name or "dataset"
-    return Path("reports") / name
 
 
 def present_paths(disc: Discovery) -> list[str]:

@@ -6,10 +6,12 @@ reason on stderr).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -81,7 +83,12 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         console.print(f"boxes ({bx['format'].upper()}): [bold]{bx['boxes']}[/] on {bx['annotated_images']} of "
                       f"{bx['images']} images; {per}", highlight=False)  # fmt: skip
     emb = getattr(result, "embeddings", None)
-    if emb is not None:
+    if getattr(result, "reused", False):
+        bb = report.get("backbone")
+        what = f"embeddings from {escape(bb['id'])}, " if bb else ""
+        console.print(f"unchanged since the last scan with these options: {what}checks and report reused from the "
+                      "cache (--no-cache runs everything)", style="dim", highlight=False)  # fmt: skip
+    elif emb is not None:
         fresh = f"{emb.computed} computed, {emb.cached} from cache"
         failed = f", {len(emb.failures)} failed" if emb.failures else ""
         console.print(f"embeddings: [bold]{escape(emb.backbone['id'])}[/] ({emb.backbone['dims']}-d; {fresh}{failed})",
@@ -230,21 +237,68 @@ def scan(
 
     With --source, the dataset is compared with a source-like set (domain_shift); without,
     its splits are compared with train (split_shift)."""
+    options = _scan_options(layout=layout, manifest=manifest, coco=coco, images=images, source=source,
+                            source_layout=source_layout, source_manifest=source_manifest, projection=not no_projection,
+                            embed=not no_embed, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
+                            batch_size=batch_size, follow_symlinks=follow_symlinks, max_pixels=max_pixels)  # fmt: skip
+    reuse, files = _reuse(dataset, out, options, rules, cache_dir, no_cache)
+    if files is not None:
+        if not quiet:
+            print_summary(_Reused(json.loads(files["json"].read_bytes())))
+        out_console.print(f"Report: {escape(str(files['html']))}", highlight=False, soft_wrap=True)
+        return
     from .api import scan as run_scan
 
     bar, update = _progress()
     with _input_errors(), bar:
-        result = run_scan(
-            dataset, out, layout=layout, manifest=manifest, coco=coco, images=images, rules=rules, workers=workers,
-            source=source, source_layout=source_layout, source_manifest=source_manifest,
-            projection=not no_projection, embed=not no_embed, backbone=backbone, weights=weights, layer=layer,
-            preprocess=preprocess,
-            batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache,
-            follow_symlinks=follow_symlinks, max_pixels=max_pixels, progress=update,
-        )  # fmt: skip
+        result = run_scan(dataset, out, rules=rules, workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
+                          progress=update, **options)  # fmt: skip
+    if reuse is not None:
+        reuse.record(result.files, result.table)
     if not quiet:
         print_summary(result)
     out_console.print(f"Report: {escape(str(result.files['html']))}", highlight=False, soft_wrap=True)
+
+
+def _scan_options(**given):
+    """Every :func:`auditor.api.scan` option that changes its outputs, defaults filled in, so
+    that ``audit scan`` and ``audit gate`` with the same settings share one reuse record."""
+    options = dict(layout="auto", manifest=None, coco=None, images=None, source=None, source_layout="auto",
+                   source_manifest=None, projection=True, embed=True, backbone=None, weights=None, layer=None,
+                   preprocess="raw", batch_size=32, follow_symlinks=False, max_pixels=None)  # fmt: skip
+    unknown = set(given) - set(options)
+    if unknown:
+        raise TypeError(f"not scan options: {sorted(unknown)}")
+    return {**options, **given}
+
+
+def _reuse(dataset, out, options: dict, rules, cache_dir, no_cache: bool):
+    """(the :class:`auditor.reuse.Reuse` to record into after a full scan, or None; the
+    outputs written again when nothing changed since the last scan with these options, or
+    None)."""
+    if no_cache:
+        return None, None
+    from .fsutil import default_out_dir
+    from .reuse import prepare
+
+    weights = options["weights"]
+    reuse = prepare(dataset, options=options, cache_dir=cache_dir, rules=rules,
+                    follow_symlinks=options["follow_symlinks"],
+                    extra_trees=[options["source"], options["images"]],
+                    extra_files=[options["manifest"], options["coco"], options["source_manifest"],
+                                 weights if weights and Path(weights).is_file() else None])  # fmt: skip
+    if reuse is None:
+        return None, None
+    return reuse, reuse.restore(Path(out) if out else default_out_dir(dataset))
+
+
+@dataclass
+class _Reused:
+    """What :func:`print_summary` reads, for outputs reused from an unchanged earlier scan."""
+
+    report: dict
+    embeddings: None = None
+    reused: bool = True
 
 
 @contextmanager
@@ -302,11 +356,16 @@ def gate(
         if from_report is not None:
             result = run_gate(from_report=from_report, rules=rules)
         else:
-            result = run_gate(
-                dataset, rules=rules, source=source, out=out, embed=not no_embed, backbone=backbone,
-                weights=weights, layout=layout, manifest=manifest, coco=coco, images=images, workers=workers,
-                cache_dir=cache_dir, progress=update,
-            )  # fmt: skip
+            options = _scan_options(source=source, embed=not no_embed, backbone=backbone, weights=weights,
+                                    layout=layout, manifest=manifest, coco=coco, images=images)  # fmt: skip
+            reuse, files = _reuse(dataset, out, options, rules, cache_dir, False)
+            if files is not None:  # judged under these rules when recorded
+                result = run_gate(from_report=files["json"])
+            else:
+                result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir,
+                                  progress=update, **options)  # fmt: skip
+                if reuse is not None:
+                    reuse.record(result.scan.files, result.scan.table)
     if junit is not None:
         try:
             atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
@@ -618,6 +677,12 @@ def main() -> None:
         app()
     except BrokenPipeError:  # `audit scan ... | head`
         sys.exit(0)
+    finally:
+        # Everything is written by now. Freezing the heap spares the interpreter's exit a
+        # full garbage collection over numba's and pandas' objects (about 0.2 s).
+        import gc
+
+        gc.freeze()
 
 
 if __name__ == "__main__":

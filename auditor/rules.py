@@ -24,11 +24,13 @@ import copy
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .checks import Finding, load_all
+if TYPE_CHECKING:  # the checks (and pandas) load when rules are validated, not on import
+    from .checks import Finding
+
 
 SCHEMA = "auditor.rules/1"
 SEVERITIES = ("info", "warning", "error")
@@ -141,6 +143,8 @@ def _check_type(src: str, key: str, value: Any, expected) -> None:
 
 def validate(data: dict, src: str) -> Rules:
     """Turn a parsed (and merged) rules mapping into :class:`Rules`, or raise RulesError."""
+    from .checks import load_all
+
     registry = load_all()
     unknown = set(data) - _TOP_KEYS
     if unknown:

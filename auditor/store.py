@@ -90,10 +90,14 @@ class Store:
         self._db.executescript(_SCHEMA)
         self._db.commit()
 
+    @staticmethod
+    def default_path(cache_dir: str | os.PathLike | None = None) -> Path:
+        """The database file in ``cache_dir`` (default :func:`default_cache_dir`)."""
+        return (Path(cache_dir) if cache_dir else default_cache_dir()) / "store.sqlite3"
+
     @classmethod
     def open_default(cls, cache_dir: str | os.PathLike | None = None) -> Store:
-        root = Path(cache_dir) if cache_dir else default_cache_dir()
-        return cls(root / "store.sqlite3")
+        return cls(cls.default_path(cache_dir))
 
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,162 @@
+"""`audit scan` reuses its outputs when nothing it reads has changed, and only then."""
+
+import builtins
+import os
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from auditor import api, reuse, synth
+from auditor.cli import app
+from auditor.store import Store
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def dataset(tmp_path, tiles):
+    root = tmp_path / "ds"
+    for i in range(6):
+        name, px = tiles[i * 7]
+        synth.write(root / ("val" if i % 3 == 0 else "train") / name / f"{i}.jpg", synth.jpeg_bytes(px, 90))
+    synth.write(root / "train" / "x" / "empty.jpg", b"")  # a corrupt file is a stable finding
+    return root
+
+
+@pytest.fixture
+def full_scans(monkeypatch):
+    """Counts the scans that really ran (api.scan calls) behind the CLI."""
+    calls = []
+    real = api.scan
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "scan", counting)
+    return calls
+
+
+def _scan(root, out, *extra):
+    res = runner.invoke(app, ["scan", str(root), "--no-embed", "--out", str(out), *extra])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def _later(path):
+    """Give ``path`` a newer mtime (same content) even on a coarse-clock file system."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
+def test_unchanged_rescan_writes_the_same_outputs_without_scanning(tmp_path, dataset, full_scans):
+    first = _scan(dataset, tmp_path / "o1")
+    second = _scan(dataset, tmp_path / "o2")
+    assert len(full_scans) == 1
+    assert "unchanged since the last scan" in second and "unchanged since" not in first
+    for name in ("report.json", "report.html", "images.parquet"):
+        assert (tmp_path / "o1" / name).read_bytes() == (tmp_path / "o2" / name).read_bytes(), name
+    assert "corrupt" in second  # the summary is printed from the reused report
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["touch an image", "replace an image", "add a file", "remove a file", "other options", "rules file", "env"],
+)
+def test_any_change_scans_again(tmp_path, dataset, full_scans, tiles, monkeypatch, change):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("extends: default\n")
+    _scan(dataset, tmp_path / "o1", "--rules", str(rules))
+    image = next(dataset.rglob("1.jpg"))
+    extra = ["--rules", str(rules)]
+    if change == "touch an image":
+        _later(image)
+    elif change == "replace an image":
+        image.write_bytes(synth.jpeg_bytes(tiles[40][1], 90))
+    elif change == "add a file":
+        (dataset / "notes.txt").write_text("hello")
+    elif change == "remove a file":
+        image.unlink()
+    elif change == "other options":
+        extra += ["--layout", "split-folders"]
+    elif change == "rules file":
+        time.sleep(0.01)
+        rules.write_text("extends: strict\n")
+        _later(rules)
+    elif change == "env":
+        monkeypatch.setenv("AUDITOR_NO_JIT", "1")
+    out = _scan(dataset, tmp_path / "o2", *extra)
+    assert len(full_scans) == 2, change
+    assert "unchanged since the last scan" not in out
+    assert _scan(dataset, tmp_path / "o3", *extra) and len(full_scans) == 2  # and the new state is reused
+
+
+def test_rules_extends_chain_is_part_of_the_fingerprint(tmp_path, dataset, full_scans):
+    base = tmp_path / "base.yaml"
+    base.write_text("extends: default\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\n")
+    assert reuse.rules_files(str(child)) == [child, base]
+    _scan(dataset, tmp_path / "o1", "--rules", str(child))
+    base.write_text("extends: lenient\n")
+    _later(base)
+    _scan(dataset, tmp_path / "o2", "--rules", str(child))
+    assert len(full_scans) == 2
+
+
+def test_no_cache_never_reuses_or_records(tmp_path, dataset, full_scans):
+    _scan(dataset, tmp_path / "o1", "--no-cache")
+    _scan(dataset, tmp_path / "o2", "--no-cache")
+    _scan(dataset, tmp_path / "o3")
+    assert len(full_scans) == 3
+
+
+def test_unreadable_files_are_not_recorded(tmp_path, dataset, full_scans, monkeypatch):
+    """A file that could not be read (here: permission denied, as for a user without
+    rights; root reads everything, so open() is made to fail) is read again next time."""
+    locked = next(dataset.rglob("1.jpg"))
+    real_open = builtins.open
+
+    def guarded(file, *a, **kw):
+        if str(file) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    _scan(dataset, tmp_path / "o1", "--workers", "1")
+    monkeypatch.setattr(builtins, "open", real_open)
+    _scan(dataset, tmp_path / "o2", "--workers", "1")
+    assert len(full_scans) == 2
+    assert "permission denied" not in (tmp_path / "o2" / "report.json").read_text()
+
+
+def test_a_damaged_or_hostile_record_is_ignored(tmp_path, dataset, full_scans):
+    _scan(dataset, tmp_path / "o1")
+    r = reuse.prepare(dataset, options={}, cache_dir=os.environ["AUDITOR_CACHE_DIR"])
+    good = {"json": ("report.json", b"{}"), "html": ("report.html", b"<p>")}
+    assert reuse._unpack(reuse._pack(r.fingerprint, good), r.fingerprint) == good
+    assert reuse._unpack(reuse._pack(r.fingerprint, good), "other") is None
+    assert reuse._unpack(reuse._pack(r.fingerprint, good)[:-1], r.fingerprint) is None  # truncated
+    hostile = {"json": ("report.json", b"{}"), "html": ("../../escape.html", b"x")}
+    assert reuse._unpack(reuse._pack(r.fingerprint, hostile), r.fingerprint) is None
+    # a record replaced by garbage: the next scan runs in full and replaces it
+    with Store(Store.default_path(os.environ["AUDITOR_CACHE_DIR"])) as store:
+        keys = [k for (k,) in store._db.execute("SELECT key FROM results WHERE key LIKE 'scan:%'")]
+        assert len(keys) == 1
+        store.put_result(keys[0], b"not a record")
+    _scan(dataset, tmp_path / "o2")
+    assert len(full_scans) == 2
+    assert not (tmp_path / "escape.html").exists()
+
+
+def test_gate_after_scan_reuses_the_scan_and_judges_its_report(tmp_path, dataset, full_scans):
+    _scan(dataset, tmp_path / "o1")
+    res = runner.invoke(app, ["gate", str(dataset), "--no-embed", "--out", str(tmp_path / "o2"),
+                              "--junit", str(tmp_path / "junit.xml")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(full_scans) == 1
+    assert (tmp_path / "o2" / "report.json").read_bytes() == (tmp_path / "o1" / "report.json").read_bytes()
+    assert "corrupt" in (tmp_path / "junit.xml").read_text()
+    res = runner.invoke(app, ["gate", str(dataset), "--no-embed", "--rules", "strict", "--out", str(tmp_path / "o3")])
+    assert len(full_scans) == 2  # other rules: scanned (and judged) again
