@@ -73,9 +73,10 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
     splits = escape(", ".join(f"{k} {v}" for k, v in ds["splits"].items()) or "no splits")
     bx = report.get("boxes")
     classes = "" if bx else f"{len(ds['classes'])} classes, "
+    skipped = ", ".join(f"{k} {v}" for k, v in (ds.get("skipped") or {}).items())
     console.print(
         f"[bold]{ds['images']}[/] images ({ds['unreadable']} unreadable), {classes}{splits}; "
-        f"layout [bold]{ds['layout']}[/]",
+        f"layout [bold]{ds['layout']}[/]" + (f"; skipped: {escape(skipped)}" if skipped else ""),
         highlight=False,
     )
     if bx:
@@ -88,14 +89,14 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         what = f"embeddings from {escape(bb['id'])}, " if bb else ""
         console.print(f"unchanged since the last scan with these options: {what}checks and report reused from the "
                       "cache (--no-cache runs everything)", style="dim", highlight=False)  # fmt: skip
+    if emb is None and not report.get("backbone"):
+        console.print("embeddings: skipped (--no-embed); outlier and embedding near-duplicate checks did not run",
+                      style="dim", highlight=False)  # fmt: skip
     elif emb is not None:
         fresh = f"{emb.computed} computed, {emb.cached} from cache"
         failed = f", {len(emb.failures)} failed" if emb.failures else ""
         console.print(f"embeddings: [bold]{escape(emb.backbone['id'])}[/] ({emb.backbone['dims']}-d; {fresh}{failed})",
                       highlight=False)  # fmt: skip
-    else:
-        console.print("embeddings: skipped (--no-embed); outlier and embedding near-duplicate checks did not run",
-                      style="dim", highlight=False)  # fmt: skip
     print_shift(report, console)
     by_check: dict[str, list[dict]] = {}
     for f in report["findings"]:
@@ -254,7 +255,7 @@ def scan(
         result = run_scan(dataset, out, rules=rules, workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
                           progress=update, **options)  # fmt: skip
     if reuse is not None:
-        reuse.record(result.files, result.table)
+        reuse.record(result.files, result.table, result.source_table)
     if not quiet:
         print_summary(result)
     out_console.print(f"Report: {escape(str(result.files['html']))}", highlight=False, soft_wrap=True)
@@ -281,12 +282,17 @@ def _reuse(dataset, out, options: dict, rules, cache_dir, no_cache: bool):
     from .fsutil import default_out_dir
     from .reuse import prepare
 
-    weights = options["weights"]
+    trees, files = [], []
+    for key in ("source", "images", "manifest", "coco", "source_manifest", "weights", "backbone"):
+        path = Path(options[key]) if options[key] else None
+        if path is not None and path.is_dir():
+            trees.append(path)
+        elif path is not None and path.is_file():
+            files.append(path)  # a manifest, COCO file, weights or model file
+            if key == "source":  # a source manifest: its folder holds the images it lists
+                trees.append(path.parent)
     reuse = prepare(dataset, options=options, cache_dir=cache_dir, rules=rules,
-                    follow_symlinks=options["follow_symlinks"],
-                    extra_trees=[options["source"], options["images"]],
-                    extra_files=[options["manifest"], options["coco"], options["source_manifest"],
-                                 weights if weights and Path(weights).is_file() else None])  # fmt: skip
+                    follow_symlinks=options["follow_symlinks"], extra_trees=trees, extra_files=files)  # fmt: skip
     if reuse is None:
         return None, None
     return reuse, reuse.restore(Path(out) if out else default_out_dir(dataset))
@@ -365,7 +371,7 @@ def gate(
                 result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir,
                                   progress=update, **options)  # fmt: skip
                 if reuse is not None:
-                    reuse.record(result.scan.files, result.scan.table)
+                    reuse.record(result.scan.files, result.scan.table, result.scan.source_table)
     if junit is not None:
         try:
             atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))

@@ -61,6 +61,16 @@ class Discovery:
     annotations: Any = None  # auditor.annotations.Annotations for COCO / YOLO datasets
 
 
+def _utf8(name: str) -> bool:
+    """Whether a file name decoded from the file system is valid UTF-8 (Python keeps the
+    bytes of one that is not as lone surrogates, which JSON and Parquet cannot hold)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
 
@@ -100,6 +110,9 @@ def _walk(root: Path, follow_symlinks: bool, skipped: Counter) -> list[Path]:
             if _is_hidden(name):
                 skipped["hidden"] += 1
                 continue
+            if not _utf8(name):
+                skipped["non_utf8_name"] += 1
+                continue
             sub = d / name
             if sub.is_symlink() and not follow_symlinks and not _within(sub.resolve(), real_root):
                 skipped["symlink_outside_root"] += 1
@@ -110,6 +123,9 @@ def _walk(root: Path, follow_symlinks: bool, skipped: Counter) -> list[Path]:
             f = d / name
             if _is_hidden(name):
                 skipped["hidden"] += 1
+                continue
+            if not _utf8(name):  # report.json and the Parquet table can only hold UTF-8 paths
+                skipped["non_utf8_name"] += 1
                 continue
             if f.is_symlink():
                 if not f.exists():

@@ -193,7 +193,16 @@ def _noise_blocks(rgb, block, sig, mean):
                 mean[c, bi, bj] = sm / n
 
 
-@njit(cache=True, nogil=True)
+def _jit_cached(fn):
+    """``njit`` with numba's on-disk cache; without it where numba finds no writable cache
+    folder (then each process compiles, a few seconds, instead of using numpy)."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(nogil=True)(fn)
+
+
+@_jit_cached
 def _measure(rgb, block):
     """Every compiled measurement of one image: (gray_u8, luma histogram, spread
     histogram, colour moments, [sharp m1, kept] per axis, Laplacian sums, Haar energies,
@@ -227,7 +236,10 @@ def _measure(rgb, block):
 def warm() -> None:
     """Compile (or load from numba's cache) the kernel now, on a tiny image, so that worker
     processes forked afterwards inherit it instead of each loading or compiling its own."""
-    measure_rgb(np.zeros((40, 40, 3), np.uint8))
+    image = np.zeros((40, 40, 3), np.uint8)
+    measure_rgb(image)
+    image.setflags(write=False)  # decoded images are read-only arrays: numba's other signature
+    measure_rgb(image)
 
 
 def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:

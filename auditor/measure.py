@@ -33,6 +33,7 @@ def downscale_to(rgb: np.ndarray, max_side: int) -> np.ndarray:
     result deterministic and alias-free."""
     h, w = rgb.shape[:2]
     factor = int(np.ceil(max(h, w) / max_side)) if max(h, w) > max_side else 1
+    factor = min(factor, h, w)  # a 1 x 3000 strip stays one pixel wide
     if factor <= 1:
         return rgb
     hh, ww = (h // factor) * factor, (w // factor) * factor

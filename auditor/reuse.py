@@ -39,6 +39,8 @@ from .store import Store
 #: Bump when the record format changes.
 _FORMAT = 1
 _MAX_FILES_PER_TREE = 2_000_000  # past this, fingerprinting costs more than it saves
+#: error kinds the measurement cache does not keep (the next scan tries the file again)
+_RETRIED = ("unreadable", "decoder_crash")
 
 
 def _stat_line(path: str, follow: bool = True) -> str:
@@ -63,15 +65,30 @@ def _entry(h, path: str) -> None:
 
 
 def _tree(h, root: Path, follow_symlinks: bool) -> bool:
-    """Feed every entry under ``root`` (sorted, with its state) into ``h``; False when the
-    tree is too large to fingerprint."""
+    """Feed every entry under ``root`` (sorted, with its state) into ``h``, walking it as
+    discovery does (linked folders followed, those leaving the root only with
+    ``follow_symlinks``, each real folder once: a link loop ends); False when the tree is too
+    large to fingerprint."""
+    real_root = os.path.realpath(root)
+    seen: set[str] = set()
     count = 0
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
-        dirnames.sort()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         _entry(h, dirpath)
-        for name in dirnames:  # a linked folder: where it points, whether or not it is walked
-            if os.path.islink(os.path.join(dirpath, name)):
-                _entry(h, os.path.join(dirpath, name))
+        keep = []
+        for name in sorted(dirnames):
+            sub = os.path.join(dirpath, name)
+            if os.path.islink(sub):
+                _entry(h, sub)  # where it points, whether or not it is walked
+                target = os.path.realpath(sub)
+                if not follow_symlinks and os.path.commonpath([target, real_root]) != real_root:
+                    continue
+            keep.append(name)
+        dirnames[:] = keep
         for name in sorted(filenames):
             _entry(h, os.path.join(dirpath, name))
             count += 1
@@ -100,14 +117,16 @@ def _auditor_state(h) -> None:
 
 
 def rules_files(rules: str | None) -> list[Path]:
-    """The rules file a scan reads and every file it ``extends`` (presets are part of the
-    auditor's own source). Unreadable or invalid files are left to the scan to report."""
-    from .rules import PRESETS
+    """The rules file a scan reads (a preset's file for a preset name, the default preset
+    for None) and every file it ``extends``. Unreadable or invalid files are left to the
+    scan to report."""
+    from .rules import PRESETS, preset_path
 
-    if rules is None or rules in PRESETS:
-        return []
+    def resolve(name: str, base: Path | None) -> Path:
+        return preset_path(name) if name in PRESETS else (base / name if base else Path(name))
+
     out: list[Path] = []
-    path = Path(rules)
+    path = resolve(rules or "default", None)
     while path.is_file() and path.resolve() not in [p.resolve() for p in out]:
         out.append(path)
         try:
@@ -116,9 +135,9 @@ def rules_files(rules: str | None) -> list[Path]:
             parent = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("extends")
         except Exception:
             break
-        if not isinstance(parent, str) or parent in PRESETS:
+        if not isinstance(parent, str):
             break
-        path = path.parent / parent
+        path = resolve(parent, path.parent)
     return out
 
 
@@ -153,12 +172,14 @@ class Reuse:
         atomic_write_bytes(out["json"], files["json"][1])  # last, as a full scan does
         return out
 
-    def record(self, files: dict[str, Path], table=None) -> bool:
+    def record(self, files: dict[str, Path], *tables) -> bool:
         """Remember the outputs a full scan just wrote (``role -> path``). Not when a file of
-        the scan's per-image ``table`` could not be read (an I/O or permission error, which
-        a rescan retries, unlike a corrupt file). Returns whether it recorded."""
-        if table is not None and "error_kind" in table and bool((table["error_kind"] == "unreadable").any()):
-            return False
+        the scan's per-image ``tables`` (the dataset's, the source set's) could not be read
+        or crashed the decoder: a rescan retries those (an I/O or permission error, a worker
+        killed), unlike a corrupt file. Returns whether it recorded."""
+        for table in tables:
+            if table is not None and "error_kind" in table and bool(table["error_kind"].isin(_RETRIED).any()):
+                return False
         try:
             parts = {role: (Path(p).name, Path(p).read_bytes()) for role, p in files.items()}
             with Store(self.store_path) as store:
@@ -180,8 +201,16 @@ def prepare(
 ) -> Reuse | None:
     """Fingerprint a scan of ``dataset`` with ``options`` (JSON-able, everything that changes
     the outputs). ``extra_trees``: other folders it reads (the source set, COCO images);
-    ``extra_files``: single files (manifest, COCO JSON, weights). None when the dataset is
-    not a folder (the scan reports that) or too large to fingerprint."""
+    ``extra_files``: single files (manifests, COCO JSON, weights, a model file). None when the
+    dataset is not a folder, a path cannot be resolved (the scan reports those) or the tree
+    is too large to fingerprint."""
+    try:
+        return _prepare(dataset, options, cache_dir, rules, extra_trees, extra_files, follow_symlinks)
+    except (OSError, RuntimeError, ValueError):  # e.g. a link loop in a path: the scan reports it
+        return None
+
+
+def _prepare(dataset, options, cache_dir, rules, extra_trees, extra_files, follow_symlinks) -> Reuse | None:
     root = Path(dataset)
     if not root.is_dir():
         return None
@@ -200,7 +229,7 @@ def prepare(
                 return None
     for f in (*extra_files, *rules_files(rules)):
         if f is not None:
-            h.update(f"file {_stat_line(str(Path(f).resolve()))}\n".encode("utf-8", "surrogateescape"))
+            h.update(f"file {_stat_line(str(Path(f).absolute()))}\n".encode("utf-8", "surrogateescape"))
     return Reuse(store_path, key, h.hexdigest())
 
 
@@ -213,23 +242,26 @@ def _pack(fingerprint: str, files: dict[str, tuple[str, bytes]]) -> bytes:
 
 
 def _unpack(blob: bytes, fingerprint: str) -> dict[str, tuple[str, bytes]] | None:
-    """The files of a record made by :func:`_pack`, or None unless it is whole and matches."""
+    """The files of a record made by :func:`_pack`, or None unless it is whole, matches,
+    names plain file names only, and has the report files."""
     head, sep, body = blob.partition(b"\n")
     if not sep:
         return None
     try:
         header = json.loads(head)
-    except ValueError:
+        if header["format"] != _FORMAT or header["fingerprint"] != fingerprint:
+            return None
+        files: dict[str, tuple[str, bytes]] = {}
+        offset = 0
+        for role, name, size in header["files"]:
+            if not (isinstance(role, str) and isinstance(name, str) and isinstance(size, int) and size >= 0):
+                return None
+            if os.path.basename(name) != name or name in ("", ".", "..") or "\0" in name:
+                return None  # a record names files, never paths
+            files[role] = (name, body[offset : offset + size])
+            offset += size
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    if header.get("format") != _FORMAT or header.get("fingerprint") != fingerprint:
-        return None
-    files: dict[str, tuple[str, bytes]] = {}
-    offset = 0
-    for role, name, size in header["files"]:
-        if os.path.basename(name) != name or name in ("", ".", ".."):
-            return None  # a record names files, never paths
-        files[role] = (name, body[offset : offset + size])
-        offset += size
-    if offset != len(body) or "json" not in files:
+    if offset != len(body) or not {"json", "html"} <= files.keys():
         return None
     return files

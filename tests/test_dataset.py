@@ -96,3 +96,14 @@ def test_missing_and_empty_dataset(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(DatasetError, match="no images"):
         discover(tmp_path / "empty")
+
+
+def test_names_that_are_not_utf8_are_skipped_and_counted(tmp_path):
+    good = synth.jpeg_bytes(synth.load_photo("coffee")[:64, :64], 90)
+    for i in range(2):
+        synth.write(tmp_path / f"ok{i}.jpg", good)
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.jpg"), "wb") as fh:
+        fh.write(good)
+    disc = discover(tmp_path)
+    assert len(disc.items) == 2
+    assert disc.skipped.get("non_utf8_name") == 1

@@ -69,3 +69,10 @@ def test_downscale_to_bounds_the_longer_side():
     small = measure.downscale_to(rgb, 1024)
     assert max(small.shape[:2]) <= 1024
     assert measure.downscale_to(rgb[:500, :500], 1024).shape == (500, 500, 3)
+
+
+def test_downscale_keeps_a_one_pixel_strip():
+    strip = np.full((3000, 1, 3), 120, np.uint8)
+    out = measure.downscale_to(strip, 1024)
+    assert out.shape[1] == 1 and out.shape[0] >= 1
+    assert measure.measure_pixels(out)["brightness_mean"] == pytest.approx(120, abs=0.5)

@@ -1,6 +1,7 @@
 """`audit scan` reuses its outputs when nothing it reads has changed, and only then."""
 
 import builtins
+import json
 import os
 import time
 
@@ -58,6 +59,7 @@ def test_unchanged_rescan_writes_the_same_outputs_without_scanning(tmp_path, dat
     for name in ("report.json", "report.html", "images.parquet"):
         assert (tmp_path / "o1" / name).read_bytes() == (tmp_path / "o2" / name).read_bytes(), name
     assert "corrupt" in second  # the summary is printed from the reused report
+    assert "embeddings: skipped (--no-embed)" in second
 
 
 @pytest.mark.parametrize(
@@ -93,11 +95,13 @@ def test_any_change_scans_again(tmp_path, dataset, full_scans, tiles, monkeypatc
 
 
 def test_rules_extends_chain_is_part_of_the_fingerprint(tmp_path, dataset, full_scans):
+    from auditor.rules import preset_path
+
     base = tmp_path / "base.yaml"
     base.write_text("extends: default\n")
     child = tmp_path / "child.yaml"
     child.write_text("extends: base.yaml\n")
-    assert reuse.rules_files(str(child)) == [child, base]
+    assert reuse.rules_files(str(child)) == [child, base, preset_path("default")]
     _scan(dataset, tmp_path / "o1", "--rules", str(child))
     base.write_text("extends: lenient\n")
     _later(base)
@@ -112,23 +116,33 @@ def test_no_cache_never_reuses_or_records(tmp_path, dataset, full_scans):
     assert len(full_scans) == 3
 
 
-def test_unreadable_files_are_not_recorded(tmp_path, dataset, full_scans, monkeypatch):
-    """A file that could not be read (here: permission denied, as for a user without
-    rights; root reads everything, so open() is made to fail) is read again next time."""
-    locked = next(dataset.rglob("1.jpg"))
-    real_open = builtins.open
+@pytest.mark.parametrize("failure", ["permission denied", "decoder crash"])
+def test_files_the_next_scan_retries_are_not_recorded(tmp_path, dataset, full_scans, monkeypatch, failure):
+    """A file that could not be read (permission denied; root reads everything, so open()
+    is made to fail) or that killed a decoder worker is tried again by the next scan, so
+    that scan's outputs must not be reused."""
+    from auditor import extract
 
-    def guarded(file, *a, **kw):
-        if str(file) == str(locked):
+    victim = str(next(dataset.rglob("1.jpg")))
+    target = (builtins, "open") if failure == "permission denied" else (extract, "measure_file")
+    real = getattr(*target)
+
+    def failing(path, *a, **kw):
+        if str(path) != victim:
+            return real(path, *a, **kw)
+        if failure == "permission denied":
             raise PermissionError(13, "Permission denied")
-        return real_open(file, *a, **kw)
+        return None, {"error_kind": "decoder_crash", "error": "the decoder crashed on this file"}, None
 
-    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(*target, failing)
     _scan(dataset, tmp_path / "o1", "--workers", "1")
-    monkeypatch.setattr(builtins, "open", real_open)
+    monkeypatch.setattr(*target, real)
     _scan(dataset, tmp_path / "o2", "--workers", "1")
     assert len(full_scans) == 2
-    assert "permission denied" not in (tmp_path / "o2" / "report.json").read_text()
+    corrupt = [
+        f for f in json.loads((tmp_path / "o2" / "report.json").read_text())["findings"] if f["check"] == "corrupt"
+    ]
+    assert all(not p.endswith("1.jpg") for f in corrupt for p in f["paths"])
 
 
 def test_a_damaged_or_hostile_record_is_ignored(tmp_path, dataset, full_scans):
@@ -160,3 +174,68 @@ def test_gate_after_scan_reuses_the_scan_and_judges_its_report(tmp_path, dataset
     assert "corrupt" in (tmp_path / "junit.xml").read_text()
     res = runner.invoke(app, ["gate", str(dataset), "--no-embed", "--rules", "strict", "--out", str(tmp_path / "o3")])
     assert len(full_scans) == 2  # other rules: scanned (and judged) again
+
+
+def test_a_source_manifest_and_its_images_are_part_of_the_fingerprint(tmp_path, dataset, full_scans, tiles):
+    src = tmp_path / "src"
+    rows = ["path,label"]
+    for i in range(4):
+        synth.write(src / f"s{i}.jpg", synth.jpeg_bytes(tiles[50 + i][1], 90))
+        rows.append(f"s{i}.jpg,x")
+    manifest = src / "list.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    args = ("--source", str(manifest), "--no-projection")
+    _scan(dataset, tmp_path / "o1", *args)
+    manifest.write_text("\n".join(rows[:3]) + "\n")
+    _later(manifest)
+    _scan(dataset, tmp_path / "o2", *args)
+    assert len(full_scans) == 2
+    synth.write(src / "s0.jpg", synth.jpeg_bytes(tiles[60][1], 90))  # an image the manifest lists
+    _later(src / "s0.jpg")
+    _scan(dataset, tmp_path / "o3", *args)
+    assert len(full_scans) == 3
+
+
+def test_presets_and_model_files_are_part_of_the_fingerprint(tmp_path, dataset):
+    from auditor.rules import preset_path
+
+    assert reuse.rules_files(None) == [preset_path("default")]
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: strict\n")
+    assert reuse.rules_files(str(child)) == [child, preset_path("strict"), preset_path("default")]
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"one")
+    opts = {"backbone": str(model)}
+    before = reuse.prepare(dataset, options=opts, extra_files=[model]).fingerprint
+    model.write_bytes(b"other model")
+    assert reuse.prepare(dataset, options=opts, extra_files=[model]).fingerprint != before
+
+
+def test_fingerprinting_survives_link_loops_and_unresolvable_paths(tmp_path, dataset):
+    (dataset / "train" / "up").symlink_to("..")  # a loop when links are followed
+    (dataset / "train" / "up2").symlink_to("..")
+    start = time.perf_counter()
+    assert reuse.prepare(dataset, options={}, follow_symlinks=True) is not None
+    assert time.perf_counter() - start < 5
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop)
+    assert reuse.prepare(dataset, options={}, extra_files=[loop]) is not None  # its state: "cannot stat"
+    res = runner.invoke(
+        app, ["scan", str(dataset), "--no-embed", "--manifest", str(loop), "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2, res.output  # the scan's own one-line input error, no traceback
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"[]",
+        b'{"format": 1}',
+        b'{"format": 1, "fingerprint": "F", "files": [["json"]]}',
+        b'{"format": 1, "fingerprint": "F", "files": [["json", 3, 0]]}',
+        b'{"format": 1, "fingerprint": "F", "files": [["json", "a\\u0000b", 0]]}',
+        b'{"format": 1, "fingerprint": "F", "files": [["json", "report.json", 0]]}',
+    ],
+)
+def test_malformed_records_are_refused_not_raised(header):
+    assert reuse._unpack(header + b"\n", "F") is None
