@@ -8,7 +8,8 @@ functions of
 * every file under the dataset root (and under the ``--source`` set, the COCO ``--images``
   folder, the ``--manifest`` / ``--coco`` / ``--rules`` files and the files they extend),
   taken by path, size, modification and change time, inode and mode, like git's index;
-* the scan's options, the ``AUDITOR_*`` environment, and the auditor that runs: its version,
+* the scan's options, the ``AUDITOR_*``, ``KERAS_*``, ``TF_*``, ``CUDA_*``, ``NUMBA_*`` and
+  ``OMP_*`` environment, and the auditor that runs: its version,
   its own source files and the installed packages (the site-packages folders' change times,
   which move with every install, upgrade or removal).
 
@@ -41,6 +42,9 @@ _FORMAT = 1
 _MAX_FILES_PER_TREE = 2_000_000  # past this, fingerprinting costs more than it saves
 #: error kinds the measurement cache does not keep (the next scan tries the file again)
 _RETRIED = ("unreadable", "decoder_crash")
+#: environment variables that can change a scan's outputs: the auditor's own, and those that
+#: steer Keras / TensorFlow / numba (backend, devices, oneDNN, threading)
+_ENV_PREFIXES = ("AUDITOR_", "KERAS_", "TF_", "CUDA_", "NUMBA_", "OMP_")
 
 
 def _stat_line(path: str, follow: bool = True) -> str:
@@ -112,8 +116,8 @@ def _auditor_state(h) -> None:
         if entry and os.path.isdir(entry) and ("site-packages" in entry or "dist-packages" in entry):
             h.update(_stat_line(entry).encode() + b"\n")
     for key in sorted(os.environ):
-        if key.startswith("AUDITOR_") and key != "AUDITOR_CACHE_DIR":
-            h.update(f"env {key}={os.environ[key]}\n".encode())
+        if key.startswith(_ENV_PREFIXES) and key != "AUDITOR_CACHE_DIR":
+            h.update(f"env {key}={os.environ[key]}\n".encode("utf-8", "surrogateescape"))
 
 
 def rules_files(rules: str | None) -> list[Path]:
