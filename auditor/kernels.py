@@ -10,8 +10,8 @@ bit-identical.
 
 The kernels are compiled on first use and cached on disk by numba (``cache=True``: next to
 this file, or in numba's user cache directory when that is read-only), so only the first
-scan on a machine pays the compilation (a few seconds). numba comes with umap-learn, a
-dependency; where it cannot be imported, or with ``AUDITOR_NO_JIT=1``, the scan uses the
+scan on a machine pays the compilation (a few seconds). numba is a dependency (umap-learn's
+too); where it cannot be imported, or with ``AUDITOR_NO_JIT=1``, the scan uses the
 numpy reference instead (same results, slower).
 """
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from . import measure as m
 
 # Rec. 601 luma weights as float32: numpy computes ``0.299 * r + ...`` on float32 planes in
 # float32 (NEP 50), so these give the same bits.
@@ -245,8 +247,6 @@ def warm() -> None:
 def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """The properties of :func:`auditor.measure.measure_pixels` for one RGB uint8 image,
     and its rounded luminance (uint8, for the perceptual hashes)."""
-    from . import measure as m
-
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]
     n = h * w
@@ -267,7 +267,8 @@ def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     }
     if min(h, w) >= 3:
         out["sharpness"] = 1.0 - max(1.0 if m1 <= 1e-9 else kept / m1 for m1, kept in (blur[:2], blur[2:]))
-        out["laplacian_var"] = _std(lap[0], lap[1], int(lap[2])) ** 2
+        mean_lap = lap[0] / lap[2]
+        out["laplacian_var"] = max(lap[1] / lap[2] - mean_lap * mean_lap, 0.0)
     if min(h, w) >= 8:
         out["detail_ratio"] = float(np.log((haar[0] + 1e-3) / (haar[1] + 1e-3)))
     out["noise_sigma"] = _noise(rgb, sig, mean)
@@ -289,18 +290,9 @@ def _colour_stats(moments: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(s, np.float64) / n, cov
 
 
-def _std(s: float, ss: float, n: int) -> float:
-    if n <= 0:
-        return 0.0
-    mean = s / n
-    return float(np.sqrt(max(ss / n - mean * mean, 0.0)))
-
-
 def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray) -> float:
     """measure.noise_sigma per channel, averaged, from the compiled per-block values (the
     quantile in numpy; images too small for the block estimator use the reference)."""
-    from . import measure as m
-
     if sig.shape[1] * sig.shape[2] < 16:
         return float(np.mean([m.noise_sigma(p) for p in m._planes(rgb)]))
     values = []

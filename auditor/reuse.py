@@ -20,8 +20,8 @@ those inputs misses and runs the full scan (which still reuses every unchanged f
 measurements). ``--no-cache`` neither reads nor records. One record is kept per dataset
 and option set; a new fingerprint replaces the old record.
 
-This module imports only the standard library (and the store): a hit never pays for numpy,
-pandas or TensorFlow.
+This module imports only the standard library, the store and the rules reader (PyYAML): a hit
+never pays for numpy, pandas or TensorFlow.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .rules import rules_files
 from .store import Store
 
 #: Bump when the record format changes.
@@ -120,31 +121,6 @@ def _auditor_state(h) -> None:
             h.update(f"env {key}={os.environ[key]}\n".encode("utf-8", "surrogateescape"))
 
 
-def rules_files(rules: str | None) -> list[Path]:
-    """The rules file a scan reads (a preset's file for a preset name, the default preset
-    for None) and every file it ``extends``. Unreadable or invalid files are left to the
-    scan to report."""
-    from .rules import PRESETS, preset_path
-
-    def resolve(name: str, base: Path | None) -> Path:
-        return preset_path(name) if name in PRESETS else (base / name if base else Path(name))
-
-    out: list[Path] = []
-    path = resolve(rules or "default", None)
-    while path.is_file() and path.resolve() not in [p.resolve() for p in out]:
-        out.append(path)
-        try:
-            import yaml
-
-            parent = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("extends")
-        except Exception:
-            break
-        if not isinstance(parent, str):
-            break
-        path = resolve(parent, path.parent)
-    return out
-
-
 @dataclass
 class Reuse:
     """A scan's fingerprint and where its record lives. See the module docstring."""
@@ -210,7 +186,7 @@ def prepare(
     is too large to fingerprint."""
     try:
         return _prepare(dataset, options, cache_dir, rules, extra_trees, extra_files, follow_symlinks)
-    except (OSError, RuntimeError, ValueError):  # e.g. a link loop in a path: the scan reports it
+    except (OSError, RuntimeError, ValueError):  # a link loop in a path, invalid rules: the scan reports it
         return None
 
 
@@ -231,7 +207,7 @@ def _prepare(dataset, options, cache_dir, rules, extra_trees, extra_files, follo
             h.update(f"tree {Path(tree).resolve()}\n".encode("utf-8", "surrogateescape"))
             if not _tree(h, Path(tree), follow_symlinks):
                 return None
-    for f in (*extra_files, *rules_files(rules)):
+    for f in (*extra_files, *rules_files(rules)):  # RulesError: no reuse; the scan says why
         if f is not None:
             h.update(f"file {_stat_line(str(Path(f).absolute()))}\n".encode("utf-8", "surrogateescape"))
     return Reuse(store_path, key, h.hexdigest())

@@ -112,21 +112,30 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    if path.resolve() in seen:
-        raise RulesError(f"{path}: 'extends' forms a cycle")
-    data = _read_yaml(path)
-    parent = data.get("extends")
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise RulesError(f"{path}: 'extends' must be a preset name or a file path")
-    ppath = preset_path(parent) if parent in PRESETS else (path.parent / parent)
-    if not ppath.is_file():
-        raise RulesError(f"{path}: extends: {parent!r} is neither a preset ({', '.join(PRESETS)}) nor a file "
-                         f"({ppath})")  # fmt: skip
-    base = _resolve(ppath, (*seen, path.resolve()))
-    merged = _merge(base, {k: v for k, v in data.items() if k != "extends"})
+def _chain(path: Path) -> list[tuple[Path, dict]]:
+    """The rules file and every file it ``extends``, nearest first, each parsed."""
+    chain: list[tuple[Path, dict]] = []
+    while True:
+        if path.resolve() in [p.resolve() for p, _ in chain]:
+            raise RulesError(f"{path}: 'extends' forms a cycle")
+        data = _read_yaml(path)
+        chain.append((path, data))
+        parent = data.get("extends")
+        if parent is None:
+            return chain
+        if not isinstance(parent, str):
+            raise RulesError(f"{path}: 'extends' must be a preset name or a file path")
+        ppath = preset_path(parent) if parent in PRESETS else (path.parent / parent)
+        if not ppath.is_file():
+            raise RulesError(f"{path}: extends: {parent!r} is neither a preset ({', '.join(PRESETS)}) nor a file "
+                             f"({ppath})")  # fmt: skip
+        path = ppath
+
+
+def _resolve(path: Path) -> dict:
+    merged: dict = {}
+    for _, data in reversed(_chain(path)):  # the base first, each file over what it extends
+        merged = _merge(merged, {k: v for k, v in data.items() if k != "extends"})
     return merged
 
 
@@ -247,10 +256,20 @@ def _validate_clean(section: Any, src: str, registry: dict) -> dict:
     return out
 
 
+def _rules_path(path: str | Path | None) -> Path:
+    return preset_path(path or "default") if path is None or isinstance(path, str) and path in PRESETS else Path(path)
+
+
 def load_rules(path: str | Path | None = None) -> Rules:
     """Load a rules file (None -> the bundled default; a preset name also works)."""
-    p = preset_path(path or "default") if path is None or isinstance(path, str) and path in PRESETS else Path(path)
+    p = _rules_path(path)
     return validate(_resolve(p), str(p))
+
+
+def rules_files(path: str | Path | None = None) -> list[Path]:
+    """The files :func:`load_rules` reads for ``path``: it and every file it ``extends``
+    (presets included). RulesError when one is missing or invalid, as load_rules."""
+    return [p for p, _ in _chain(_rules_path(path))]
 
 
 def apply_severities(findings: list[Finding], rules: Rules) -> list[Finding]:

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from auditor import api, reuse, synth
 from auditor.cli import app
+from auditor.rules import rules_files
 from auditor.store import Store
 
 runner = CliRunner()
@@ -112,7 +113,7 @@ def test_rules_extends_chain_is_part_of_the_fingerprint(tmp_path, dataset, full_
     base.write_text("extends: default\n")
     child = tmp_path / "child.yaml"
     child.write_text("extends: base.yaml\n")
-    assert reuse.rules_files(str(child)) == [child, base, preset_path("default")]
+    assert rules_files(str(child)) == [child, base, preset_path("default")]
     _scan(dataset, tmp_path / "o1", "--rules", str(child))
     base.write_text("extends: lenient\n")
     _later(base)
@@ -210,10 +211,10 @@ def test_a_source_manifest_and_its_images_are_part_of_the_fingerprint(tmp_path, 
 def test_presets_and_model_files_are_part_of_the_fingerprint(tmp_path, dataset):
     from auditor.rules import preset_path
 
-    assert reuse.rules_files(None) == [preset_path("default")]
+    assert rules_files(None) == [preset_path("default")]
     child = tmp_path / "child.yaml"
     child.write_text("extends: strict\n")
-    assert reuse.rules_files(str(child)) == [child, preset_path("strict"), preset_path("default")]
+    assert rules_files(str(child)) == [child, preset_path("strict"), preset_path("default")]
     model = tmp_path / "model.keras"
     model.write_bytes(b"one")
     opts = {"backbone": str(model)}
