@@ -4,9 +4,9 @@
 tested. Measured one function at a time it walks each image about thirty times (every
 plane, difference and filter is a temporary array), which made it most of a scan's time.
 :func:`measure_rgb` computes the same numbers in three passes over the pixels with
-numba-compiled loops, three to four times faster; a test checks that both agree on real
-photos (to float32 rounding) and that the luminance, and with it the perceptual hashes, is
-bit-identical.
+numba-compiled loops, about four times faster (``benchmarks/bench_kernels.py``); a test
+checks that both agree on real photos (to float32 rounding) and that the luminance, and
+with it the perceptual hashes, is bit-identical.
 
 The kernels are compiled on first use and cached on disk by numba (``cache=True``: next to
 this file, or in numba's user cache directory when that is read-only), so only the first
