@@ -66,6 +66,10 @@ MEASURED_COLUMNS = (
 )  # fmt: skip
 
 
+#: Per-image 64-bit perceptual hashes (unsigned Python ints; None where an image did not decode).
+HASH_COLUMNS = ("phash", "dhash", "phash_mirror")
+
+
 def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -> pd.DataFrame:
     """Join the items table with the measurements: one row per item, ``ok`` = decoded."""
     rows = []
@@ -77,8 +81,13 @@ def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -
         else:
             chash, props = measured[item["abs_path"]]
         rows.append({**item, "content_hash": chash, **props})
+    # 64-bit hashes stay Python ints (object column): with a missing value (an unreadable
+    # file) pandas would make the column float64, which keeps only 53 of their 64 bits
+    exact = {c: [r.pop(c, None) for r in rows] for c in HASH_COLUMNS}
     table = pd.DataFrame(rows)
-    for col in ("error_kind", "error", "format", "pixel_hash", "phash", "dhash", "phash_mirror", "mode"):
+    for col, values in exact.items():
+        table[col] = pd.Series(values, index=table.index, dtype=object)
+    for col in ("error_kind", "error", "format", "pixel_hash", "mode"):
         if col not in table:
             table[col] = None
     for col in MEASURED_COLUMNS:  # a dataset where nothing decodes still has every column
@@ -94,12 +103,21 @@ def check_context(
     embeddings: Any = None,
     reference: pd.DataFrame | None = None,
     annotations: Any = None,
+    store: Store | None = None,
 ) -> CheckContext:
     """What the checks read: the dataset table, the embeddings, the source table (if any),
-    the box annotations of a detection dataset (if any)."""
+    the box annotations of a detection dataset (if any), and the store's thumbnails (the
+    copy checks verify their candidates on them)."""
     shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift", "property_shift")}
+    thumbnails = None
+    if store is not None:
+        from .measure import MEASURE_VERSION
+
+        def thumbnails(hashes):
+            return dict(store.thumbnails(hashes, MEASURE_VERSION))
+
     return CheckContext(table=table, settings=rules.settings, embeddings=embeddings, reference=reference,
-                        shift_params=shift_params, annotations=annotations)  # fmt: skip
+                        shift_params=shift_params, annotations=annotations, thumbnails=thumbnails)  # fmt: skip
 
 
 def run_checks(
@@ -287,7 +305,7 @@ def scan(
             for t in (table, src_table):
                 if t is not None:
                     t["embedded"] = t["content_hash"].isin(set(embeddings.hashes))
-        ctx = check_context(table, rules_obj, embeddings, src_table, disc.annotations)
+        ctx = check_context(table, rules_obj, embeddings, src_table, disc.annotations, store)
         findings = run_checks(ctx, rules_obj)
         report = build_report(disc, table, findings, rules_obj, embeddings, ctx, src_disc)
         result = ScanResult(report, table, findings, disc, rules_obj, embeddings=embeddings, source_table=src_table,

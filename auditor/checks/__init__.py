@@ -79,6 +79,8 @@ class CheckContext:
     reference: pd.DataFrame | None = None  # the source set's table (``--source``), same columns
     shift_params: dict[str, dict] = field(default_factory=dict)  # params of the shift rules (enabled or not)
     annotations: Any = None  # auditor.annotations.Annotations of a COCO / YOLO dataset
+    # content hashes -> their JPEG thumbnails (the store's); pixel-level checks need it
+    thumbnails: Callable[[Any], dict[str, bytes]] | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # check name -> why it could not run
     notes: dict[str, str] = field(default_factory=dict)  # check name -> what it left out while running
     _cache: dict = field(default_factory=dict, repr=False)

@@ -27,7 +27,9 @@ def _split_key(split) -> str:
 EMBEDDING_NEIGHBOURS = 10
 NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float,
                "max_relative_distance": float, "max_relative_phash_distance": float,
-               "max_mirror_phash_distance": int}  # fmt: skip
+               "max_mirror_phash_distance": int, "max_candidates_per_image": int,
+               "max_pixel_difference": float, "max_relative_pixel_difference": float,
+               "max_crop_difference": float, "max_relative_crop_difference": float}  # fmt: skip
 
 
 def phash_radius(hashes: np.ndarray, params: dict) -> int:
@@ -80,50 +82,134 @@ def corroborated(t: pd.DataFrame, ph: np.ndarray, e_pairs: np.ndarray, params: d
     return flip_distance(ph[a], ph[b], mirror[b]) <= params["max_mirror_phash_distance"]
 
 
-def near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[list[int]], dict]:
-    """Cached :func:`_near_graph` (near_duplicate, leakage and label_conflict share it when
-    their thresholds agree)."""
-    key = ("near_graph", *(params[k] for k in sorted(NEAR_PARAMS)))
+def near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict, mirrors: bool = True) -> tuple[list[list[int]], dict]:
+    """Groups of copies (positional indices into t = ctx.ok) and the evidence per pair (see
+    :func:`_near_edges`; near_duplicate, leakage and label_conflict share the edges when
+    their thresholds agree). ``mirrors=False`` leaves out pairs that are copies only as a
+    mirror image: a mirrored copy filed under another label is no conflict where the label
+    is the handedness (b and d, p and q, a left and a right arrow)."""
+    key = ("near_edges", *(params[k] for k in sorted(NEAR_PARAMS)))
     if key not in ctx._cache:
-        ctx._cache[key] = _near_graph(ctx, t, params)
-    return ctx._cache[key]
+        ctx._cache[key] = _near_edges(ctx, t, params)
+    pairs, evidence, mirrored = ctx._cache[key]
+    if not mirrors:
+        pairs = pairs[~mirrored]
+        evidence = {k: v for k, v in evidence.items() if not v[3]}
+    pixel = t["pixel_hash"].to_numpy()
+    # identical pixels are always one group, whatever their hashes
+    by_pixels: dict[str, list[int]] = defaultdict(list)
+    for pos, ph_ in enumerate(pixel):
+        by_pixels[ph_].append(pos)
+    exact = [(g[0], other) for g in by_pixels.values() for other in g[1:]]
+    all_pairs = np.concatenate([pairs.reshape(-1, 2), np.asarray(exact, dtype=np.int64).reshape(-1, 2)])
+    return group_pairs(len(t), all_pairs), evidence
 
 
-def _near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[list[list[int]], dict]:
-    """Groups (positional indices into t = ctx.ok) of near-identical images, and the
-    evidence per pair as ``{(i, j): (kind, value)}`` with i < j: ``("phash", bits)`` for
-    hash matches (pHash within :func:`phash_radius`, confirmed by the dHash), and
-    ``("embedding", cosine)`` for pairs at least ``min_embedding_similarity`` apart in the
-    backbone's feature space (flipped, cropped, color-jittered copies that hashes miss)."""
+def pixel_thresholds(ctx: CheckContext, t: pd.DataFrame, ph: np.ndarray, params: dict) -> tuple[float, float, float]:
+    """(typical difference, aligned limit, crop limit) for :func:`auditor.verify.verify_pairs`:
+    ``max_pixel_difference`` and ``max_crop_difference``, each at most its relative share of
+    the dataset's typical difference between close distinct pictures
+    (:func:`auditor.verify.typical_difference`): on glyphs or silhouettes, distinct images
+    differ far less than photos do."""
+    from ..verify import typical_difference
+
+    codes = pd.factorize(t["pixel_hash"])[0]
+    typical = typical_difference(ctx.thumbnails, list(t["content_hash"]), ph, codes)
+    aligned, crop = params["max_pixel_difference"], params["max_crop_difference"]
+    if np.isfinite(typical):
+        aligned = min(aligned, params["max_relative_pixel_difference"] * typical)
+        crop = min(crop, params["max_relative_crop_difference"] * typical)
+    return typical, aligned, crop
+
+
+def _cap_per_image(pairs: np.ndarray, dist: np.ndarray, n: int, cap: int) -> np.ndarray:
+    """Mask keeping, for every image, only its ``cap`` closest candidates (a pair is kept when
+    it is among the closest of either of its images): on low-diversity data an image can
+    have hundreds of hash neighbours, and verification costs per pair."""
+    if len(pairs) <= cap or cap <= 0:
+        return np.ones(len(pairs), bool)
+    keep = np.zeros(len(pairs), bool)
+    for side in (0, 1):
+        order = np.lexsort((dist, pairs[:, side]))  # by image, then by distance
+        img = pairs[order, side]
+        first = np.searchsorted(img, img, side="left")
+        rank = np.arange(len(img)) - first
+        keep[order[rank < cap]] = True
+    return keep
+
+
+def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Pairs (positional indices into t = ctx.ok, (m, 2), i < j) of images that are copies of
+    one picture, the evidence per pair as ``{(i, j): (kind, value, pixel difference, mirror)}``,
+    and a mask of the pairs that are copies only as a mirror image.
+
+    Candidates: pHash within :func:`phash_radius` (confirmed by the dHash) as is or mirrored,
+    and pairs of backbone neighbours at least :func:`embedding_threshold` similar whose pHashes
+    (mirror allowed) are within ``max_mirror_phash_distance`` bits; at most
+    ``max_candidates_per_image`` per image. A candidate is a copy only when its pixels agree
+    (:func:`auditor.verify.verify_pairs` with :func:`pixel_thresholds`). Evidence kinds:
+    ``"phash"`` (value: bits) or ``"embedding"`` (value: cosine). Pairs of identical pixels
+    are not listed (:func:`near_graph` joins them)."""
+    from ..verify import verify_pairs
+
     ph = to_uint64(t["phash"])
     dh = to_uint64(t["dhash"])
-    pairs, dist = near_pairs(ph, phash_radius(ph, params))
+    radius = phash_radius(ph, params)
+    pairs, dist = near_pairs(ph, radius)
     if len(pairs):
         keep = hamming(dh[pairs[:, 0]], dh[pairs[:, 1]]) <= params["max_dhash_distance"]
         pairs, dist = pairs[keep], dist[keep]
-    evidence: dict[tuple[int, int], tuple[str, float]] = {}
-    for (a, b), d in zip(pairs.tolist(), dist.tolist(), strict=True):
-        evidence[(a, b)] = ("phash", d)
+    if "phash_mirror" in t and not t["phash_mirror"].isna().any():
+        n = len(ph)
+        m_pairs, m_dist = near_pairs(np.concatenate([ph, to_uint64(t["phash_mirror"])]), radius)
+        cross = (m_pairs[:, 0] < n) & (m_pairs[:, 1] >= n) & (m_pairs[:, 0] != m_pairs[:, 1] - n)
+        a, b = m_pairs[cross, 0], m_pairs[cross, 1] - n
+        m_pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+        pairs, dist = np.concatenate([pairs, m_pairs]), np.concatenate([dist, m_dist[cross]])
+    kinds = np.zeros(len(pairs), np.int8)  # 0 phash, 1 embedding
+    values = dist.astype(np.float64)
     graph = ctx.ok_knn(EMBEDDING_NEIGHBOURS)
     if graph is not None:
         e_pairs, e_sims = similar_pairs(*graph, embedding_threshold(graph[1], params))
         keep = corroborated(t, ph, e_pairs, params)
-        e_pairs, e_sims = e_pairs[keep], e_sims[keep]
-        for (a, b), sim in zip(e_pairs.tolist(), e_sims.tolist(), strict=True):
-            evidence.setdefault((a, b), ("embedding", sim))
-        pairs = np.concatenate([pairs, e_pairs])
-    # identical pixels are always one group, whatever their hashes
-    by_pixels: dict[str, list[int]] = defaultdict(list)
-    for pos, ph_ in enumerate(t["pixel_hash"]):
-        by_pixels[ph_].append(pos)
-    exact = [(g[0], other) for g in by_pixels.values() for other in g[1:]]
-    all_pairs = np.concatenate([pairs, np.asarray(exact, dtype=np.int64).reshape(-1, 2)])
-    return group_pairs(len(t), all_pairs), evidence
+        pairs = np.concatenate([pairs, e_pairs[keep]])
+        kinds = np.concatenate([kinds, np.ones(int(keep.sum()), np.int8)])
+        values = np.concatenate([values, e_sims[keep].astype(np.float64)])
+    pixel = t["pixel_hash"].to_numpy()
+    evidence: dict[tuple[int, int], tuple[str, float, float, bool]] = {}
+    mirrored = np.zeros(0, bool)
+    if len(pairs):
+        # one row per pair, the strongest evidence first (hash beats embedding, closer first)
+        rank = np.where(kinds == 0, values, 100.0 - values)
+        order = np.lexsort((rank, kinds, pairs[:, 1], pairs[:, 0]))
+        pairs, kinds, values, rank = pairs[order], kinds[order], values[order], rank[order]
+        first = np.ones(len(pairs), bool)
+        first[1:] = np.any(pairs[1:] != pairs[:-1], axis=1)
+        pairs, kinds, values, rank = pairs[first], kinds[first], values[first], rank[first]
+        distinct = pixel[pairs[:, 0]] != pixel[pairs[:, 1]]  # identical pixels need no verifying
+        pairs, kinds, values, rank = pairs[distinct], kinds[distinct], values[distinct], rank[distinct]
+        keep = _cap_per_image(pairs, rank, len(t), int(params["max_candidates_per_image"]))
+        pairs, kinds, values = pairs[keep], kinds[keep], values[keep]
+        if ctx.thumbnails is not None and len(pairs):
+            _, aligned, crop = pixel_thresholds(ctx, t, ph, params)
+            ok, diff, mirrored = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop)
+            pairs, kinds, values, diff, mirrored = pairs[ok], kinds[ok], values[ok], diff[ok], mirrored[ok]
+        else:
+            diff, mirrored = np.full(len(pairs), np.nan), np.zeros(len(pairs), bool)
+            if len(pairs):
+                ctx.notes.setdefault("near_duplicate", "copies not verified at the pixel level (no thumbnails)")
+        rows = zip(pairs.tolist(), kinds.tolist(), values.tolist(), diff.tolist(), mirrored.tolist(), strict=True)
+        for (a, b), k, v, d, mir in rows:
+            evidence[(a, b)] = ("phash" if k == 0 else "embedding", v, d, mir)
+    return pairs.reshape(-1, 2), evidence, mirrored
 
 
-def _closest(evidence: dict, members: list[int], pixel: pd.Series, skip_identical: bool) -> tuple[str, float, float]:
-    """The strongest evidence among members: (kind, value, score in 0..1). A pHash match
-    beats an embedding match; identical pairs are skipped when asked."""
+def closest_evidence(
+    evidence: dict, members: list[int], pixel: pd.Series, skip_identical: bool
+) -> tuple[str, float, float, float | None]:
+    """The strongest evidence among members: (kind, value, score in 0..1, pixel difference
+    of that pair or None). A pHash match beats an embedding match; identical pairs are
+    skipped when asked."""
     inside = sorted(members)
     best: tuple[str, float, float] | None = None
     for x, a in enumerate(inside):
@@ -131,19 +217,19 @@ def _closest(evidence: dict, members: list[int], pixel: pd.Series, skip_identica
             ev = evidence.get((a, b))
             if ev is None or (skip_identical and pixel.iloc[a] == pixel.iloc[b]):
                 continue
-            kind, value = ev
+            kind, value, diff = ev[:3]
             score = 1.0 - value / 64.0 if kind == "phash" else float(value)
             rank = (kind == "phash", score)
             if best is None or rank > (best[0] == "phash", best[2]):
-                best = (kind, value, score)
-    return best or ("phash", 0, 1.0)
+                best = (kind, value, score, None if diff != diff else float(diff))
+    return best or ("phash", 0, 1.0, None)
 
 
 def kind_key(kind: str) -> str:
     return {"phash": "min_phash_distance", "embedding": "embedding_similarity"}.get(kind, "distance")
 
 
-def _evidence_text(kind: str, value: float) -> str:
+def evidence_text(kind: str, value: float) -> str:
     return f"pHash distance {int(value)}" if kind == "phash" else f"embedding similarity {value:.3f}"
 
 
@@ -191,13 +277,13 @@ def near_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
         for split, members in sorted(by_split.items()):
             if len(members) < 2 or t.iloc[members]["pixel_hash"].nunique() < 2:
                 continue
-            kind, value, score = _closest(evidence, members, t["pixel_hash"], skip_identical=True)
+            kind, value, score, diff = closest_evidence(evidence, members, t["pixel_hash"], skip_identical=True)
             paths = sorted(t.iloc[members]["path"])
             out.append(Finding(
                 "near_duplicate", paths, score,
-                f"{len(paths)} images are near duplicates ({_evidence_text(kind, value)})"
+                f"{len(paths)} images are near duplicates ({evidence_text(kind, value)})"
                 + (f" in {split}" if split else ""),
-                {"split": split or None, "evidence": kind, kind_key(kind): value,
+                {"split": split or None, "evidence": kind, kind_key(kind): value, "pixel_difference": diff,
                  "members": _group_details(t, sorted(members, key=lambda m: t.iloc[m]["path"]))},
             ))  # fmt: skip
     return sorted(out, key=lambda f: f.paths[0])
@@ -223,15 +309,15 @@ def leakage(ctx: CheckContext, params: dict) -> list[Finding]:
         if len(splits) < 2:
             continue
         identical = t.iloc[group]["pixel_hash"].nunique() == 1
-        kind, value, score = ("pixels", 0, 1.0) if identical else _closest(
+        kind, value, score, diff = ("pixels", 0, 1.0, 0.0) if identical else closest_evidence(
             evidence, group, t["pixel_hash"], skip_identical=False)  # fmt: skip
         members = sorted(group, key=lambda m: (str(t.iloc[m]["split"]), t.iloc[m]["path"]))
         paths = [t.iloc[m]["path"] for m in members]
-        what = "identical copies" if identical else f"near copies ({_evidence_text(kind, value)})"
+        what = "identical copies" if identical else f"near copies ({evidence_text(kind, value)})"
         out.append(Finding(
             "leakage", paths, score,
             f"{len(paths)} {what} across splits {', '.join(sorted(splits))}",
             {"splits": sorted(splits), "identical": identical, "evidence": kind, kind_key(kind): value,
-             "members": _group_details(t, members)},
+             "pixel_difference": diff, "members": _group_details(t, members)},
         ))  # fmt: skip
     return sorted(out, key=lambda f: f.paths[0])

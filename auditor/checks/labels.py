@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..dataset import labeled
 from . import NO_EMBEDDINGS, CheckContext, Finding, register
-from .duplicates import NEAR_PARAMS, _closest, _evidence_text, kind_key, near_graph
+from .duplicates import NEAR_PARAMS, closest_evidence, evidence_text, kind_key, near_graph
 
 UNLABELED = "the dataset is unlabeled (no class folders or label column)"
 
@@ -36,7 +36,7 @@ def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     if with_label.empty:
         return ctx.skip("label_conflict", UNLABELED)
     t = ctx.ok.reset_index(drop=True)
-    groups, evidence = near_graph(ctx, t, params)
+    groups, evidence = near_graph(ctx, t, params, mirrors=False)
     out = []
     for group in groups:
         labels = {t.iloc[m]["label"] for m in group if isinstance(t.iloc[m]["label"], str)}
@@ -44,15 +44,16 @@ def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
             continue
         members = sorted(group, key=lambda m: (str(t.iloc[m]["label"]), str(t.iloc[m]["split"]), t.iloc[m]["path"]))
         identical = t.iloc[group]["pixel_hash"].nunique() == 1
-        kind, value, score = ("pixels", 0, 1.0) if identical else _closest(
+        kind, value, score, diff = ("pixels", 0, 1.0, 0.0) if identical else closest_evidence(
             evidence, group, t["pixel_hash"], skip_identical=False)  # fmt: skip
         rows = [{"path": t.iloc[m]["path"], "split": t.iloc[m]["split"], "label": t.iloc[m]["label"]} for m in members]
         where = ", ".join(f"{r['label']!r} ({r['path']})" for r in rows[:6]) + (" ..." if len(rows) > 6 else "")
-        what = "identical copies" if identical else f"near copies ({_evidence_text(kind, value)})"
+        what = "identical copies" if identical else f"near copies ({evidence_text(kind, value)})"
         out.append(Finding(
             "label_conflict", [r["path"] for r in rows], score,
             f"{len(rows)} {what} carry {len(labels)} different labels: {where}",
             {"labels": sorted(labels), "identical": identical, "evidence": kind, kind_key(kind): value,
+             "pixel_difference": diff,
              "splits": sorted({r["split"] for r in rows if isinstance(r["split"], str)}), "members": rows},
         ))  # fmt: skip
     return sorted(out, key=lambda f: (-f.score, f.paths[0]))
