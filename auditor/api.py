@@ -23,7 +23,7 @@ from .checks.boxes import box_summary
 from .checks.shift import dataset_gap, gap_level, shift_section
 from .dataset import Discovery, discover
 from .extract import ExtractOptions, measure_all
-from .fsutil import default_out_dir
+from .fsutil import check_output, output_folder
 from .rules import Rules, apply_severities, judge, load_rules
 from .store import Store
 
@@ -264,10 +264,13 @@ def scan(
     """Audit an image dataset.
 
     Raises :class:`auditor.dataset.DatasetError`, :class:`auditor.rules.RulesError` or
-    :class:`auditor.backbones.BackboneError` for input errors. Writes ``report.json``,
-    ``images.parquet`` and ``report.html`` into ``out`` (default ``reports/<dataset-name>/``)
-    unless ``write=False``. ``embed=False`` skips the backbone (no TensorFlow import) and the
-    checks that need it; ``backbone``/``weights``/``layer``/``preprocess`` choose it (see
+    :class:`auditor.backbones.BackboneError` for input errors, and
+    :class:`auditor.fsutil.OutputError` (before any work) for an ``out`` inside the dataset,
+    naming a file, or in a folder that cannot be written. Writes ``report.json``,
+    ``images.parquet`` and ``report.html`` into ``out`` (default ``reports/<dataset-name>/``;
+    refused where that lies inside the dataset) unless ``write=False``. ``embed=False`` skips
+    the backbone (no TensorFlow import) and the checks that need it;
+    ``backbone``/``weights``/``layer``/``preprocess`` choose it (see
     :func:`auditor.backbones.get_backbone`; default EfficientNet-Lite0).
 
     ``source``: a source-like reference set (a folder in any supported layout, see
@@ -280,6 +283,7 @@ def scan(
     automatically; ``coco=FILE`` and ``images=DIR`` name them) also get the ``box_*``
     checks and a ``boxes`` report section.
     """
+    out_dir = output_folder(dataset, out, source, images) if write or out is not None else None
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
     bb = None
     if embed:
@@ -320,7 +324,7 @@ def scan(
         if write:
             from .report import write_outputs
 
-            result.out_dir = Path(out) if out is not None else default_out_dir(dataset)
+            result.out_dir = out_dir
             result.files = write_outputs(result, store)
     finally:
         store.close()
@@ -372,6 +376,8 @@ def embed(
     from .embed import save_embeddings
     from .extract import hash_all
 
+    if out is not None:
+        check_output(out, dataset, folder=False)  # before the backbone loads
     bb = backbone if isinstance(backbone, Backbone) else get_backbone(backbone, weights, layer, preprocess)
     disc = discover(dataset, layout=layout, manifest=manifest, follow_symlinks=follow_symlinks)
     present = present_paths(disc)

@@ -18,6 +18,10 @@ Detection datasets (COCO, YOLO) keep their layout: images stay at their relative
 the annotation files are rewritten without the invalid boxes (``box_*`` findings: dropped,
 clipped to the image, or one of a duplicate pair kept; boxes of dropped images go too).
 ``CLEAN_DIR/boxes.csv`` has one row per box with its action and reason.
+
+A CSV cell that a spreadsheet would run as a formula (text starting with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return: a class named ``=HYPERLINK(...)``) is written with a
+leading single quote, as OWASP advises against CSV injection; the folders keep their names.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .dataset import EVAL_SPLITS, SPLIT_NAMES
+from .fsutil import OutputError, check_output, make_dirs, remove_dirs
 
 #: Strength of each action: the strongest decision for an image wins.
 STRENGTH = {"keep": 0, "relabel": 1, "quarantine": 2, "drop": 3}
@@ -41,8 +46,22 @@ MARKER = ".audit-clean"
 MANIFEST_COLUMNS = ["path", "label", "split", "action", "reason", "source_path", "source_label"]
 
 
-class CleanError(ValueError):
+class CleanError(OutputError):
     """The output folder cannot be used (exit code 2)."""
+
+
+#: What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` as CSV, every text cell that would start a formula prefixed with ``'``
+    (shown as text by spreadsheets; strip it when reading the file as data)."""
+    safe = frame.copy()
+    for col in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[col]):
+            safe[col] = [f"'{v}" if isinstance(v, str) and v.startswith(_FORMULA_START) else v for v in safe[col]]
+    safe.to_csv(path, index=False)
 
 
 BOX_MANIFEST_COLUMNS = ["box_id", "where", "path", "split", "category", "action", "reason"]
@@ -297,9 +316,10 @@ def _materialise(manifest: pd.DataFrame, out: Path, summary: dict, extra: Any = 
     replaced; anything else is refused)."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise CleanError(f"{out} exists and was not written by audit clean; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    created = make_dirs(out.parent)
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         for src, rel in zip(manifest["abs_path"], manifest["path"], strict=True):
             if not rel:
                 continue
@@ -309,7 +329,7 @@ def _materialise(manifest: pd.DataFrame, out: Path, summary: dict, extra: Any = 
                 os.link(src, dest)  # no extra disk space; the original is never written to
             except OSError:
                 shutil.copy2(src, dest)
-        manifest[MANIFEST_COLUMNS].to_csv(tmp / "manifest.csv", index=False)
+        write_csv(manifest[MANIFEST_COLUMNS], tmp / "manifest.csv")
         if extra is not None:
             extra(tmp)
         (tmp / "clean.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -321,8 +341,12 @@ def _materialise(manifest: pd.DataFrame, out: Path, summary: dict, extra: Any = 
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        remove_dirs(created)
+        if isinstance(exc, OSError):  # a full disk, a read-only folder: nothing half-written is left
+            raise CleanError(f"cannot write the cleaned dataset to {out}: {exc.strerror or exc}") from exc
         raise
 
 
@@ -349,10 +373,11 @@ def clean(
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
     if not dry_run and out is None:
         raise CleanError("give --out CLEAN_DIR (or --dry-run)")
-    if out is not None and Path(out).resolve() == Path(dataset).resolve():
-        raise CleanError("--out must not be the dataset itself: the original is never modified")
-    if out is not None and Path(dataset).resolve() in Path(out).resolve().parents:
-        raise CleanError("--out must not be inside the dataset: the original is never modified")
+    if out is not None and not dry_run:
+        try:
+            check_output(out, dataset)  # not inside the dataset, a folder, writable
+        except OutputError as exc:
+            raise CleanError(str(exc)) from None
     result = scan_result or scan(dataset, scan_out, rules=rules_obj, write=scan_out is not None, **scan_options)
     manifest = decide(result.table, result.findings, rules_obj.clean, relabel)
     ann = result.discovery.annotations
@@ -370,7 +395,7 @@ def clean(
 
         def extra(tmp: Path) -> None:
             _write_annotations(ann, boxes, manifest, Path(dataset), tmp)
-            boxes[BOX_MANIFEST_COLUMNS].to_csv(tmp / "boxes.csv", index=False)
+            write_csv(boxes[BOX_MANIFEST_COLUMNS], tmp / "boxes.csv")
 
     out_dir = None
     if not dry_run:

@@ -1,7 +1,8 @@
 """The ``audit`` command: thin. Parses arguments, calls :mod:`auditor.api`, prints with rich.
 
 Exit codes: 0 success (or gate passed), 1 gate failed, 2 usage or input error (one-line
-reason on stderr).
+reason on stderr). Everything that comes from the data (file and class names, messages,
+paths) is printed through :func:`_term`: as text, never as rich markup or terminal control.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from .fsutil import check_output, output_folder, printable
 
 app = typer.Typer(
     name="audit",
@@ -32,8 +36,17 @@ err_console = Console(stderr=True)
 _SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
+def _term(text: object) -> str:
+    """``text`` safe to print with rich: control characters written out (an escape sequence in
+    a file name must not recolour, move or clear the screen; see
+    :func:`auditor.fsutil.printable`) and rich markup escaped."""
+    return escape(printable(text))
+
+
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"error: {escape(message)}", style="red", highlight=False, soft_wrap=True)
+    """One line on stderr (a multi-line reason, such as a YAML error, is joined) and exit."""
+    one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err_console.print(f"error: {_term(one_line)}", style="red", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -70,23 +83,23 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
 
     report = result.report
     ds = report["dataset"]
-    splits = escape(", ".join(f"{k} {v}" for k, v in ds["splits"].items()) or "no splits")
+    splits = _term(", ".join(f"{k} {v}" for k, v in ds["splits"].items()) or "no splits")
     bx = report.get("boxes")
     classes = "" if bx else f"{len(ds['classes'])} classes, "
     skipped = ", ".join(f"{k} {v}" for k, v in (ds.get("skipped") or {}).items())
     console.print(
         f"[bold]{ds['images']}[/] images ({ds['unreadable']} unreadable), {classes}{splits}; "
-        f"layout [bold]{ds['layout']}[/]" + (f"; skipped: {escape(skipped)}" if skipped else ""),
+        f"layout [bold]{_term(ds['layout'])}[/]" + (f"; skipped: {_term(skipped)}" if skipped else ""),
         highlight=False,
     )
     if bx:
-        per = ", ".join(f"{escape(c)} {v['boxes']}" for c, v in list(bx["classes"].items())[:8])
-        console.print(f"boxes ({bx['format'].upper()}): [bold]{bx['boxes']}[/] on {bx['annotated_images']} of "
+        per = ", ".join(f"{_term(c)} {v['boxes']}" for c, v in list(bx["classes"].items())[:8])
+        console.print(f"boxes ({_term(bx['format'].upper())}): [bold]{bx['boxes']}[/] on {bx['annotated_images']} of "
                       f"{bx['images']} images; {per}", highlight=False)  # fmt: skip
     emb = getattr(result, "embeddings", None)
     if getattr(result, "reused", False):
         bb = report.get("backbone")
-        what = f"embeddings from {escape(bb['id'])}, " if bb else ""
+        what = f"embeddings from {_term(bb['id'])}, " if bb else ""
         console.print(f"unchanged since the last scan with these options: {what}checks and report reused from the "
                       "cache (--no-cache runs everything)", style="dim", highlight=False)  # fmt: skip
     if emb is None and not report.get("backbone"):
@@ -95,7 +108,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
     elif emb is not None:
         fresh = f"{emb.computed} computed, {emb.cached} from cache"
         failed = f", {len(emb.failures)} failed" if emb.failures else ""
-        console.print(f"embeddings: [bold]{escape(emb.backbone['id'])}[/] ({emb.backbone['dims']}-d; {fresh}{failed})",
+        console.print(f"embeddings: [bold]{_term(emb.backbone['id'])}[/] ({emb.backbone['dims']}-d; {fresh}{failed})",
                       highlight=False)  # fmt: skip
     print_shift(report, console)
     by_check: dict[str, list[dict]] = {}
@@ -118,7 +131,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         status = gate.get(name, {}).get("status", "pass")
         mark = {"fail": " [bold red]FAIL[/]", "warn": " [yellow]over limit[/]"}.get(status, "")
         sev = info["severity"]
-        table.add_row(name, f"[{_SEV_STYLE[sev]}]{sev}[/]", str(len(fs)) + mark, escape(ex))
+        table.add_row(_term(name), f"[{_SEV_STYLE[sev]}]{sev}[/]", str(len(fs)) + mark, _term(ex))
     skipped: dict[str, list[str]] = {}
     for name, info in report["checks"].items():
         if name.startswith("box_") and not report.get("boxes"):
@@ -127,7 +140,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
             skipped.setdefault(info["skipped"], []).append(name)
     if skipped:
         lines = "; ".join(f"{', '.join(names)} ({why})" for why, names in skipped.items())
-        console.print(f"not run: {escape(lines)}", style="dim", highlight=False)
+        console.print(f"not run: {_term(lines)}", style="dim", highlight=False)
     if table.row_count:
         console.print(table)
     else:
@@ -136,7 +149,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         console.print("[bold green]Gate: passed[/]")
     else:
         failed = [r["rule"] for r in report["gate"]["rules"] if r["status"] == "fail"]
-        console.print(f"[bold red]Gate: failed[/] ({escape(', '.join(failed))})")
+        console.print(f"[bold red]Gate: failed[/] ({_term(', '.join(failed))})")
 
 
 _VERDICT_STYLE = {"shift": "bold yellow", "minor": "cyan", "none": "green", "skipped": "dim"}
@@ -145,21 +158,21 @@ _VERDICT_STYLE = {"shift": "bold yellow", "minor": "cyan", "none": "green", "ski
 def print_shift(report: dict, console: Console = out_console, explanations: int = 3) -> None:
     """One block per comparison (verdict, effect size, what differs) and the pretraining gap."""
     for s in report.get("shift") or []:
-        head = escape(f"shift {s['reference']} -> {s['target']}: ")
+        head = _term(f"shift {s['reference']} -> {s['target']}: ")
         style = _VERDICT_STYLE.get(s["verdict"], "")
         if s["verdict"] == "skipped" or s.get("auc") is None:
-            console.print(head + f"[{style}]skipped[/] ({escape(str(s['skipped']))})", highlight=False)
+            console.print(head + f"[{style}]skipped[/] ({_term(str(s['skipped']))})", highlight=False)
         else:
             lo, hi = s["auc_ci"]
             p = "p<0.001" if s["p_value"] < 0.001 else f"p={s['p_value']:.3f}"
             console.print(
-                head + f"[{style}]{s['verdict']}[/] (drift {s['magnitude']:.2f}, "
+                head + f"[{style}]{_term(s['verdict'])}[/] (drift {s['magnitude']:.2f}, "
                 f"AUC {s['auc']:.2f} [{lo:.2f}, {hi:.2f}], "
                 f"{p}; MMD² {s['mmd2']:.4f}, FID {s['fid']:.1f}; n = {s['n_sampled'][0]} vs {s['n_sampled'][1]})",
                 highlight=False,
             )  # fmt: skip
         for line in s["explanations"][:explanations]:
-            console.print(f"  - {escape(line)}", highlight=False)
+            console.print(f"  - {_term(line)}", highlight=False)
     gap = report.get("pretraining_gap")
     if gap and gap.get("level"):
         parts = []
@@ -167,7 +180,7 @@ def print_shift(report: dict, console: Console = out_console, explanations: int 
             parts.append(f"feature gap {gap['feature_gap']:.2f}")
         if gap["head_confidence"] is not None:
             parts.append(f"ImageNet head confidence {gap['head_confidence']:.2f}")
-        console.print(f"pretraining gap: [bold]{gap['level']}[/] ({', '.join(parts)})", highlight=False)
+        console.print(f"pretraining gap: [bold]{_term(gap['level'])}[/] ({', '.join(parts)})", highlight=False)
 
 
 BackboneOpt = Annotated[
@@ -242,11 +255,13 @@ def scan(
                             source_layout=source_layout, source_manifest=source_manifest, projection=not no_projection,
                             embed=not no_embed, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
                             batch_size=batch_size, follow_symlinks=follow_symlinks, max_pixels=max_pixels)  # fmt: skip
-    reuse, files = _reuse(dataset, out, options, rules, cache_dir, no_cache)
+    with _input_errors():
+        out = output_folder(dataset, out, source, images)  # refused before any work
+        reuse, files = _reuse(dataset, out, options, rules, cache_dir, no_cache)
     if files is not None:
         if not quiet:
             print_summary(_Reused(json.loads(files["json"].read_bytes())))
-        out_console.print(f"Report: {escape(str(files['html']))}", highlight=False, soft_wrap=True)
+        out_console.print(f"Report: {_term(str(files['html']))}", highlight=False, soft_wrap=True)
         return
     from .api import scan as run_scan
 
@@ -258,7 +273,7 @@ def scan(
         reuse.record(result.files, result.table, result.source_table)
     if not quiet:
         print_summary(result)
-    out_console.print(f"Report: {escape(str(result.files['html']))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {_term(str(result.files['html']))}", highlight=False, soft_wrap=True)
 
 
 def _scan_options(**given):
@@ -273,13 +288,12 @@ def _scan_options(**given):
     return {**options, **given}
 
 
-def _reuse(dataset, out, options: dict, rules, cache_dir, no_cache: bool):
+def _reuse(dataset, out: Path, options: dict, rules, cache_dir, no_cache: bool):
     """(the :class:`auditor.reuse.Reuse` to record into after a full scan, or None; the
-    outputs written again when nothing changed since the last scan with these options, or
-    None)."""
+    outputs written again into ``out`` when nothing changed since the last scan with these
+    options, or None)."""
     if no_cache:
         return None, None
-    from .fsutil import default_out_dir
     from .reuse import prepare
 
     trees, files = [], []
@@ -295,7 +309,7 @@ def _reuse(dataset, out, options: dict, rules, cache_dir, no_cache: bool):
                     follow_symlinks=options["follow_symlinks"], extra_trees=trees, extra_files=files)  # fmt: skip
     if reuse is None:
         return None, None
-    return reuse, reuse.restore(Path(out) if out else default_out_dir(dataset))
+    return reuse, reuse.restore(out)
 
 
 @dataclass
@@ -309,16 +323,34 @@ class _Reused:
 
 @contextmanager
 def _input_errors():
-    """Input errors -> one line on stderr and exit 2; Ctrl-C -> exit 130, cache kept."""
+    """Input errors (a missing or invalid input, an output that cannot be written) -> one
+    line on stderr and exit 2; Ctrl-C -> exit 130, cache kept; a cache that cannot be used
+    -> one ``warning:`` line, and the command goes on."""
     from .backbones import BackboneError
     from .backbones.torch_state import ModelFileError
     from .dataset import DatasetError
+    from .fsutil import OutputError
     from .gating import ReportError
     from .rules import RulesError
+    from .store import CacheWarning
+
+    shown: set[str] = set()
+    default_show = warnings.showwarning
+
+    def show(message, category, *args, **kwargs) -> None:
+        if not issubclass(category, CacheWarning):
+            return default_show(message, category, *args, **kwargs)
+        if str(message) not in shown:  # each store warns once; several stores, one line
+            shown.add(str(message))
+            err_console.print(f"warning: {_term(message)}", style="yellow", highlight=False, soft_wrap=True)
 
     try:
-        yield
-    except (DatasetError, RulesError, BackboneError, ModelFileError, FileNotFoundError, ReportError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", CacheWarning)
+            warnings.showwarning = show
+            yield
+    except (DatasetError, RulesError, BackboneError, ModelFileError, FileNotFoundError, ReportError,
+            OutputError) as exc:  # fmt: skip
         _fail(str(exc))
     except KeyboardInterrupt:
         err_console.print("interrupted; the cache keeps what was finished so far", style="yellow")
@@ -351,17 +383,20 @@ def gate(
     """Pass or fail DATASET against the rules: exit 0 when every error-level rule passes,
     1 when one fails, 2 on a usage or input error. Failing rules are printed first. With
     GITHUB_ACTIONS set, also prints ::error/::warning annotations."""
+    from .fsutil import OutputError, atomic_write_bytes
     from .gating import gate as run_gate
     from .gating import github_annotations, junit_xml
-    from .report import atomic_write_bytes
 
     if (dataset is None) == (from_report is None):
         _fail("give a DATASET to scan, or --from-report report.json (not both)")
     bar, update = _progress()
     with _input_errors(), bar:
+        if junit is not None:
+            check_output(junit, dataset, source, images, folder=False, option="--junit")
         if from_report is not None:
             result = run_gate(from_report=from_report, rules=rules)
         else:
+            out = output_folder(dataset, out, source, images)  # refused before any work
             options = _scan_options(source=source, embed=not no_embed, backbone=backbone, weights=weights,
                                     layout=layout, manifest=manifest, coco=coco, images=images)  # fmt: skip
             reuse, files = _reuse(dataset, out, options, rules, cache_dir, False)
@@ -375,15 +410,15 @@ def gate(
     if junit is not None:
         try:
             atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
-        except OSError as exc:
-            _fail(f"{junit}: cannot write the JUnit file: {exc.strerror or exc}")
+        except OutputError as exc:
+            _fail(f"cannot write the JUnit file: {exc}")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in github_annotations(result):
             print(line, flush=True)
     if not quiet:
         print_gate(result)
     verdict = "[bold green]Gate: passed[/]" if result.passed else "[bold red]Gate: failed[/]"
-    where = escape(f" (report: {result.report_path})") if result.report_path else ""
+    where = _term(f" (report: {result.report_path})") if result.report_path else ""
     out_console.print(verdict + where, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if result.passed else 1)
 
@@ -400,8 +435,8 @@ def print_gate(result, console: Console = out_console) -> None:
             f"{e['threshold']}" if e["threshold"] is not None else "",
             f"{e['max_fraction']:.1%}" if e["max_fraction"] is not None else "") if x)  # fmt: skip
         style = "bold red" if e["status"] == "fail" else "yellow"
-        table.add_row(e["rule"], f"[{style}]{e['status']}[/]", str(e["value"]), allowed or "-",
-                      f"{e['fraction']:.1%}", escape("; ".join(e["examples"][:2])))  # fmt: skip
+        table.add_row(_term(e["rule"]), f"[{style}]{e['status']}[/]", str(e["value"]), allowed or "-",
+                      f"{e['fraction']:.1%}", _term("; ".join(e["examples"][:2])))  # fmt: skip
     passed = sum(r["status"] == "pass" for r in result.report["gate"]["rules"])
     if table.row_count:
         console.print(table)
@@ -461,16 +496,16 @@ def clean(
         rows = m[m["action"] == action]
         if len(rows):
             why = "; ".join(sorted({r.split(":")[0] for r in rows["reason"] if r})[:6])
-            table.add_row(action, str(len(rows)), escape(why or "-"))
+            table.add_row(action, str(len(rows)), _term(why or "-"))
     out_console.print(table)
     if result.boxes is not None:
         b = result.boxes
         counts = ", ".join(f"{a} {int((b['action'] == a).sum())}" for a in ("keep", "clip", "drop"))
         why = "; ".join(sorted({r.split(":")[0] for r in b.loc[b["action"] != "keep", "reason"] if r})[:6])
-        out_console.print(f"Boxes: {counts} ({escape(why or 'nothing to fix')}); one row per box in boxes.csv",
+        out_console.print(f"Boxes: {counts} ({_term(why or 'nothing to fix')}); one row per box in boxes.csv",
                           highlight=False)  # fmt: skip
     if result.out_dir is not None:
-        out_console.print(f"Cleaned dataset: {escape(str(result.out_dir))} (manifest.csv)", highlight=False,
+        out_console.print(f"Cleaned dataset: {_term(str(result.out_dir))} (manifest.csv)", highlight=False,
                           soft_wrap=True)  # fmt: skip
     else:
         out_console.print("Dry run: nothing written.")
@@ -533,7 +568,7 @@ def finetune(
         out_console.print(f"{phase}: {len(rows)} epochs, val_loss {last['val_loss']:.3f}, "
                           f"val_accuracy {last['val_accuracy']:.3f}", highlight=False)  # fmt: skip
     out_console.print(f"validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} images; "
-                      f"model: {escape(str(result.model_path))}", highlight=False, soft_wrap=True)  # fmt: skip
+                      f"model: {_term(str(result.model_path))}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @app.command("run")
@@ -564,6 +599,7 @@ def run_pipeline(
     """scan -> gate -> clean -> finetune, stopping at a failed gate unless --force, with one
     report (OUT/report.html) that shows what was found, what was removed and how training went.
     Exit 0 when it ran to the end, 1 when the gate stopped it, 2 on an input error."""
+    from .clean import CleanError
     from .finetune import AUGMENTATIONS, FinetuneError, FinetuneOptions
     from .pipeline import run
 
@@ -576,21 +612,21 @@ def run_pipeline(
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
                          augment_from_audit=augment and not augmentations, progress=update, workers=workers,
                          cache_dir=cache_dir, coco=coco, images=images)  # fmt: skip
-        except FinetuneError as exc:
+        except (FinetuneError, CleanError) as exc:
             _fail(str(exc))
     print_summary(result.scan)
     if result.stopped:
         out_console.print("[bold red]Stopped: the gate failed[/] (use --force to clean and fine-tune anyway)")
     else:
         counts = ", ".join(f"{k} {v}" for k, v in result.clean.counts.items())
-        out_console.print(f"clean: {counts}", highlight=False)
+        out_console.print(f"clean: {_term(counts)}", highlight=False)
         if result.finetune is None:
-            out_console.print(f"fine-tune: skipped ({escape(result.skipped or '')})", highlight=False)
+            out_console.print(f"fine-tune: skipped ({_term(result.skipped or '')})", highlight=False)
         else:
             ev = result.finetune.evaluation
             out_console.print(f"fine-tune: validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} "
                               "images", highlight=False)  # fmt: skip
-    out_console.print(f"Report: {escape(str(result.scan.files['html']))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {_term(str(result.scan.files['html']))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if result.stopped else 0)
 
 
@@ -616,6 +652,7 @@ def embed(
         _fail(f"--out must end in .npz or .parquet, not {out.name!r}")
     bar, update = _progress()
     with _input_errors(), bar:
+        check_output(out, dataset, folder=False)  # refused before the backbone loads
         result = run_embed(
             dataset, out, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
             batch_size=batch_size, workers=workers, layout=layout, manifest=manifest, cache_dir=cache_dir,
@@ -623,11 +660,11 @@ def embed(
         )  # fmt: skip
     emb = result.embeddings
     out_console.print(
-        f"{len(result.paths)} images embedded with {escape(emb.backbone['id'])} ({emb.backbone['dims']}-d; "
+        f"{len(result.paths)} images embedded with {_term(emb.backbone['id'])} ({emb.backbone['dims']}-d; "
         f"{emb.computed} computed, {emb.cached} from cache; {result.skipped} unreadable skipped)",
         highlight=False,
     )
-    out_console.print(f"Embeddings: {escape(str(out))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Embeddings: {_term(str(out))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -643,9 +680,11 @@ def demo(
     from .api import scan as run_scan
     from .demo import build_demo, make_coco
 
+    with _input_errors():
+        check_output(out)  # the default, reports/demo, may be in a read-only folder
     data_dir = out / "dataset"
     injected = build_demo(data_dir)
-    err_console.print(f"demo dataset: {escape(str(data_dir))} ({injected['images']} images, "
+    err_console.print(f"demo dataset: {_term(str(data_dir))} ({injected['images']} images, "
                       f"{len(injected['defects'])} injected defects)", highlight=False)  # fmt: skip
     bar, update = _progress()
     with bar:
@@ -653,21 +692,21 @@ def demo(
     print_summary(result)
     hit = _injected_found(result.report, injected["defects"])
     out_console.print(f"Injected defects found: {hit}/{len(injected['defects'])}")
-    out_console.print(f"Report: {escape(str(result.files['html']))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {_term(str(result.files['html']))}", highlight=False, soft_wrap=True)
 
     # the detection part: a COCO dataset with every box defect (box checks need no embeddings)
     coco_dir = out / "detection" / "dataset"
     if coco_dir.exists():
         shutil.rmtree(coco_dir)
     boxes = make_coco(coco_dir)
-    err_console.print(f"\ndetection demo (COCO): {escape(str(coco_dir))} ({len(boxes)} injected box defects)",
+    err_console.print(f"\ndetection demo (COCO): {_term(str(coco_dir))} ({len(boxes)} injected box defects)",
                       highlight=False)  # fmt: skip
     bar, update = _progress()
     with bar:
         det = run_scan(coco_dir, out / "detection", workers=workers, use_cache=False, embed=False, progress=update)
     print_summary(det)
     out_console.print(f"Injected box defects found: {_injected_found(det.report, boxes)}/{len(boxes)}")
-    out_console.print(f"Report: {escape(str(det.files['html']))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {_term(str(det.files['html']))}", highlight=False, soft_wrap=True)
 
 
 def _injected_found(report: dict, injected: list[dict]) -> int:

@@ -3,14 +3,18 @@
 :func:`measure_file` is the per-file job (pure: path in, record out). :func:`measure_all`
 streams files through a bounded pool of worker processes, writes results to the store in
 batches, and survives workers that crash inside a native decoder (the file that killed the
-worker becomes a ``corrupt`` record; the rest of the scan goes on).
+worker becomes a ``corrupt`` record; the rest of the scan goes on). Workers end with their
+parent, however it ends (``kill -9`` included).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +39,8 @@ TASK_SIZE = 8
 class ExtractOptions:
     max_pixels: int = dec.DEFAULT_MAX_PIXELS
     max_bytes: int = dec.DEFAULT_MAX_FILE_BYTES
+    #: where the compiled kernels are cached (the store's cache folder; None: the default)
+    cache_dir: str | None = None
 
 
 DEFAULT_OPTIONS = ExtractOptions()
@@ -55,27 +61,27 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
 _KERNELS: list = []  # [module or None], once this process has tried to load the kernels
 
 
-def pixel_kernels():
+def pixel_kernels(cache_dir: str | None = None):
     """The compiled pixel measurements (:mod:`auditor.kernels`), compiled or loaded from
-    numba's cache on first use in a process; None to use the numpy reference instead:
-    ``AUDITOR_NO_JIT`` is set, or numba cannot be imported or compile here (the scan still
-    works, slower)."""
+    their cache in ``cache_dir`` (default: the user cache folder) on first use in a process;
+    None to use the numpy reference instead: ``AUDITOR_NO_JIT`` is set, or numba cannot be
+    imported or compile here (the scan still works, slower)."""
     if os.environ.get("AUDITOR_NO_JIT"):
         return None
     if not _KERNELS:
         try:
             from . import kernels
 
-            kernels.warm()
-        except Exception:  # numba missing, built for another numpy, or no cache/compiler
+            kernels.warm(cache_dir)
+        except Exception:  # numba missing, built for another numpy, or no compiler
             kernels = None
         _KERNELS.append(kernels)
     return _KERNELS[0]
 
 
-def _pixel_properties(work: np.ndarray) -> tuple[dict, np.ndarray]:
+def _pixel_properties(work: np.ndarray, cache_dir: str | None = None) -> tuple[dict, np.ndarray]:
     """(measure.measure_pixels of the working copy, its rounded uint8 luminance)."""
-    kernels = pixel_kernels()
+    kernels = pixel_kernels(cache_dir)
     if kernels is not None:
         return kernels.measure_rgb(work)
     planes = _planes(work)
@@ -101,7 +107,7 @@ def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[
         props.update(error_kind=result.kind, error=result.message)
         return chash, props, None
     work = downscale_to(result.rgb, ANALYSIS_MAX_SIDE)
-    pixel_props, gray_u8 = _pixel_properties(work)
+    pixel_props, gray_u8 = _pixel_properties(work, options.cache_dir)
     props.update(
         width=result.width,
         height=result.height,
@@ -127,6 +133,38 @@ def _crashed(path: str) -> tuple[str, str | None, dict, None]:
     return path, None, {"error_kind": "decoder_crash", "error": "the decoder crashed on this file"}, None
 
 
+def _end_with(parent: int) -> None:
+    """Worker initializer: end this worker when ``parent`` (the scan) dies, however it dies.
+    A killed scan's workers would otherwise wait for tasks forever: each holds both ends of
+    its task pipe, so it never sees the parent go. On Linux the kernel sends SIGKILL when
+    the parent exits (prctl PR_SET_PDEATHSIG); everywhere, a thread checks every half
+    second whether the worker was handed to another parent."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc symbol: the thread below still watches
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="auditor-parent-watch", daemon=True).start()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes that end with this one (see :func:`_end_with`)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_end_with,
+                               initargs=(os.getpid(),))  # fmt: skip
+
+
 def _mp_context():
     import multiprocessing as mp
 
@@ -142,12 +180,12 @@ def _iter_results(paths: list[str], workers: int, options: ExtractOptions):
         for p in paths:
             yield (p, *measure_file(p, options))
         return
-    pixel_kernels()  # compiled (or loaded) once here; forked workers inherit it
+    pixel_kernels(options.cache_dir)  # compiled (or loaded) once here; forked workers inherit it
     tasks = [paths[i : i + TASK_SIZE] for i in range(0, len(paths), TASK_SIZE)]
     pending_tasks = list(reversed(tasks))
     suspects: list[str] = []  # files of tasks that were in flight when a worker died
     while pending_tasks:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
+        pool = _pool(workers)
         in_flight: dict[Future, list[str]] = {}
         broken = False
         try:
@@ -176,26 +214,37 @@ def _iter_results(paths: list[str], workers: int, options: ExtractOptions):
         # Re-run each suspect alone in a fresh one-worker pool: only the real culprit fails.
         while suspects:
             path = suspects.pop()
-            with ProcessPoolExecutor(max_workers=1, mp_context=_mp_context()) as solo:
+            with _pool(1) as solo:
                 try:
                     yield from solo.submit(_measure_task, [path], options).result()
                 except BrokenProcessPool:
                     yield _crashed(path)
 
 
+#: os.access answers for the effective user (the one that opens files) where it can
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
 def _stat_known(
     paths: Sequence[str], store: Store
 ) -> tuple[dict[str, tuple[int, int]], dict[str, str], dict[str, str]]:
-    """(path -> (size, mtime_ns), path -> stat error, path -> content hash the store knows
-    for files unchanged since it saw them)."""
+    """(path -> (size, mtime_ns), path -> why it cannot be read, path -> content hash the
+    store knows for files unchanged since it saw them).
+
+    A file this user cannot read is unreadable even when the store measured it earlier
+    (chmod 000 since, or another user's cache): the cached numbers would report it as fine."""
     stats: dict[str, tuple[int, int]] = {}
     errors: dict[str, str] = {}
     for p in paths:
         try:
             st = os.stat(p)
-            stats[p] = (st.st_size, st.st_mtime_ns)
         except OSError as exc:
-            errors[p] = str(exc.strerror)
+            errors[p] = f"cannot stat: {exc.strerror}"
+            continue
+        if not os.access(p, os.R_OK, effective_ids=_EFFECTIVE_IDS):
+            errors[p] = "permission denied: this user cannot read the file"
+            continue
+        stats[p] = (st.st_size, st.st_mtime_ns)
     return stats, errors, store.known_hashes((p, *stats[p]) for p in stats)
 
 
@@ -214,9 +263,11 @@ def measure_all(
     ``progress(n)`` is called with the number of files just finished.
     """
     workers = workers or os.cpu_count() or 1
+    if options.cache_dir is None:
+        options = dataclasses.replace(options, cache_dir=str(store.folder))
     stats, stat_errors, known = _stat_known(paths, store)
     results: dict[str, tuple[str | None, dict]] = {
-        p: (None, {"error_kind": "unreadable", "error": f"cannot stat: {err}"}) for p, err in stat_errors.items()
+        p: (None, {"error_kind": "unreadable", "error": err}) for p, err in stat_errors.items()
     }
     cached = store.get_measurements(known.values(), MEASURE_VERSION, thumbnails=False)
     todo: list[str] = []

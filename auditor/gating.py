@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Finding, jsonable
-from .rules import Rules, RulesError, apply_severities, judge, load_rules
+from .fsutil import printable
+from .rules import SEVERITIES, Rules, RulesError, apply_severities, judge, load_rules, short_repr
 
 
 class GateFailed(RuntimeError):
@@ -85,7 +86,8 @@ def rejudge(report: dict, rules: Rules) -> dict:
         if not info or not info.get("enabled"):
             raise ReportError(f"{rules.source}: {name} is enabled but did not run in this report; rescan")
         if "params" in info and (info["params"] or {}) != jsonable(rule.params):
-            raise ReportError(f"{rules.source}: {name}.params differ from the scan's ({info['params']}); rescan")
+            raise ReportError(f"{rules.source}: {name}.params differ from the scan's ({short_repr(info['params'])}); "
+                              "rescan")  # fmt: skip
     findings = [
         Finding(f["check"], f["paths"], f["score"], f["message"], f.get("details") or {})
         for f in report["findings"]
@@ -104,22 +106,126 @@ class ReportError(ValueError):
 
 
 def load_report(path: str | os.PathLike) -> dict:
-    """Read a report.json; FileNotFoundError or :class:`ReportError` with a one-line reason."""
+    """Read a report.json and check it against the parts of the report contract the gate
+    reads (:func:`check_report`); FileNotFoundError or :class:`ReportError` with a one-line
+    reason that names the first bad JSON path."""
     p = Path(path)
     try:
         report = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{p}: no such report") from None
+    except RecursionError:
+        raise ReportError(f"{p}: nested too deeply to be a report.json") from None
     except (OSError, ValueError) as exc:
         raise ReportError(f"{p}: not a readable report.json ({exc})") from None
     if not isinstance(report, dict) or not str(report.get("schema", "")).startswith("auditor.report/"):
         raise ReportError(f"{p}: not an image-auditor report (no 'schema: auditor.report/...')")
-    ok = (isinstance(report.get("findings"), list) and isinstance(report.get("gate"), dict)
-          and isinstance(report["gate"].get("rules"), list) and isinstance(report.get("dataset"), dict)
-          and isinstance(report["dataset"].get("images"), int) and isinstance(report.get("checks"), dict))  # fmt: skip
-    if not ok:
-        raise ReportError(f"{p}: incomplete report (needs findings, gate.rules, dataset.images, checks)")
+    problem = check_report(report)
+    if problem:
+        raise ReportError(f"{p}: {problem}")
     return report
+
+
+_STATUSES = ("pass", "warn", "fail")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type in JSON's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _member(where: str, key: str) -> str:
+    return f"{where}.{key}" if _NAME.fullmatch(key) else f"{where}[{short_repr(key, 60)}]"
+
+
+class _Bad(Exception):
+    """The first departure from the contract: ``JSON path: expected ...``."""
+
+
+def _field(obj: dict, key: str, where: str, test, expected: str, optional: bool = False):
+    """``obj[key]`` when ``test`` accepts it (a missing key: None if ``optional``)."""
+    path = _member(where, key)
+    if key not in obj:
+        if optional:
+            return None
+        raise _Bad(f"{path}: missing (incomplete report; expected {expected})")
+    value = obj[key]
+    if not test(value):
+        raise _Bad(f"{path}: expected {expected}, got {_kind(value)} {short_repr(value, 60)}")
+    return value
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_count(v) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _objects(items: list, where: str):
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _Bad(f"{where}[{i}]: expected an object, got {_kind(item)}")
+        yield f"{where}[{i}]", item
+
+
+def check_report(report: dict) -> str | None:
+    """The first way ``report`` departs from what the gate reads of the report contract
+    (``dataset.images``, ``checks``, ``findings``, ``gate``), as ``JSON path: expected ...``;
+    None when it is fine. ``gate.passed`` must agree with ``gate.rules``: a report that says
+    it passed with a failing rule must not turn into exit 0."""
+    try:
+        dataset = _field(report, "dataset", "$", lambda v: isinstance(v, dict), "an object")
+        _field(dataset, "images", "$.dataset", _is_count, "a count of images (>= 0)")
+        checks = _field(report, "checks", "$", lambda v: isinstance(v, dict), "an object")
+        for name, info in checks.items():
+            where = _member("$.checks", name)
+            if not isinstance(info, dict):
+                raise _Bad(f"{where}: expected an object, got {_kind(info)}")
+            _field(info, "enabled", where, lambda v: isinstance(v, bool), "true or false")
+            _field(info, "params", where, lambda v: v is None or isinstance(v, dict), "an object", optional=True)
+            _field(info, "skipped", where, lambda v: v is None or isinstance(v, str), "a string", optional=True)
+        findings = _field(report, "findings", "$", lambda v: isinstance(v, list), "an array")
+        for where, f in _objects(findings, "$.findings"):
+            _field(f, "check", where, lambda v: isinstance(v, str), "a check name")
+            _field(f, "paths", where, lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                   "an array of paths")  # fmt: skip
+            _field(f, "score", where, _is_number, "a number")
+            _field(f, "message", where, lambda v: isinstance(v, str), "a string")
+            _field(f, "severity", where, lambda v: v in SEVERITIES, " or ".join(SEVERITIES), optional=True)
+            _field(f, "details", where, lambda v: v is None or isinstance(v, dict), "an object", optional=True)
+        gate = _field(report, "gate", "$", lambda v: isinstance(v, dict), "an object")
+        passed = _field(gate, "passed", "$.gate", lambda v: isinstance(v, bool), "true or false")
+        entries = _field(gate, "rules", "$.gate", lambda v: isinstance(v, list), "an array")
+        failed = None
+        for where, e in _objects(entries, "$.gate.rules"):
+            _field(e, "rule", where, lambda v: isinstance(v, str), "a check name")
+            _field(e, "severity", where, lambda v: v in SEVERITIES, " or ".join(SEVERITIES))
+            if _field(e, "status", where, lambda v: v in _STATUSES, " or ".join(_STATUSES)) == "fail":
+                failed = failed or where
+            _field(e, "value", where, _is_count, "a count of findings (>= 0)")
+            _field(e, "threshold", where, lambda v: v is None or _is_count(v), "a count or null")
+            _field(e, "fraction", where, _is_number, "a number")
+            _field(e, "max_fraction", where, lambda v: v is None or _is_number(v), "a number or null")
+        if passed and failed:
+            raise _Bad(f"$.gate.passed: true, but {failed} failed")
+        if not passed and not failed:
+            raise _Bad("$.gate.passed: false, but no rule in $.gate.rules failed")
+    except _Bad as bad:
+        return str(bad)
+    return None
 
 
 def gate(
@@ -219,7 +325,8 @@ def _examples(result: GateResult, rule: str) -> list[str]:
 
 def _escape_data(s: str) -> str:
     s = s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    return re.sub("[\x00-\x1f\x7f]", lambda m: f"%{ord(m.group()):02X}", s)  # no raw ESC sequences
+    s = re.sub("[\x00-\x1f\x7f]", lambda m: f"%{ord(m.group()):02X}", s)  # no raw ESC sequences
+    return printable(s)  # nor C1 or bidirectional controls (the log is shown on a terminal)
 
 
 def _escape_property(s: str) -> str:

@@ -8,14 +8,20 @@ numba-compiled loops, about four times faster (``benchmarks/bench_kernels.py``);
 checks that both agree on real photos (to float32 rounding) and that the luminance, and
 with it the perceptual hashes, is bit-identical.
 
-The kernels are compiled on first use and cached on disk by numba (``cache=True``: next to
-this file, or in numba's user cache directory when that is read-only), so only the first
-scan on a machine pays the compilation (a few seconds). numba is a dependency (umap-learn's
-too); where it cannot be imported, or with ``AUDITOR_NO_JIT=1``, the scan uses the
-numpy reference instead (same results, slower).
+The kernel is compiled on first use and cached on disk by numba in the auditor's cache folder
+(``<cache folder>/numba``; numba's own ``NUMBA_CACHE_DIR`` when the user set one), so only
+the first scan on a machine pays the compilation (a few seconds). Never beside this file: an
+installed package must stay as installed (it may be read-only, and a leftover
+``__pycache__`` of compiled code turns ``site-packages/auditor`` into a namespace package
+that shadows a later editable install). numba is a dependency (umap-learn's too); where it
+cannot be imported, or with ``AUDITOR_NO_JIT=1``, the scan uses the numpy reference instead
+(same results, slower).
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -195,16 +201,32 @@ def _noise_blocks(rgb, block, sig, mean):
                 mean[c, bi, bj] = sm / n
 
 
-def _jit_cached(fn):
-    """``njit`` with numba's on-disk cache; without it where numba finds no writable cache
-    folder (then each process compiles, a few seconds, instead of using numpy)."""
+def _jit_cached(fn, cache_dir: str | os.PathLike | None):
+    """``njit`` with numba's on-disk cache under ``cache_dir`` (or the user's
+    ``NUMBA_CACHE_DIR``); uncached where that cannot be written (then each process compiles,
+    a few seconds, instead of using numpy). numba picks the cache folder when it decorates,
+    from its ``config.CACHE_DIR``: set for this one decoration, so other numba users in the
+    process (umap, pynndescent) keep their own settings."""
+    import numba
+
+    folder = numba.config.CACHE_DIR or (str(Path(cache_dir) / "numba") if cache_dir else "")
+    if not folder:
+        return njit(nogil=True)(fn)
+    saved = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = folder
     try:
-        return njit(cache=True, nogil=True)(fn)
+        compiled = njit(cache=True, nogil=True)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         return njit(nogil=True)(fn)
+    finally:
+        numba.config.CACHE_DIR = saved
+    # numba tries the next place (beside this file) when the folder cannot be written
+    where = os.path.abspath(getattr(getattr(compiled, "_cache", None), "cache_path", None) or "/")
+    if not where.startswith(os.path.abspath(folder)):
+        return njit(nogil=True)(fn)
+    return compiled
 
 
-@_jit_cached
 def _measure(rgb, block):
     """Every compiled measurement of one image: (gray_u8, luma histogram, spread
     histogram, colour moments, [sharp m1, kept] per axis, Laplacian sums, Haar energies,
@@ -235,13 +257,36 @@ def _measure(rgb, block):
     return gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean
 
 
-def warm() -> None:
-    """Compile (or load from numba's cache) the kernel now, on a tiny image, so that worker
-    processes forked afterwards inherit it instead of each loading or compiling its own."""
+_COMPILED: list = []  # [the compiled _measure], once this process has made it
+
+
+def _kernel(cache_dir: str | os.PathLike | None = None):
+    """The compiled :func:`_measure` (the one entry point, and the only function numba
+    caches: the helpers are compiled into it), made on first use with its cache under
+    ``cache_dir`` (default: the user cache folder)."""
+    if not _COMPILED:
+        if cache_dir is None:
+            from .store import default_cache_dir
+
+            cache_dir = default_cache_dir()
+        _COMPILED.append(_jit_cached(_measure, cache_dir))
+    return _COMPILED[0]
+
+
+def warm(cache_dir: str | os.PathLike | None = None) -> None:
+    """Compile (or load from the cache in ``cache_dir``) the kernel now, on a tiny image, so
+    that worker processes forked afterwards inherit it instead of each loading or compiling
+    its own. A cache that cannot take the compiled code (a full disk) costs the cache, not
+    the kernel."""
     image = np.zeros((40, 40, 3), np.uint8)
-    measure_rgb(image)
-    image.setflags(write=False)  # decoded images are read-only arrays: numba's other signature
-    measure_rgb(image)
+    kernel = _kernel(cache_dir)
+    try:
+        for writeable in (True, False):  # decoded images are read-only arrays: numba's other signature
+            image.setflags(write=writeable)
+            kernel(image, m._NOISE_BLOCK)
+    except OSError:
+        _COMPILED[0] = njit(nogil=True)(_measure)
+        warm()
 
 
 def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
@@ -252,7 +297,7 @@ def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     n = h * w
     if not n:
         return m.measure_pixels(rgb), np.zeros((h, w), np.uint8)
-    gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean = _measure(rgb, m._NOISE_BLOCK)
+    gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean = _kernel()(rgb, m._NOISE_BLOCK)
     mean_rgb, cov = _colour_stats(moments, n)
     luma = np.array([_WR, _WG, _WB], np.float64)
     out = {

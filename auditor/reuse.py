@@ -7,7 +7,9 @@ functions of
 
 * every file under the dataset root (and under the ``--source`` set, the COCO ``--images``
   folder, the ``--manifest`` / ``--coco`` / ``--rules`` files and the files they extend),
-  taken by path, size, modification and change time, inode and mode, like git's index;
+  taken by path, size, modification and change time, inode and mode, like git's index, and
+  whether this user can read it (a file the user cannot read is ``corrupt`` for them);
+* who runs it (user and groups: another user's scan is not replayed for this one);
 * the scan's options, the ``AUDITOR_*``, ``KERAS_*``, ``TF_*``, ``CUDA_*``, ``NUMBA_*`` and
   ``OMP_*`` environment, and the auditor that runs: its version,
   its own source files and the installed packages (the site-packages folders' change times,
@@ -31,12 +33,14 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .rules import rules_files
-from .store import Store
+from .store import CacheWarning, Store
 
 #: Bump when the record format changes.
 _FORMAT = 1
@@ -48,13 +52,19 @@ _RETRIED = ("unreadable", "decoder_crash")
 _ENV_PREFIXES = ("AUDITOR_", "KERAS_", "TF_", "CUDA_", "NUMBA_", "OMP_")
 
 
+#: os.access answers for the effective user (the one that opens files) where it can
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
 def _stat_line(path: str, follow: bool = True) -> str:
-    """What identifies one file's state: size, mtime, ctime, inode, mode (or why no stat)."""
+    """What identifies one file's state: size, mtime, ctime, inode, mode (or why no stat),
+    and whether this user may read it (an ACL or another user changes that, not the stat)."""
     try:
         st = os.stat(path) if follow else os.lstat(path)
     except OSError as exc:
         return f"{path}\0error {exc.errno}"
-    return f"{path}\0{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} {st.st_mode}"
+    readable = "r" if not follow or os.access(path, os.R_OK, effective_ids=_EFFECTIVE_IDS) else "-"
+    return f"{path}\0{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} {st.st_mode} {readable}"
 
 
 def _entry(h, path: str) -> None:
@@ -103,10 +113,13 @@ def _tree(h, root: Path, follow_symlinks: bool) -> bool:
 
 
 def _auditor_state(h) -> None:
-    """The running auditor: version, its source files, the Python, the installed packages."""
+    """The running auditor: who runs it, its version, its source files, the Python, the
+    installed packages."""
     from . import __version__
 
     h.update(f"auditor {__version__} format {_FORMAT} python {sys.version}\n".encode())
+    if hasattr(os, "geteuid"):
+        h.update(f"user {os.geteuid()} {os.getegid()} {sorted(os.getgroups())}\n".encode())
     pkg = Path(__file__).resolve().parent
     for dirpath, dirnames, filenames in os.walk(pkg):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
@@ -130,26 +143,24 @@ class Reuse:
     fingerprint: str  # the state of everything the scan reads
 
     def restore(self, out_dir: Path) -> dict[str, Path] | None:
-        """Write the recorded outputs into ``out_dir`` (atomically, each) and return them by
-        role (``json``, ``table``, ``html``, ...); None when there is no matching record."""
-        from .fsutil import atomic_write_bytes
+        """Write the recorded outputs into ``out_dir`` (all or none, as a full scan does) and
+        return them by role (``json``, ``table``, ``html``, ...); None when there is no
+        matching record. :class:`auditor.fsutil.OutputError` when they cannot be written."""
+        from .fsutil import write_files
 
         if not self.store_path.exists():
             return None
         try:
-            with Store(self.store_path) as store:
+            with _quiet_store(self.store_path) as store:
                 blob = store.get_result(self.key)
         except (sqlite3.Error, OSError):  # reuse is an optimisation: any doubt, scan
             return None
         files = _unpack(blob, self.fingerprint) if blob else None
         if files is None:
             return None
-        out: dict[str, Path] = {}
-        for role, (name, data) in files.items():
-            out[role] = Path(out_dir) / name
-            if role != "json":
-                atomic_write_bytes(out[role], data)
-        atomic_write_bytes(out["json"], files["json"][1])  # last, as a full scan does
+        out = {role: Path(out_dir) / name for role, (name, _) in files.items()}
+        order = [role for role in files if role != "json"] + ["json"]  # report.json last, as a full scan
+        write_files({out[role]: files[role][1] for role in order})
         return out
 
     def record(self, files: dict[str, Path], *tables) -> bool:
@@ -162,11 +173,20 @@ class Reuse:
                 return False
         try:
             parts = {role: (Path(p).name, Path(p).read_bytes()) for role, p in files.items()}
-            with Store(self.store_path) as store:
-                store.put_result(self.key, _pack(self.fingerprint, parts))
+            with _quiet_store(self.store_path) as store:
+                return store.put_result(self.key, _pack(self.fingerprint, parts))
         except (sqlite3.Error, OSError):  # the scan's outputs are written; only reuse is lost
             return False
-        return True
+
+
+@contextmanager
+def _quiet_store(path: Path) -> Iterator[Store]:
+    """The store, without its :class:`CacheWarning`: reuse is an optimisation, and the
+    scan's own store says when the cache cannot be used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        with Store(path) as store:
+            yield store
 
 
 def prepare(

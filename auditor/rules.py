@@ -15,12 +15,17 @@ this module is the one place that applies them. A rules file::
         gate: {max_count: 0, max_fraction: 0.05}   # optional; both optional
 
 Every problem (unknown check, unknown key, wrong type, missing field) raises
-:class:`RulesError` naming the file, the key and what was expected (exit code 2).
+:class:`RulesError` naming the file, the key and what was expected (exit code 2). A value is
+quoted in a message only in part (:func:`short_repr`), and a file whose YAML aliases expand
+to more than :data:`MAX_VALUES` values is refused when read: a few lines of aliases can
+stand for billions of values (a "billion laughs"), which only cost memory once something
+walks or prints them.
 """
 
 from __future__ import annotations
 
 import copy
+import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -52,6 +57,20 @@ DEFAULT_CLEAN = {
                 "box_label_conflict": "quarantine", "box_unknown_category": "drop"},
 }  # fmt: skip
 _CHECK_KEYS = {"severity", "enabled", "params", "gate", "description"}
+#: Values (keys, items, scalars) a rules file may hold with its YAML aliases expanded; the
+#: presets hold about 500.
+MAX_VALUES = 100_000
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
+def short_repr(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut short (nesting, items, long strings): for messages about input of
+    any size."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RulesError(ValueError):
@@ -99,7 +118,26 @@ def _read_yaml(path: Path) -> dict:
         raise RulesError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise RulesError(f"{path}: expected a mapping at the top level")
+    _bounded(data, path)
     return data
+
+
+def _bounded(data: Any, path: Path) -> None:
+    """RulesError when ``data`` holds more than :data:`MAX_VALUES` values with its YAML
+    aliases expanded (a cycle never ends, so it is caught too). Stops counting at the limit:
+    the walk costs at most MAX_VALUES steps whatever the file."""
+    left, todo = MAX_VALUES, [data]
+    while todo:
+        node = todo.pop()
+        left -= 1
+        if left < 0:
+            raise RulesError(f"{path}: more than {MAX_VALUES} values once its YAML aliases (*name) are expanded; "
+                             "a rules file does not need that many: write the values out")  # fmt: skip
+        if isinstance(node, dict):
+            todo.extend(node.keys())
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -127,8 +165,8 @@ def _chain(path: Path) -> list[tuple[Path, dict]]:
             raise RulesError(f"{path}: 'extends' must be a preset name or a file path")
         ppath = preset_path(parent) if parent in PRESETS else (path.parent / parent)
         if not ppath.is_file():
-            raise RulesError(f"{path}: extends: {parent!r} is neither a preset ({', '.join(PRESETS)}) nor a file "
-                             f"({ppath})")  # fmt: skip
+            raise RulesError(f"{path}: extends: {short_repr(parent)} is neither a preset ({', '.join(PRESETS)}) "
+                             f"nor a file ({ppath})")  # fmt: skip
         path = ppath
 
 
@@ -150,7 +188,7 @@ def _check_type(src: str, key: str, value: Any, expected) -> None:
         ts = (*ts, int)  # 4 is a fine value where 4.0 is expected
     ok = isinstance(value, ts) and not (isinstance(value, bool) and bool not in ts)
     if not ok:
-        raise RulesError(f"{src}: {key}: expected {_type_name(expected)}, got {value!r}")
+        raise RulesError(f"{src}: {key}: expected {_type_name(expected)}, got {short_repr(value)}")
 
 
 def validate(data: dict, src: str) -> Rules:
@@ -160,9 +198,10 @@ def validate(data: dict, src: str) -> Rules:
     registry = load_all()
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise RulesError(f"{src}: unknown top-level key {sorted(unknown)[0]!r}; expected {sorted(_TOP_KEYS)}")
+        first = sorted(map(str, unknown))[0]
+        raise RulesError(f"{src}: unknown top-level key {short_repr(first)}; expected {sorted(_TOP_KEYS)}")
     if data.get("schema", SCHEMA) != SCHEMA:
-        raise RulesError(f"{src}: schema: expected {SCHEMA!r}, got {data.get('schema')!r}")
+        raise RulesError(f"{src}: schema: expected {SCHEMA!r}, got {short_repr(data.get('schema'))}")
     settings = data.get("settings") or {}
     if not isinstance(settings, dict):
         raise RulesError(f"{src}: settings: expected a mapping")
@@ -188,7 +227,7 @@ def validate(data: dict, src: str) -> Rules:
             raise RulesError(f"{src}: {where}.{sorted(bad)[0]}: unknown key; expected {sorted(_CHECK_KEYS)}")
         sev = entry.get("severity")
         if sev not in SEVERITIES:
-            raise RulesError(f"{src}: {where}.severity: expected one of {', '.join(SEVERITIES)}, got {sev!r}")
+            raise RulesError(f"{src}: {where}.severity: expected one of {', '.join(SEVERITIES)}, got {short_repr(sev)}")
         enabled = entry.get("enabled", True)
         _check_type(src, f"{where}.enabled", enabled, bool)
         params = entry.get("params") or {}
@@ -212,9 +251,9 @@ def validate(data: dict, src: str) -> Rules:
                 continue
             _check_type(src, f"{where}.gate.{g}", v, _GATE_KEYS[g])
             if g == "max_count" and v < 0:
-                raise RulesError(f"{src}: {where}.gate.max_count: expected a count >= 0, got {v!r}")
+                raise RulesError(f"{src}: {where}.gate.max_count: expected a count >= 0, got {short_repr(v)}")
             if g == "max_fraction" and not 0 <= v <= 1:
-                raise RulesError(f"{src}: {where}.gate.max_fraction: expected a fraction in 0..1, got {v!r}")
+                raise RulesError(f"{src}: {where}.gate.max_fraction: expected a fraction in 0..1, got {short_repr(v)}")
         rules.checks[name] = CheckRule(
             name, sev, dict(params), enabled, gate.get("max_count"), gate.get("max_fraction")
         )
@@ -242,7 +281,7 @@ def _validate_clean(section: Any, src: str, registry: dict) -> dict:
     ev = section.get("eval_label_issues", out["eval_label_issues"])
     if ev not in EVAL_LABEL_ISSUE_ACTIONS:
         raise RulesError(f"{src}: clean.eval_label_issues: expected one of {', '.join(EVAL_LABEL_ISSUE_ACTIONS)}, "
-                         f"got {ev!r}")  # fmt: skip
+                         f"got {short_repr(ev)}")  # fmt: skip
     out["eval_label_issues"] = ev
     actions = section.get("actions", out["actions"])
     if not isinstance(actions, dict):
@@ -251,7 +290,8 @@ def _validate_clean(section: Any, src: str, registry: dict) -> dict:
         if name not in registry:
             raise RulesError(f"{src}: clean.actions.{name}: unknown check")
         if act not in CLEAN_ACTIONS:
-            raise RulesError(f"{src}: clean.actions.{name}: expected one of {', '.join(CLEAN_ACTIONS)}, got {act!r}")
+            raise RulesError(f"{src}: clean.actions.{short_repr(name)}: expected one of {', '.join(CLEAN_ACTIONS)}, "
+                             f"got {short_repr(act)}")  # fmt: skip
     out["actions"] = dict(actions)
     return out
 

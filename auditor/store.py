@@ -14,6 +14,11 @@ or ``--cache-dir`` move it). Two tables:
 
 Writes happen in batches inside transactions (WAL journal), so an interrupted scan (Ctrl-C,
 a killed process) leaves every committed batch usable and no half-written row.
+
+The cache is an optimisation, never a reason for a scan to fail: where the database cannot be
+opened or written (a full disk, a read-only folder, a damaged file) the store warns once
+(:class:`CacheWarning`) and goes on with an in-memory database for what is left of the
+scan, so its results (thumbnails included) are whole; it only forgets them afterwards.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -70,25 +77,89 @@ def default_cache_dir() -> Path:
     return base / "image-auditor"
 
 
+class CacheWarning(UserWarning):
+    """The cache folder could not be used; the scan went on without it."""
+
+
 class Store:
     """A handle on the cache database. Use as a context manager, or call :meth:`close`.
 
-    ``path=None`` gives a throw-away in-memory store (``--no-cache``).
+    ``path=None`` gives a throw-away in-memory store (``--no-cache``). ``folder`` is the
+    cache folder, where compiled code (numba kernels, report templates) is cached too: the
+    database's folder, or for an in-memory store the default one.
     """
 
     def __init__(self, path: str | os.PathLike | None):
-        if path is None:
-            self.path = ":memory:"
-        else:
-            p = Path(path)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self.path = str(p)
-        self._db = sqlite3.connect(self.path, timeout=30.0)
-        if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._db.commit()
+        self.folder = Path(path).parent if path is not None else default_cache_dir()
+        self.path = ":memory:" if path is None else str(path)
+        # Reads consult every database here, newest first; writes go to the first. One
+        # normally; an in-memory one (the spill) goes in front when the disk one fails.
+        self._dbs: list[sqlite3.Connection] = []
+        self._spill: sqlite3.Connection | None = None
+        try:
+            if path is not None:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._dbs.append(self._connect(self.path))
+        except (sqlite3.Error, OSError) as exc:
+            self._fall_back(exc)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The database writes go to (the tests look inside it)."""
+        return self._dbs[0]
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=30.0)
+        try:
+            if path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            db.commit()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _fall_back(self, exc: Exception) -> None:
+        """Go on in memory after ``exc``, with one warning: the spill database takes the
+        writes from now on; the disk one is still read while it can be."""
+        if self._spill is not None or self.path == ":memory:":
+            raise exc  # memory itself failed: nothing left to fall back to
+        warnings.warn(f"the cache {self.path} cannot be used ({exc}); this scan goes on without it (free some "
+                      "space, or give --cache-dir or --no-cache)", CacheWarning, stacklevel=3)  # fmt: skip
+        self._spill = self._connect(":memory:")
+        self._dbs.insert(0, self._spill)
+
+    def _write(self, statements: Callable[[sqlite3.Connection], Any]) -> bool:
+        """Run ``statements`` in one transaction on the first database; True when that is
+        the disk (False: it went to memory, see :meth:`_fall_back`)."""
+        try:
+            with self._dbs[0]:  # commits, or rolls back on any exception (KeyboardInterrupt included)
+                statements(self._dbs[0])
+        except (sqlite3.Error, OSError) as exc:
+            if self._dbs[0] is self._spill:
+                raise
+            self._fall_back(exc)
+            with self._spill:
+                statements(self._spill)
+        return self._dbs[0] is not self._spill
+
+    def _read(self, query: Callable[[sqlite3.Connection], Any]) -> list:
+        """``query``'s answer from every database, newest first; a disk database that
+        fails to read is left out from then on (see :meth:`_fall_back`)."""
+        out = []
+        for db in list(self._dbs):
+            try:
+                out.append(query(db))
+            except (sqlite3.Error, OSError) as exc:
+                if db is self._spill:
+                    raise
+                self._dbs.remove(db)
+                if self._spill is None:
+                    self._fall_back(exc)
+        return out
 
     @staticmethod
     def default_path(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -100,7 +171,8 @@ class Store:
         return cls(cls.default_path(cache_dir))
 
     def close(self) -> None:
-        self._db.close()
+        for db in self._dbs:
+            db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -116,14 +188,14 @@ class Store:
         for start in range(0, len(stats), 500):
             chunk = stats[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
+            want = {s[0]: (s[1], s[2]) for s in chunk}
+            for rows in self._read(lambda db, chunk=chunk, marks=marks: db.execute(
                 f"SELECT path, size, mtime_ns, content_hash FROM files WHERE path IN ({marks})",
                 [s[0] for s in chunk],
-            ).fetchall()
-            want = {s[0]: (s[1], s[2]) for s in chunk}
-            for path, size, mtime, chash in rows:
-                if want.get(path) == (size, mtime):
-                    out[path] = chash
+            ).fetchall()):  # fmt: skip
+                for path, size, mtime, chash in rows:
+                    if want.get(path) == (size, mtime):
+                        out.setdefault(path, chash)
         return out
 
     # -- measurements ------------------------------------------------------------------
@@ -134,12 +206,14 @@ class Store:
         thumb_col = "thumbnail" if thumbnails else "NULL"
         out: dict[str, tuple[dict, bytes | None]] = {}
         for chunk, marks in _in_chunks(hashes):
-            for chash, data, thumb in self._db.execute(
+            for rows in self._read(lambda db, chunk=chunk, marks=marks: db.execute(
                 f"SELECT content_hash, data, {thumb_col} FROM measurements "
                 f"WHERE version = ? AND content_hash IN ({marks})",
                 [version, *chunk],
-            ):
-                out[chash] = (json.loads(data), thumb)
+            ).fetchall()):  # fmt: skip
+                for chash, data, thumb in rows:
+                    if chash not in out:
+                        out[chash] = (json.loads(data), thumb)
         return out
 
     def put_batch(
@@ -147,55 +221,64 @@ class Store:
         files: Iterable[tuple[str, int, int, str]],
         measurements: Iterable[tuple[str, dict, bytes | None]],
         version: int,
-    ) -> None:
-        """Write file index rows and measurement rows in one transaction."""
-        with self._db:  # commits, or rolls back on any exception (KeyboardInterrupt included)
-            self._db.executemany(
-                "INSERT OR REPLACE INTO files(path, size, mtime_ns, content_hash) VALUES (?,?,?,?)",
-                list(files),
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO measurements(content_hash, version, data, thumbnail) VALUES (?,?,?,?)",
-                [(h, version, json.dumps(d, sort_keys=True), t) for h, d, t in measurements],
-            )
+    ) -> bool:
+        """Write file index rows and measurement rows in one transaction (True: on disk)."""
+        files = list(files)
+        rows = [(h, version, json.dumps(d, sort_keys=True), t) for h, d, t in measurements]
+
+        def statements(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO files(path, size, mtime_ns, content_hash) VALUES (?,?,?,?)",
+                           files)  # fmt: skip
+            db.executemany("INSERT OR REPLACE INTO measurements(content_hash, version, data, thumbnail) "
+                           "VALUES (?,?,?,?)", rows)  # fmt: skip
+
+        return self._write(statements)
 
     def thumbnails(self, hashes: Iterable[str], version: int) -> Iterator[tuple[str, bytes]]:
         """(content hash, JPEG thumbnail bytes) for those that have one."""
+        seen: set[str] = set()
         for chunk, marks in _in_chunks(hashes):
-            yield from self._db.execute(
+            for rows in self._read(lambda db, chunk=chunk, marks=marks: db.execute(
                 f"SELECT content_hash, thumbnail FROM measurements "
                 f"WHERE version = ? AND thumbnail IS NOT NULL AND content_hash IN ({marks})",
                 [version, *chunk],
-            )
+            ).fetchall()):  # fmt: skip
+                for chash, thumb in rows:
+                    if chash not in seen:
+                        seen.add(chash)
+                        yield chash, thumb
 
     # -- embeddings --------------------------------------------------------------------
     def get_embeddings(self, hashes: Iterable[str], backbone: str) -> dict[str, tuple[bytes, bytes | None]]:
         """Cached (vector bytes, extra bytes or None) by content hash for one backbone key."""
         out: dict[str, tuple[bytes, bytes | None]] = {}
         for chunk, marks in _in_chunks(hashes):
-            for chash, vec, extra in self._db.execute(
+            for rows in self._read(lambda db, chunk=chunk, marks=marks: db.execute(
                 f"SELECT content_hash, vector, extra FROM embeddings WHERE backbone = ? AND content_hash IN ({marks})",
                 [backbone, *chunk],
-            ):
-                out[chash] = (vec, extra)
+            ).fetchall()):  # fmt: skip
+                for chash, vec, extra in rows:
+                    out.setdefault(chash, (vec, extra))
         return out
 
-    def put_embeddings(self, rows: Iterable[tuple[str, bytes, bytes | None]], backbone: str) -> None:
-        """Write (content hash, vector bytes, extra bytes) rows in one transaction."""
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO embeddings(content_hash, backbone, vector, extra) VALUES (?,?,?,?)",
-                [(h, backbone, v, e) for h, v, e in rows],
-            )
+    def put_embeddings(self, rows: Iterable[tuple[str, bytes, bytes | None]], backbone: str) -> bool:
+        """Write (content hash, vector bytes, extra bytes) rows in one transaction (True: on disk)."""
+        values = [(h, backbone, v, e) for h, v, e in rows]
+        return self._write(lambda db: db.executemany(
+            "INSERT OR REPLACE INTO embeddings(content_hash, backbone, vector, extra) VALUES (?,?,?,?)", values
+        ))  # fmt: skip
 
     # -- derived results (deterministic functions of their key: e.g. a projection) -------
     def get_result(self, key: str) -> bytes | None:
-        row = self._db.execute("SELECT value FROM results WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        for row in self._read(lambda db: db.execute("SELECT value FROM results WHERE key = ?", (key,)).fetchone()):
+            if row is not None:
+                return bytes(row[0])
+        return None
 
-    def put_result(self, key: str, value: bytes) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO results(key, value) VALUES (?, ?)", (key, value))
+    def put_result(self, key: str, value: bytes) -> bool:
+        """Remember ``value`` under ``key`` (True: on disk)."""
+        return self._write(lambda db: db.execute("INSERT OR REPLACE INTO results(key, value) VALUES (?, ?)",
+                                                 (key, value)))  # fmt: skip
 
     def count(self, table: str) -> int:
         if table not in ("files", "measurements", "embeddings", "results"):

@@ -1,7 +1,8 @@
 """Outputs of a scan: ``report.json`` (the contract), the per-image table, ``report.html``.
 
-Every file is written atomically (temporary file in the same folder, fsync, rename), so a
-reader never sees half a report and an interrupted write leaves the previous one intact.
+The files are written together or not at all (:func:`auditor.fsutil.write_files`: each to a
+temporary file beside it, fsync, then all renamed), so a reader never sees half a report, an
+interrupted write leaves the previous one intact, and a full disk leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..fsutil import atomic_write_bytes  # noqa: F401  (re-exported: callers import it from here)
+from ..fsutil import (
+    atomic_write_bytes,  # noqa: F401  (re-exported: callers import it from here)
+    write_files,
+)
 
 if TYPE_CHECKING:
     from ..api import ScanResult
@@ -56,22 +60,24 @@ def image_table(result: ScanResult) -> pd.DataFrame:
 
 
 def write_outputs(result: ScanResult, store: Store) -> dict[str, Path]:
-    """Write report.json, images.parquet, report.html (and projection.parquet when the scan
-    compared sets) into ``result.out_dir``."""
+    """Write images.parquet, report.html (and projection.parquet when the scan compared sets)
+    and report.json into ``result.out_dir``, all or none (:class:`auditor.fsutil.OutputError`
+    says why none)."""
     from .html import render_html
 
     out = Path(result.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"json": out / "report.json", "table": out / "images.parquet", "html": out / "report.html"}
-    table = image_table(result)
-    buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
-    atomic_write_bytes(files["table"], buf.getvalue())
+    files = {"table": out / "images.parquet", "html": out / "report.html", "json": out / "report.json"}
+    data = {"table": _parquet(image_table(result))}
     if result.projection is not None:
-        files["projection"] = out / "projection.parquet"
-        buf = io.BytesIO()
-        result.projection.to_parquet(buf, index=False)
-        atomic_write_bytes(files["projection"], buf.getvalue())
-    atomic_write_bytes(files["html"], render_html(result, store).encode("utf-8"))
-    atomic_write_bytes(files["json"], report_json_bytes(result.report))
+        files = {"projection": out / "projection.parquet", **files}
+        data["projection"] = _parquet(result.projection)
+    data["html"] = render_html(result, store).encode("utf-8")
+    data["json"] = report_json_bytes(result.report)
+    write_files({files[role]: data[role] for role in files})  # report.json last: it says the rest is there
     return files
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, FileSystemBytecodeCache, PackageLoader, select_autoescape
 
 from ..dataset import labeled as labeled_rows
 from ..measure import MEASURE_VERSION
@@ -24,31 +25,38 @@ MAX_THUMBS_PER_FINDING = 6
 MAX_THUMBS_TOTAL = 1200
 
 
-def _bytecode_cache():
-    """Compiled templates, kept the way Python keeps .pyc files: in this package's
-    ``__pycache__`` when it is writable, else in the user cache folder; an edited template
-    gets a new entry (keyed by its checksum). Compiling report.html costs ~0.1 s a scan."""
-    from jinja2 import FileSystemBytecodeCache
+class _BytecodeCache(FileSystemBytecodeCache):
+    """Jinja's file cache, made optional: a cache folder that is full or cannot be read costs
+    the compile (~0.1 s), never the report."""
 
-    from ..store import default_cache_dir
+    def load_bytecode(self, bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().load_bytecode(bucket)
 
-    for folder in (Path(__file__).resolve().parent / "__pycache__", default_cache_dir() / "templates"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return FileSystemBytecodeCache(str(folder), "jinja2-%s.cache")
-    return None
+    def dump_bytecode(self, bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
 
 
-def _env() -> Environment:
+def _bytecode_cache(cache_dir: Path) -> _BytecodeCache | None:
+    """Compiled templates in ``cache_dir/templates`` (the cache folder: never beside this
+    file, which an installed package must not have written into); an edited template gets a
+    new entry (keyed by its checksum). Compiling report.html costs ~0.1 s a scan."""
+    folder = Path(cache_dir) / "templates"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return _BytecodeCache(str(folder), "jinja2-%s.cache") if os.access(folder, os.W_OK) else None
+
+
+def _env(cache_dir: Path) -> Environment:
     return Environment(
         loader=PackageLoader("auditor.report", "templates"),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
-        bytecode_cache=_bytecode_cache(),
+        bytecode_cache=_bytecode_cache(cache_dir),
     )
 
 
@@ -242,7 +250,7 @@ def render_html(result: ScanResult, store: Store) -> str:
         src = result.source_table
         set_hashes.update({("source", p): h for p, h in zip(src["path"], src["content_hash"], strict=True)})
     return (
-        _env()
+        _env(store.folder)
         .get_template("report.html")
         .render(
             report=report,
