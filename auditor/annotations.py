@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
-from .dataset import SPLIT_NAMES, DatasetError, _within, safe_relative
+from .dataset import SPLIT_NAMES, DatasetError, _inside_real, _manifest_path, _open_text, _within
 
 BOX_COLUMNS = ["box_id", "path", "split", "category", "category_id", "x", "y", "w", "h", "units", "source", "where",
                "crowd"]  # fmt: skip
@@ -85,12 +88,44 @@ def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _preview(value, limit: int = 80) -> str:
+    """The start of ``value`` as JSON, at most ``limit`` characters, for an error message.
+    Costs a few hundred steps whatever the value: containers deeper than 3 levels show as
+    ``[...]`` / ``{...}`` and at most 8 items of each are written (``json.dumps`` of a value
+    nested 100,000 deep recurses past Python's limit; of a 50 MB value, writes 50 MB)."""
+
+    def write(v, depth: int) -> str:
+        if isinstance(v, dict):
+            if depth >= 3:
+                return "{...}"
+            items = [f"{json.dumps(str(k)[:limit])}: {write(x, depth + 1)}" for k, x in list(v.items())[:8]]
+            return "{" + ", ".join(items + (["..."] if len(v) > 8 else [])) + "}"
+        if isinstance(v, list):
+            if depth >= 3:
+                return "[...]"
+            items = [write(x, depth + 1) for x in v[:8]]
+            return "[" + ", ".join(items + (["..."] if len(v) > 8 else [])) + "]"
+        if isinstance(v, str):
+            return json.dumps(v[:limit])
+        return json.dumps(v) if isinstance(v, (int, float, bool)) or v is None else repr(v)[:limit]
+
+    text = write(value, 0)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _scalar(value) -> bool:
+    """A JSON id or name (number, string, true/false, null), not a list or object."""
+    return not isinstance(value, (list, dict))
+
+
 def _load_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as fh:
+        with _open_text(path, "COCO file", encoding="utf-8") as fh:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not a COCO file: JSON nested deeper than Python can read") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
@@ -117,6 +152,41 @@ def _image_root(root: Path, path: Path, names: list[str], images_dir: Path | Non
     return best
 
 
+def _image_locator(root: Path, base: Path) -> Callable[[str], tuple[str, bool] | None]:
+    """A function from a COCO ``file_name`` (relative to ``base``) to (its path relative to
+    ``root``, POSIX, through resolved folders; whether it is a regular file), or None when it
+    escapes ``base`` or ``root`` (``..``, absolute, a drive, a symbolic link out).
+
+    Each folder is resolved once and each file ``lstat``'ed once: four path resolutions an
+    image made a 20,000-image COCO file slow to read."""
+    real_root, real_base = os.path.realpath(root), os.path.realpath(base)
+    folders: dict[str, str] = {}  # folder as written -> resolved
+
+    def locate(name: str) -> tuple[str, bool] | None:
+        try:
+            rel = _manifest_path(name)
+        except DatasetError:
+            return None
+        folder, leaf = os.path.split(os.path.join(base, *rel.split("/")))
+        real_folder = folders.get(folder)
+        if real_folder is None:
+            real_folder = folders[folder] = os.path.realpath(folder)
+        full, shown = os.path.join(folder, leaf), os.path.join(real_folder, leaf)
+        try:
+            mode = os.lstat(full).st_mode
+            real = shown
+            if stat.S_ISLNK(mode):  # only a file that is a link itself needs resolving
+                real = os.path.realpath(full)
+                mode = os.stat(full).st_mode
+        except OSError:  # missing (or a dangling link: missing too)
+            mode, real = 0, os.path.realpath(full)
+        if not all(_inside_real(p, r) for p, r in ((real, real_base), (real, real_root), (shown, real_root))):
+            return None
+        return shown[len(real_root) :].lstrip(os.sep).replace(os.sep, "/"), stat.S_ISREG(mode)
+
+    return locate
+
+
 def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> Annotations:
     root = Path(root)
     if images_dir is not None:
@@ -135,28 +205,26 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
         split = split_of(path.stem)
         shown.append(_rel(path, root) if _inside(path, root) else str(path))
         for i, cat in enumerate(data["categories"]):
-            if not isinstance(cat, dict) or "id" not in cat or not isinstance(cat.get("name"), str):
+            if not isinstance(cat, dict) or not _scalar(cat.get("id", [])) or not isinstance(cat.get("name"), str):
                 raise DatasetError(f"{path}: $.categories[{i}]: expected {{\"id\": ..., \"name\": \"...\"}}, "
-                                   f"found {json.dumps(cat)[:80]}")  # fmt: skip
+                                   f"found {_preview(cat)}")  # fmt: skip
             categories[_category_id(cat["id"])] = cat["name"]
         names = []
         for i, img in enumerate(data["images"]):
-            if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+            if not isinstance(img, dict) or not _scalar(img.get("id", [])) or not isinstance(img.get("file_name"), str):
                 raise DatasetError(f"{path}: $.images[{i}]: expected {{\"id\": ..., \"file_name\": \"...\"}}, "
-                                   f"found {json.dumps(img)[:80]}")  # fmt: skip
+                                   f"found {_preview(img)}")  # fmt: skip
             names.append(img["file_name"])
         base = _image_root(root, path, names, images_dir)
+        locate = _image_locator(root, base)
         by_id: dict[str, str] = {}
         listed: list[str] = []
         for i, img in enumerate(data["images"]):
-            try:
-                full = safe_relative(base, img["file_name"])
-            except DatasetError:
-                full = None
-            if full is None or not _inside(full, root):
-                raise DatasetError(f"{path}: $.images[{i}].file_name: {img['file_name']!r} escapes the dataset "
+            found = locate(img["file_name"])
+            if found is None:
+                raise DatasetError(f"{path}: $.images[{i}].file_name: {_preview(img['file_name'])} escapes the dataset "
                                    "root")  # fmt: skip
-            rel = (full.parent.resolve() / full.name).relative_to(root.resolve()).as_posix()
+            rel, exists = found
             by_id[str(img["id"])] = rel
             entries[f"{label}: images[{i}]"] = rel
             listed.append(rel)
@@ -170,7 +238,7 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
                 continue
             w, h = img.get("width"), img.get("height")
             images[rel] = {"path": rel, "split": split, "width": float(w) if _number(w) and w > 0 else np.nan,
-                           "height": float(h) if _number(h) and h > 0 else np.nan, "exists": full.is_file(),
+                           "height": float(h) if _number(h) and h > 0 else np.nan, "exists": exists,
                            "annotated": False, "background": False, "where": f"{label}: images[{i}]"}  # fmt: skip
         if listed and not any(images[r]["exists"] for r in listed):
             problems.append({"kind": "no_images_found", "path": None, "where": label,
@@ -179,25 +247,30 @@ def read_coco(root: Path, files: list[Path], images_dir: Path | None = None) -> 
         for i, ann in enumerate(data["annotations"]):
             where = f"{label}: annotations[{i}]"
             if not isinstance(ann, dict):
-                raise DatasetError(f"{path}: $.annotations[{i}]: expected an object, found {json.dumps(ann)[:80]}")
+                raise DatasetError(f"{path}: $.annotations[{i}]: expected an object, found {_preview(ann)}")
             bbox = ann.get("bbox")
             if bbox is None:
                 bbox = _polygon_box(ann.get("segmentation"))
             if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
                 raise DatasetError(f"{path}: $.annotations[{i}].bbox: expected [x, y, width, height] (4 numbers) "
-                                   f"or a polygon segmentation, found {json.dumps(bbox)[:80]}")  # fmt: skip
+                                   f"or a polygon segmentation, found {_preview(bbox)}")  # fmt: skip
             for key in ("image_id", "category_id"):
                 if key not in ann:
                     raise DatasetError(f"{path}: $.annotations[{i}].{key}: missing")
+                if not _scalar(ann[key]):
+                    raise DatasetError(f"{path}: $.annotations[{i}].{key}: expected a number or a string, found "
+                                       f"{_preview(ann[key])}")  # fmt: skip
             rel = by_id.get(str(ann["image_id"]))
             if rel is None:
                 problems.append({"kind": "unknown_image_id", "path": None, "where": where,
-                                 "message": f"{where} refers to image id {ann['image_id']}, which {label} does "
-                                            "not list"})  # fmt: skip
+                                 "message": f"{where} refers to image id {str(ann['image_id'])[:80]}, which {label} "
+                                            "does not list"})  # fmt: skip
                 continue
             images[rel]["annotated"] = True
             cid = _category_id(ann["category_id"])
             source = ann.get("annotator", ann.get("source"))
+            if not _scalar(source):  # a name, not a structure: keep a bounded preview of it
+                source = _preview(source)
             boxes.append({"box_id": where, "path": rel, "split": images[rel]["split"],
                           "crowd": bool(ann.get("iscrowd")),
                           "category": categories.get(cid, cid), "category_id": cid, "x": float(bbox[0]),
@@ -233,12 +306,12 @@ def _images_frame(images: dict) -> pd.DataFrame:
 
 def _resolve_problems(ann: Annotations) -> None:
     """Add missing images and unknown categories to ``problems``."""
-    for row in ann.images.itertuples():
-        if not row.exists:
-            n = int((ann.boxes["path"] == row.path).sum())
-            ann.problems.append({"kind": "missing_image", "path": row.path, "where": row.where, "boxes": n,
-                                 "message": f"{row.path} is annotated ({n} boxes, {row.where}) but the file does "
-                                            "not exist"})  # fmt: skip
+    per_image = ann.boxes["path"].value_counts().to_dict()  # one pass, not one per missing image
+    for row in ann.images[~ann.images["exists"].astype(bool)].itertuples():
+        n = int(per_image.get(row.path, 0))
+        ann.problems.append({"kind": "missing_image", "path": row.path, "where": row.where, "boxes": n,
+                             "message": f"{row.path} is annotated ({n} boxes, {row.where}) but the file does not "
+                                        "exist"})  # fmt: skip
     if ann.names_known:
         unknown = ann.boxes[~ann.boxes["category_id"].isin(list(ann.categories))]
         for row in unknown.itertuples():
@@ -263,28 +336,61 @@ def find_yolo(root: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _no_alias_loader():
+    """A PyYAML ``SafeLoader`` that refuses aliases (``*name``). ``safe_load`` shares an
+    anchored node between its aliases, but anything that walks the result (``str(names)``)
+    expands it: nine nested aliases of nine make a billion strings (a "billion laughs"
+    file). A dataset's class list has no use for them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor[:40]}) are not allowed here",
+                                                  event.start_mark)  # fmt: skip
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small text file (UTF-8, a BOM allowed), or :class:`DatasetError` naming it."""
+    try:
+        with _open_text(path, what, encoding="utf-8-sig") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+
+
+def _class_name(path: Path, where: str, value) -> str:
+    if not _scalar(value):
+        raise DatasetError(f"{path}: {where}: expected a class name, found {_preview(value)}")
+    return str(value)
+
+
 def _yolo_names(root: Path) -> tuple[dict[str, str], bool]:
     for name in ("data.yaml", "dataset.yaml", "data.yml"):
         path = root / name
-        if path.is_file():
+        if path.exists():  # a FIFO or folder under that name is an error (_read_text), not "no names"
             import yaml
 
+            text = _read_text(path, "YOLO class names")
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
-            except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-                raise DatasetError(f"{path}: not valid YAML: {exc}") from None
+                data = yaml.load(text, Loader=_no_alias_loader()) or {}  # noqa: S506 (a SafeLoader)
+            except yaml.YAMLError as exc:
+                raise DatasetError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:300]}") from None
+            except RecursionError:
+                raise DatasetError(f"{path}: not valid YAML: nested deeper than Python can read") from None
             names = data.get("names") if isinstance(data, dict) else None
             if isinstance(names, list):
-                return {str(i): str(n) for i, n in enumerate(names)}, True
+                return {str(i): _class_name(path, f"names[{i}]", n) for i, n in enumerate(names)}, True
             if isinstance(names, dict):
-                return {_category_id(k): str(v) for k, v in names.items()}, True
+                return {_category_id(k): _class_name(path, f"names[{_preview(k)}]", v) for k, v in names.items()}, True
             raise DatasetError(f"{path}: names: expected a list of class names or a mapping id -> name")
     for path in (root / "classes.txt", root / "labels" / "classes.txt"):  # LabelImg writes the latter
-        if path.is_file():
-            try:
-                lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
-            except (OSError, UnicodeDecodeError) as exc:
-                raise DatasetError(f"cannot read {path}: {exc}") from None
+        if path.exists():
+            lines = [ln.strip() for ln in _read_text(path, "YOLO class names").splitlines()]
             return {str(i): n for i, n in enumerate(x for x in lines if x)}, True
     return {}, False
 
@@ -311,7 +417,8 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
     root = Path(root)
     categories, known = _yolo_names(root)
     pairs = find_yolo(root)
-    boxes, images = [], {}
+    boxes: dict[str, list] = {c: [] for c in BOX_COLUMNS}  # one list per column: no dict per box
+    images: dict[str, dict] = {}
     used_labels: dict[Path, str] = {}
     files: list[str] = []
     for rel in image_paths:
@@ -321,7 +428,8 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
             continue
         img_dir, _, label = found
         split = _yolo_split(root, img_dir, full.relative_to(img_dir))
-        lrel = label.relative_to(root).as_posix() if label.is_file() and _inside(label, root) else None
+        # exists, not is_file: a FIFO there is refused when read (DatasetError), not taken for "no labels"
+        lrel = label.relative_to(root).as_posix() if label.exists() and _inside(label, root) else None
         images[rel] = {"path": rel, "split": split, "width": np.nan, "height": np.nan, "exists": True,
                        "annotated": False, "background": False, "where": lrel or rel}  # fmt: skip
         if lrel is None:
@@ -332,10 +440,9 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
             continue
         used_labels[label.resolve()] = rel
         files.append(lrel)
-        rows = _read_label_file(label, lrel, rel, split, categories)
-        images[rel]["annotated"] = bool(rows)
-        images[rel]["background"] = not rows
-        boxes.extend(rows)
+        n = _read_label_file(label, lrel, rel, split, categories, boxes)
+        images[rel]["annotated"] = n > 0
+        images[rel]["background"] = n == 0
     problems = []
     for img_dir, lab_dir in pairs:  # label files without an image
         for label in sorted(lab_dir.rglob("*.txt")):
@@ -347,10 +454,10 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
             inner = label.relative_to(lab_dir).with_suffix("")
             split = _yolo_split(root, img_dir, inner)
             img_rel = (img_dir / inner).relative_to(root).as_posix() + ".*"
-            rows = _read_label_file(label, lrel, img_rel, split, categories)
+            n = _read_label_file(label, lrel, img_rel, split, categories, boxes)
             files.append(lrel)
-            problems.append({"kind": "missing_image", "path": img_rel, "where": lrel, "boxes": len(rows),
-                             "message": f"{lrel} has {len(rows)} boxes but no image {img_rel} exists"})  # fmt: skip
+            problems.append({"kind": "missing_image", "path": img_rel, "where": lrel, "boxes": n,
+                             "message": f"{lrel} has {n} boxes but no image {img_rel} exists"})  # fmt: skip
     ann = Annotations("yolo", sorted(files), pd.DataFrame(boxes, columns=BOX_COLUMNS), _images_frame(images),
                       categories, problems, names_known=known)  # fmt: skip
     if known:
@@ -358,14 +465,16 @@ def read_yolo(root: Path, image_paths: list[str]) -> Annotations:
     return ann
 
 
-def _read_label_file(path: Path, lrel: str, image: str, split, categories: dict[str, str]) -> list[dict]:
-    """Boxes of one YOLO label file: ``class cx cy w h`` lines, or segmentation polygon lines
-    ``class x1 y1 x2 y2 x3 y3 ...`` (the box around the polygon)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot read {path}: {exc}") from None
-    rows = []
+def _read_label_file(path: Path, lrel: str, image: str, split, categories: dict[str, str],
+                     out: dict[str, list]) -> int:  # fmt: skip
+    """Append the boxes of one YOLO label file to ``out`` (:data:`BOX_COLUMNS` -> list) and
+    return how many: ``class cx cy w h`` lines, or segmentation polygon lines ``class x1 y1
+    x2 y2 x3 y3 ...`` (the box around the polygon). Column lists, not a dict per box: a
+    label file of a million boxes made a million dicts (about 1 KB each)."""
+    text = _read_text(path, "YOLO label file")
+    ids: dict[str, str] = {}  # one string object per class id, not one per box
+    columns = [out[c] for c in BOX_COLUMNS]
+    before = len(columns[0])
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
@@ -383,16 +492,18 @@ def _read_label_file(path: Path, lrel: str, image: str, split, categories: dict[
                                f"and 4 numbers in 0..1) or a polygon 'class x1 y1 x2 y2 x3 y3 ...', found "
                                f"{line.strip()[:80]!r}")  # fmt: skip
         cid = str(int(parts[0]))
+        cid = ids.setdefault(cid, cid)
         if len(values) == 4:
             cx, cy, w, h = values
         else:
             xs, ys = values[0::2], values[1::2]
             w, h = max(xs) - min(xs), max(ys) - min(ys)
             cx, cy = min(xs) + w / 2, min(ys) + h / 2
-        rows.append({"box_id": f"{lrel}:{n}", "path": image, "split": split, "category": categories.get(cid, cid),
-                     "category_id": cid, "x": cx, "y": cy, "w": w, "h": h, "units": "norm", "source": None,
-                     "where": f"{lrel}:{n}", "crowd": False})  # fmt: skip
-    return rows
+        where = f"{lrel}:{n}"
+        row = (where, image, split, categories.get(cid, cid), cid, cx, cy, w, h, "norm", None, where, False)
+        for column, value in zip(columns, row, strict=True):  # in BOX_COLUMNS order
+            column.append(value)
+    return len(columns[0]) - before
 
 
 # --- geometry ----------------------------------------------------------------------------------
@@ -425,3 +536,85 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     union = area(a)[:, None] + area(b)[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / union, 0.0)
+
+
+#: Candidate pairs examined at once by :func:`overlapping_pairs` (bounds its memory: about
+#: 250 bytes a pair in temporaries, so 250 MB).
+PAIR_CHUNK = 1_000_000
+
+
+def _iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``a[k]`` and ``b[k]`` (both (n, 4), x0 y0 x1 y1): the arithmetic of
+    :func:`iou_matrix`, in the same order, so each value is bit for bit the same."""
+    ix = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = ix * iy
+    area = lambda z: np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def overlapping_pairs(corners: np.ndarray, groups: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                          np.ndarray]:  # fmt: skip
+    """Every pair of boxes in the same group (image) with IoU >= ``min_iou``, without
+    comparing every pair: ``(i, j, iou)``, ``i < j`` row numbers into ``corners`` ((n, 4)
+    x0 y0 x1 y1), ordered by (group, i, j). ``groups``: (n,) integer group of each box.
+    The same pairs and values as :func:`iou_matrix` over each group, in O(n log n + pairs
+    examined).
+
+    Why it may skip pairs: IoU >= t > 0 needs the intersection width >= t x the width of
+    either box (intersection <= width x the shorter height, and >= t x either area), so the
+    box with the smaller ``x0`` reaches at least t of its width past the other's ``x0``:
+    ``x0_b - x0_a <= (1 - t) w_a``. Boxes sorted by ``x0`` within their group are compared
+    only with those inside that window (plus a margin for rounding). With ``min_iou <= 0``
+    every pair qualifies and every pair is examined. Boxes with a non-finite corner have a
+    NaN IoU and never qualify.
+    """
+    empty = np.zeros(0, np.int64)
+    corners = np.asarray(corners, np.float64)
+    rows = np.flatnonzero(np.isfinite(corners).all(axis=1))
+    if len(rows) < 2:
+        return empty, empty.copy(), np.zeros(0)
+    c, g = corners[rows], np.asarray(groups, np.int64)[rows]
+    x0, x1 = c[:, 0], c[:, 2]
+    if min_iou > 0:
+        reach = max(0.0, 1.0 - min_iou) * np.clip(x1 - x0, 0, None) + 1e-9 * (np.abs(x0) + np.abs(x1) + 1e-9)
+    else:
+        reach = np.full(len(c), np.inf)
+    order = np.lexsort((x0, g))  # by group, then x0
+    xs, gs = x0[order], g[order]
+    # End of each box's window in one searchsorted: rank x0 among all values, then key
+    # (group, rank) rises monotonically through the sorted boxes.
+    values = np.unique(xs)
+    span = len(values) + 1
+    key = gs * span + np.searchsorted(values, xs)
+    last = np.searchsorted(values, xs + reach[order], side="right") - 1
+    end = np.searchsorted(key, gs * span + last, side="right")
+    count = end - np.arange(len(order)) - 1
+    cum = np.cumsum(count)
+    out_i, out_j, out_iou = [], [], []
+    start, done = 0, 0  # done: candidates of the boxes before start
+    while start < len(order):
+        # boxes [start, stop) whose candidates fit in one chunk (at least one box)
+        stop = max(start + 1, int(np.searchsorted(cum, done + PAIR_CHUNK, side="right")))
+        n = count[start:stop]
+        done = int(cum[stop - 1])
+        total = int(n.sum())
+        if total:
+            p = np.repeat(np.arange(start, stop), n)
+            first = np.repeat(np.cumsum(n) - n, n)
+            q = p + 1 + (np.arange(total) - first)
+            a, b = order[p], order[q]
+            iou = _iou_pairs(c[a], c[b])
+            hit = iou >= min_iou
+            a, b = a[hit], b[hit]
+            out_i.append(rows[np.minimum(a, b)])
+            out_j.append(rows[np.maximum(a, b)])
+            out_iou.append(iou[hit])
+        start = stop
+    if not out_i:
+        return empty, empty.copy(), np.zeros(0)
+    i, j, iou = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_iou)
+    sort = np.lexsort((j, i, np.asarray(groups, np.int64)[i]))
+    return i[sort], j[sort], iou[sort]

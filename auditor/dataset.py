@@ -13,22 +13,26 @@ Layouts (auto-detected; ``layout=`` overrides):
   (see :mod:`auditor.annotations`); their images are unlabeled items.
 
 Files are recognised by content (magic bytes) as well as by extension. Hidden files and
-folders are skipped; non-image files are skipped; both are counted. Symbolic links that
-leave the root are not followed unless ``follow_symlinks=True``.
+folders are skipped; non-image files are skipped; both are counted. Only regular files are
+images: a FIFO, socket or device is skipped and counted (``not_regular_file``) without being
+opened (opening a FIFO blocks until something writes to it). Symbolic links that leave the
+root are not followed unless ``follow_symlinks=True``.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .decode import IMAGE_EXTENSIONS, sniff_format
+from .decode import IMAGE_EXTENSIONS, file_kind, open_regular, sniff_format
 
 #: Split folder names (any case), in pipeline order: training, then validation-like, then test.
 SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test")
@@ -83,11 +87,17 @@ def _within(path: Path, root: Path) -> bool:
         return False
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """``repr`` of at most ``limit`` characters of ``text`` (a path or value from a file the
+    user gave us goes into a one-line error message: it must stay one short line)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 def _looks_like_image(path: Path) -> bool:
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return True
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # never blocks: a FIFO is refused, not opened
             return sniff_format(fh.read(16)) is not None
     except OSError:
         return False
@@ -127,13 +137,22 @@ def _walk(root: Path, follow_symlinks: bool, skipped: Counter) -> list[Path]:
             if not _utf8(name):  # report.json and the Parquet table can only hold UTF-8 paths
                 skipped["non_utf8_name"] += 1
                 continue
-            if f.is_symlink():
-                if not f.exists():
-                    skipped["broken_symlink"] += 1
-                    continue
-                if not follow_symlinks and not _within(f.resolve(), real_root):
-                    skipped["symlink_outside_root"] += 1
-                    continue
+            try:
+                mode = os.lstat(f).st_mode
+                if stat.S_ISLNK(mode):
+                    if not f.exists():
+                        skipped["broken_symlink"] += 1
+                        continue
+                    if not follow_symlinks and not _within(f.resolve(), real_root):
+                        skipped["symlink_outside_root"] += 1
+                        continue
+                    mode = os.stat(f).st_mode
+            except OSError:  # removed while we walked
+                skipped["unreadable"] += 1
+                continue
+            if not stat.S_ISREG(mode):  # a FIFO would block the first read forever
+                skipped["not_regular_file"] += 1
+                continue
             if not _looks_like_image(f):
                 skipped["not_an_image"] += 1
                 continue
@@ -177,41 +196,128 @@ def _row(root: Path, f: Path, split: str | None, label: str | None) -> dict:
     }
 
 
-def safe_relative(root: Path, rel: str, follow_symlinks: bool = False) -> Path:
-    """Resolve a manifest path under root, refusing anything that escapes it."""
-    if not rel or rel.strip() != rel:
-        raise DatasetError(f"invalid path {rel!r} in manifest")
-    pure = PurePosixPath(rel.replace("\\", "/"))
-    if pure.is_absolute() or ":" in pure.parts[0] or ".." in pure.parts:
-        raise DatasetError(f"manifest path {rel!r} escapes the dataset root")
-    full = root / Path(*pure.parts)
-    if not follow_symlinks and not _within(full.resolve(), root.resolve()):
-        raise DatasetError(f"manifest path {rel!r} resolves outside the dataset root")
-    return full
+def _manifest_path(rel: str) -> str:
+    """The POSIX form of a manifest path (``a\\b/./c.jpg`` -> ``a/b/c.jpg``, as
+    ``PurePosixPath`` normalises it), checked on the string alone: empty, absolute, a drive
+    (``C:``) or a ``..`` part raise :class:`DatasetError`, and so does a NUL character (no
+    file system accepts one; ``os.stat`` raises ``ValueError``)."""
+    if not rel or rel.strip() != rel or "\x00" in rel:
+        raise DatasetError(f"invalid path {shown(rel)} in manifest")
+    # The common case, already normal (no "\\", empty, "." or ".." part, no drive), costs a
+    # few substring tests instead of a split: a manifest can have a million rows.
+    if not (rel[0] in "./" or rel[-1] == "/" or "\\" in rel or "//" in rel or "/." in rel
+            or ":" in rel.partition("/")[0]):  # fmt: skip
+        return rel
+    text = rel.replace("\\", "/")
+    parts = [p for p in text.split("/") if p and p != "."]
+    if text.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
+        raise DatasetError(f"manifest path {shown(rel)} escapes the dataset root")
+    if not parts:
+        raise DatasetError(f"invalid path {shown(rel)} in manifest")
+    return "/".join(parts)
 
 
-def _rows_from_manifest(root: Path, manifest: Path, follow_symlinks: bool) -> tuple[list[dict], list[str]]:
+def _suffix(name: str) -> str:
+    """``PurePath.suffix`` of a file name, lower case, without building a path object."""
+    i = name.rfind(".")
+    return name[i:].lower() if 0 < i < len(name) - 1 else ""
+
+
+def _inside_real(path: str, real_root: str) -> bool:
+    """``path`` (already resolved) is ``real_root`` or under it, compared as strings."""
+    return path == real_root or path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _open_text(path: Path, what: str, **kwargs) -> io.TextIOWrapper:
+    """A regular file opened as text, or :class:`DatasetError` naming it (a FIFO, socket or
+    device is refused without blocking). ``kwargs`` go to :class:`io.TextIOWrapper`."""
     try:
-        with open(manifest, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-            if "path" not in fields:
-                raise DatasetError(f"{manifest}: manifest needs a 'path' column (has {fields})")
-            rows, missing = [], []
-            for _n, raw in enumerate(reader, start=2):
-                rec = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
-                full = safe_relative(root, rec.get("path", ""), follow_symlinks)
-                split = (rec.get("split") or "").strip().lower() or None
-                row = _row(root, full, split, rec.get("label") or None)
-                row["path"] = PurePosixPath(rec["path"].replace("\\", "/")).as_posix()
-                if not full.exists():
-                    missing.append(row["path"])
-                rows.append(row)
+        return io.TextIOWrapper(open_regular(path), **kwargs)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _manifest_files(root: Path, paths: list[str], lines: list[int], follow_symlinks: bool) -> list[bool]:
+    """Which manifest paths (POSIX, relative to root, already checked by
+    :func:`_manifest_path`) name an existing file; raises :class:`DatasetError` for one that
+    resolves outside root through a symbolic link (unless ``follow_symlinks``).
+
+    Set-based, so a million rows cost a million ``lstat`` calls and nothing more: each
+    distinct folder is resolved once (its rows cannot leave root unless it does), a folder
+    that does not exist makes its rows missing without a call per row, and only a file
+    that is itself a symbolic link is resolved.
+    """
+    real_root = os.path.realpath(root)
+    base = str(root).rstrip(os.sep) + os.sep if str(root) != os.sep else os.sep
+    folders: dict[str, tuple[bool, bool]] = {}  # folder -> (exists, resolves inside root)
+    exists = [False] * len(paths)
+    for i, rel in enumerate(paths):
+        folder, _, _ = rel.rpartition("/")
+        state = folders.get(folder)
+        if state is None:
+            full_dir = base + folder.replace("/", os.sep) if folder else str(root)
+            real = os.path.realpath(full_dir)
+            state = folders[folder] = (os.path.isdir(real), follow_symlinks or _inside_real(real, real_root))
+        full = base + rel.replace("/", os.sep)
+        # a folder that leads outside: only a file that links back inside is allowed
+        if not state[1] and not _inside_real(os.path.realpath(full), real_root):
+            raise DatasetError(f"manifest line {lines[i]}: path {shown(rel)} resolves outside the dataset root")
+        if not state[0]:
+            continue
+        try:
+            mode = os.lstat(full).st_mode
+        except OSError:
+            continue
+        if stat.S_ISLNK(mode):
+            if not follow_symlinks and not _inside_real(os.path.realpath(full), real_root):
+                raise DatasetError(f"manifest line {lines[i]}: path {shown(rel)} resolves outside the dataset root")
+            exists[i] = os.path.exists(full)  # a dangling link is a missing file
+        else:
+            exists[i] = True  # a FIFO or folder is an item too: the decoder refuses it (corrupt)
+    return exists
+
+
+def _rows_from_manifest(root: Path, manifest: Path, follow_symlinks: bool) -> tuple[dict[str, list], list[str]]:
+    """The items of a manifest as columns (:data:`ITEM_COLUMNS` -> list) and the paths of
+    rows whose file is absent. Columns ``path,label[,split]`` (any case, any order; other
+    columns ignored; the last of two same-named columns wins)."""
+    fh = _open_text(manifest, "manifest", newline="", encoding="utf-8-sig")
+    paths, labels, splits, lines = [], [], [], []
+    interned: dict[str, str] = {}  # one string object per distinct label/split value, not one per row
+    try:
+        with fh:
+            reader = csv.reader(fh)
+            header = next(reader, None) or []
+            fields = [c.strip().lower() for c in header]
+            column = {name: i for i, name in enumerate(fields) if name}
+            if "path" not in column:
+                raise DatasetError(f"{manifest}: manifest needs a 'path' column (has {shown(str(fields))})")
+            ip, il, isp = column["path"], column.get("label", -1), column.get("split", -1)
+            for row in reader:
+                if not row:  # a blank line (csv.DictReader skips them too)
+                    continue
+                n = len(row)
+                try:
+                    paths.append(_manifest_path(row[ip].strip() if ip < n else ""))
+                except DatasetError as exc:
+                    raise DatasetError(f"manifest line {reader.line_num}: {exc}") from None
+                label = row[il].strip() if 0 <= il < n else ""
+                split = row[isp].strip().lower() if 0 <= isp < n else ""
+                labels.append(interned.setdefault(label, label) if label else None)
+                splits.append(interned.setdefault(split, split) if split else None)
+                lines.append(reader.line_num)
     except DatasetError:
         raise
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"cannot read manifest {manifest}: {exc}") from exc
-    return rows, missing
+    exists = _manifest_files(root, paths, lines, follow_symlinks)
+    missing = [p for p, ok in zip(paths, exists, strict=True) if not ok]
+    abs_root = str(root.absolute())
+    prefix = abs_root if abs_root.endswith(os.sep) else abs_root + os.sep
+    sep = os.sep
+    abs_paths = [prefix + p for p in paths] if sep == "/" else [prefix + p.replace("/", sep) for p in paths]
+    exts = [_suffix(p.rpartition("/")[2]) for p in paths]
+    return {"path": paths, "abs_path": abs_paths, "split": splits, "label": labels, "ext": exts}, missing
 
 
 def discover(
@@ -234,6 +340,7 @@ def discover(
     skipped: Counter = Counter()
     missing: list[str] = []
     annotations = None
+    rows: list[dict] | dict[str, list]  # one dict per item, or (manifest) one list per column
     if manifest is not None or layout == "manifest":
         if manifest is None:
             raise DatasetError("layout 'manifest' needs --manifest FILE")
@@ -247,8 +354,10 @@ def discover(
             raise DatasetError(f"layout 'coco': no instances_*.json in {root} or {root / 'annotations'}; "
                                "name the file with --coco FILE")  # fmt: skip
         for f in files:
-            if not f.is_file():
+            if not f.exists():
                 raise DatasetError(f"COCO file not found: {f}")
+            if not f.is_file():  # a FIFO would block the JSON reader forever
+                raise DatasetError(f"COCO file {f} is {file_kind(f.stat().st_mode)}, not a regular file")
         annotations = ann.read_coco(root, files, Path(images) if images is not None else None)
         present = annotations.images[annotations.images["exists"]]
         if present.empty:
@@ -278,10 +387,10 @@ def discover(
             if layout == "auto":
                 layout = _detect_layout(root, files)
             rows = _rows_from_folders(root, files, layout)
-    if not rows:
+    items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
+    if items.empty:
         detail = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())) or "no files"
         raise DatasetError(f"no images found in {root} ({detail})")
-    items = pd.DataFrame(rows, columns=ITEM_COLUMNS)
     dup = items["path"].duplicated()
     if dup.any():
         raise DatasetError(f"{layout} lists {items['path'][dup].iloc[0]!r} more than once")

@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -109,20 +111,74 @@ class DecodedImage:
     info: dict = field(default_factory=dict)
 
 
-def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes | DecodeError:
-    """Read a whole file, or say why not. Never raises for I/O problems."""
+class NotRegularFileError(OSError):
+    """The path is a FIFO, socket, device or folder, not a regular file: reading it could
+    block forever (a FIFO with no writer) or never end (``/dev/zero``)."""
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words: "a regular file", "a FIFO (named pipe)", ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a regular file for binary reading, without ever blocking on something that is
+    not one. Raises :class:`NotRegularFileError` for a FIFO, socket, device or folder (the
+    path is checked with ``stat`` first and never opened), other ``OSError`` as ``open``.
+
+    The open itself uses ``O_NONBLOCK`` and the opened file is checked again with ``fstat``:
+    a regular file swapped for a FIFO between the two checks is refused, not waited on.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(f"{file_kind(mode)}, not a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{file_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)  # no effect on a regular file; plain reads from here on
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes | DecodeError:
+    """Read a whole file of at most ``max_bytes`` bytes, or say why not. Never raises for
+    I/O problems. Only regular files are opened; the size is checked (``fstat``) before a
+    byte is read, so a huge file costs no memory and a FIFO cannot block."""
+    try:
+        with open_regular(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                return DecodeError("too_large", f"file is {size:,} bytes, over the {_size_text(max_bytes)} limit; "
+                                                "not read")  # fmt: skip
+            data = fh.read(max_bytes + 1)  # +1: a file that grew since fstat is still caught
+    except NotRegularFileError as exc:
+        return DecodeError("unreadable", str(exc))
     except PermissionError as exc:
         return DecodeError("unreadable", f"permission denied: {exc.strerror or exc}")
-    except IsADirectoryError:
-        return DecodeError("unreadable", "is a directory")
     except OSError as exc:
         return DecodeError("unreadable", f"cannot read file: {exc.strerror or exc}")
     if len(data) > max_bytes:
-        return DecodeError("too_large", f"file is larger than {max_bytes} bytes; not read")
+        return DecodeError("too_large", f"file is larger than the {_size_text(max_bytes)} limit; not read")
     return data
+
+
+def _size_text(n: int) -> str:
+    """A byte count for a message: ``1.5 GiB``, ``300 MiB``, ``12 bytes``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def estimate_jpeg_quality(img: Image.Image) -> int | None:
