@@ -527,15 +527,22 @@ def geometry(boxes: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:
     return b
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between boxes (n, 4) and (m, 4) given as x0, y0, x1, y1."""
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes given as x0, y0, x1, y1 on the last axis, broadcast like any numpy
+    operation: ``iou(a, b)`` for pairs (n, 4) and (n, 4) -> (n,)."""
+    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = ix * iy
-    area = lambda z: np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
+    area = lambda z: np.clip(z[..., 2] - z[..., 0], 0, None) * np.clip(z[..., 3] - z[..., 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / union, 0.0)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU between boxes (n, 4) and (m, 4) given as x0, y0, x1, y1: (n, m). Memory n x m:
+    for many boxes, :func:`overlapping_pairs`."""
+    return iou(a[:, None, :], b[None, :, :])
 
 
 #: Candidate pairs examined at once by :func:`overlapping_pairs` (bounds its memory: about
@@ -543,25 +550,14 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 PAIR_CHUNK = 1_000_000
 
 
-def _iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes ``a[k]`` and ``b[k]`` (both (n, 4), x0 y0 x1 y1): the arithmetic of
-    :func:`iou_matrix`, in the same order, so each value is bit for bit the same."""
-    ix = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = ix * iy
-    area = lambda z: np.clip(z[:, 2] - z[:, 0], 0, None) * np.clip(z[:, 3] - z[:, 1], 0, None)  # noqa: E731
-    union = area(a) + area(b) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
-
-
-def overlapping_pairs(corners: np.ndarray, groups: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray,
-                                                                                          np.ndarray]:  # fmt: skip
+def overlapping_pairs(
+    corners: np.ndarray, groups: np.ndarray, min_iou: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of boxes in the same group (image) with IoU >= ``min_iou``, without
     comparing every pair: ``(i, j, iou)``, ``i < j`` row numbers into ``corners`` ((n, 4)
-    x0 y0 x1 y1), ordered by (group, i, j). ``groups``: (n,) integer group of each box.
-    The same pairs and values as :func:`iou_matrix` over each group, in O(n log n + pairs
-    examined).
+    x0 y0 x1 y1), ordered by (group, i, j). ``groups``: (n,) group of each box as a code
+    0..k (``Series.cat.codes``). The same pairs and values (:func:`iou`) as
+    :func:`iou_matrix` over each group, in O(n log n + pairs examined).
 
     Why it may skip pairs: IoU >= t > 0 needs the intersection width >= t x the width of
     either box (intersection <= width x the shorter height, and >= t x either area), so the
@@ -606,15 +602,15 @@ def overlapping_pairs(corners: np.ndarray, groups: np.ndarray, min_iou: float) -
             first = np.repeat(np.cumsum(n) - n, n)
             q = p + 1 + (np.arange(total) - first)
             a, b = order[p], order[q]
-            iou = _iou_pairs(c[a], c[b])
-            hit = iou >= min_iou
+            v = iou(c[a], c[b])
+            hit = v >= min_iou
             a, b = a[hit], b[hit]
             out_i.append(rows[np.minimum(a, b)])
             out_j.append(rows[np.maximum(a, b)])
-            out_iou.append(iou[hit])
+            out_iou.append(v[hit])
         start = stop
     if not out_i:
         return empty, empty.copy(), np.zeros(0)
-    i, j, iou = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_iou)
+    i, j, v = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_iou)
     sort = np.lexsort((j, i, np.asarray(groups, np.int64)[i]))
-    return i[sort], j[sort], iou[sort]
+    return i[sort], j[sort], v[sort]

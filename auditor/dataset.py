@@ -316,7 +316,7 @@ def _rows_from_manifest(root: Path, manifest: Path, follow_symlinks: bool) -> tu
     prefix = abs_root if abs_root.endswith(os.sep) else abs_root + os.sep
     sep = os.sep
     abs_paths = [prefix + p for p in paths] if sep == "/" else [prefix + p.replace("/", sep) for p in paths]
-    exts = [_suffix(p.rpartition("/")[2]) for p in paths]
+    exts = [interned.setdefault(e, e) for e in (_suffix(p.rpartition("/")[2]) for p in paths)]
     return {"path": paths, "abs_path": abs_paths, "split": splits, "label": labels, "ext": exts}, missing
 
 
