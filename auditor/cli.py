@@ -687,7 +687,7 @@ def demo(
     err_console.print(f"demo dataset: {_term(str(data_dir))} ({injected['images']} images, "
                       f"{len(injected['defects'])} injected defects)", highlight=False)  # fmt: skip
     bar, update = _progress()
-    with bar:
+    with _input_errors(), bar:
         result = run_scan(data_dir, out, workers=workers, use_cache=False, progress=update)
     print_summary(result)
     hit = _injected_found(result.report, injected["defects"])
@@ -702,7 +702,7 @@ def demo(
     err_console.print(f"\ndetection demo (COCO): {_term(str(coco_dir))} ({len(boxes)} injected box defects)",
                       highlight=False)  # fmt: skip
     bar, update = _progress()
-    with bar:
+    with _input_errors(), bar:
         det = run_scan(coco_dir, out / "detection", workers=workers, use_cache=False, embed=False, progress=update)
     print_summary(det)
     out_console.print(f"Injected box defects found: {_injected_found(det.report, boxes)}/{len(boxes)}")
