@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import decode as dec
+from .fsutil import readable
 from .hashing import perceptual_hashes, pixel_hash
 from .measure import MEASURE_VERSION, _planes, downscale_to, luminance, measure_pixels
 from .store import Store
@@ -221,10 +222,6 @@ def _iter_results(paths: list[str], workers: int, options: ExtractOptions):
                     yield _crashed(path)
 
 
-#: os.access answers for the effective user (the one that opens files) where it can
-_EFFECTIVE_IDS = os.access in os.supports_effective_ids
-
-
 def _stat_known(
     paths: Sequence[str], store: Store
 ) -> tuple[dict[str, tuple[int, int]], dict[str, str], dict[str, str]]:
@@ -241,7 +238,7 @@ def _stat_known(
         except OSError as exc:
             errors[p] = f"cannot stat: {exc.strerror}"
             continue
-        if not os.access(p, os.R_OK, effective_ids=_EFFECTIVE_IDS):
+        if not readable(p):
             errors[p] = "permission denied: this user cannot read the file"
             continue
         stats[p] = (st.st_size, st.st_mtime_ns)

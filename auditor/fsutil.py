@@ -83,6 +83,16 @@ def output_folder(
     raise OutputError(f"the default output folder {folder} {problem}; {hint}")
 
 
+#: os.access answers for the effective user (the one that opens files) where it can
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
+def readable(path: str | os.PathLike) -> bool:
+    """Whether this user may open ``path`` for reading (permissions and ACLs; one syscall,
+    nothing is opened)."""
+    return os.access(path, os.R_OK, effective_ids=_EFFECTIVE_IDS)
+
+
 def make_dirs(folder: str | os.PathLike) -> list[Path]:
     """Create ``folder`` and its missing parents; return those created, outermost first
     (for :func:`remove_dirs` to undo)."""

@@ -22,7 +22,7 @@ those inputs misses and runs the full scan (which still reuses every unchanged f
 measurements). ``--no-cache`` neither reads nor records. One record is kept per dataset
 and option set; a new fingerprint replaces the old record.
 
-This module imports only the standard library, the store and the rules reader (PyYAML): a hit
+This module imports only the standard library, fsutil, the store and the rules reader (PyYAML): a hit
 never pays for numpy, pandas or TensorFlow.
 """
 
@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .fsutil import readable
 from .rules import rules_files
 from .store import CacheWarning, Store
 
@@ -52,10 +53,6 @@ _RETRIED = ("unreadable", "decoder_crash")
 _ENV_PREFIXES = ("AUDITOR_", "KERAS_", "TF_", "CUDA_", "NUMBA_", "OMP_")
 
 
-#: os.access answers for the effective user (the one that opens files) where it can
-_EFFECTIVE_IDS = os.access in os.supports_effective_ids
-
-
 def _stat_line(path: str, follow: bool = True) -> str:
     """What identifies one file's state: size, mtime, ctime, inode, mode (or why no stat),
     and whether this user may read it (an ACL or another user changes that, not the stat)."""
@@ -63,8 +60,8 @@ def _stat_line(path: str, follow: bool = True) -> str:
         st = os.stat(path) if follow else os.lstat(path)
     except OSError as exc:
         return f"{path}\0error {exc.errno}"
-    readable = "r" if not follow or os.access(path, os.R_OK, effective_ids=_EFFECTIVE_IDS) else "-"
-    return f"{path}\0{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} {st.st_mode} {readable}"
+    access = "r" if not follow or readable(path) else "-"
+    return f"{path}\0{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} {st.st_mode} {access}"
 
 
 def _entry(h, path: str) -> None:
