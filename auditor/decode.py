@@ -138,17 +138,20 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise NotRegularFileError(f"{file_kind(mode)}, not a regular file")
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
+    fh = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 (returned to the caller, who closes it)
     try:
-        mode = os.fstat(fd).st_mode
+        mode = os.fstat(fh.fileno()).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(f"{file_kind(mode)}, not a regular file")
-        os.set_blocking(fd, True)  # no effect on a regular file; plain reads from here on
-        return os.fdopen(fd, "rb")
+        os.set_blocking(fh.fileno(), True)  # no effect on a regular file; plain reads from here on
+        return fh
     except BaseException:
-        os.close(fd)
+        fh.close()
         raise
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def read_bytes(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes | DecodeError:
