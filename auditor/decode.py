@@ -124,7 +124,7 @@ def file_kind(mode: int) -> str:
     """What an ``st_mode`` is, in words: "a regular file", "a FIFO (named pipe)", ..."""
     if stat.S_ISREG(mode):
         return "a regular file"
-    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
