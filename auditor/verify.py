@@ -186,6 +186,10 @@ def crop_difference(
     return best_diff
 
 
+#: How a verified pair matched (:func:`verify_pairs`).
+ALIGNED, MIRROR, CROP = 0, 1, 2
+
+
 def verify_pairs(
     thumbnails: ThumbnailFn,
     keys: list[str],
@@ -197,12 +201,13 @@ def verify_pairs(
     :func:`block_difference` at most ``max_difference`` as they are or mirrored, else at most
     ``max_crop_difference`` for one as a crop of the other.
 
-    Returns (verified mask (m,), the difference at the best alignment (m,) float32, and a mask
-    of the pairs verified as a mirror image). A pair whose images have no usable thumbnail
-    (none stored, or a flat image) is not verified."""
+    Returns (verified mask (m,), the difference at the best alignment (m,) float32, and how
+    each verified pair matched: :data:`ALIGNED`, :data:`MIRROR` or :data:`CROP`). A pair whose
+    images have no usable thumbnail (none stored, or a flat image) is not verified."""
     m = len(pairs)
+    how = np.full(m, ALIGNED, np.int8)
     if not m:
-        return np.zeros(0, bool), np.zeros(0, np.float32), np.zeros(0, bool)
+        return np.zeros(0, bool), np.zeros(0, np.float32), how
     involved = np.unique(pairs.ravel())
     sub_keys = [keys[i] for i in involved]
     thumbs = thumbnails(set(sub_keys))
@@ -214,10 +219,12 @@ def verify_pairs(
     mirror = np.zeros(m, bool)
     diff[both], mirror[both] = aligned_difference(sig, a[both], b[both])
     ok = both & (diff <= max_difference)
-    mirror &= ok
+    how[ok & mirror] = MIRROR
     todo = np.flatnonzero(both & ~ok)
     if len(todo):
         c = crop_difference(thumbs, sub_keys, sig, a[todo], b[todo])
-        ok[todo[c <= max_crop_difference]] = True
+        hit = todo[c <= max_crop_difference]
+        ok[hit] = True
+        how[hit] = CROP
         diff[todo] = np.minimum(diff[todo], c)
-    return ok, diff, mirror
+    return ok, diff, how

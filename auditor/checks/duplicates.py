@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
 from ..neighbors import similar_pairs
+from ..verify import ALIGNED, CROP, typical_difference, verify_pairs
 from . import CheckContext, Finding, register
 
 
@@ -82,19 +83,22 @@ def corroborated(t: pd.DataFrame, ph: np.ndarray, e_pairs: np.ndarray, params: d
     return flip_distance(ph[a], ph[b], mirror[b]) <= params["max_mirror_phash_distance"]
 
 
-def near_graph(ctx: CheckContext, t: pd.DataFrame, params: dict, mirrors: bool = True) -> tuple[list[list[int]], dict]:
+def near_graph(
+    ctx: CheckContext, t: pd.DataFrame, params: dict, aligned_only: bool = False
+) -> tuple[list[list[int]], dict]:
     """Groups of copies (positional indices into t = ctx.ok) and the evidence per pair (see
     :func:`_near_edges`; near_duplicate, leakage and label_conflict share the edges when
-    their thresholds agree). ``mirrors=False`` leaves out pairs that are copies only as a
-    mirror image: a mirrored copy filed under another label is no conflict where the label
-    is the handedness (b and d, p and q, a left and a right arrow)."""
+    their thresholds agree). ``aligned_only`` leaves out pairs that are copies only as a
+    mirror image or a crop: those can change what the picture shows (b and d, p and q, a
+    left and a right arrow; an I cut from an l), so they are no evidence that two labels
+    conflict."""
     key = ("near_edges", *(params[k] for k in sorted(NEAR_PARAMS)))
     if key not in ctx._cache:
         ctx._cache[key] = _near_edges(ctx, t, params)
-    pairs, evidence, mirrored = ctx._cache[key]
-    if not mirrors:
-        pairs = pairs[~mirrored]
-        evidence = {k: v for k, v in evidence.items() if not v[3]}
+    pairs, evidence, how = ctx._cache[key]
+    if aligned_only:
+        pairs = pairs[how == ALIGNED]
+        evidence = {k: v for k, v in evidence.items() if v[3] == ALIGNED}
     pixel = t["pixel_hash"].to_numpy()
     # identical pixels are always one group, whatever their hashes
     by_pixels: dict[str, list[int]] = defaultdict(list)
@@ -111,7 +115,6 @@ def pixel_thresholds(ctx: CheckContext, t: pd.DataFrame, ph: np.ndarray, params:
     the dataset's typical difference between close distinct pictures
     (:func:`auditor.verify.typical_difference`): on glyphs or silhouettes, distinct images
     differ far less than photos do."""
-    from ..verify import typical_difference
 
     codes = pd.factorize(t["pixel_hash"])[0]
     typical = typical_difference(ctx.thumbnails, list(t["content_hash"]), ph, codes)
@@ -150,7 +153,6 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
     (:func:`auditor.verify.verify_pairs` with :func:`pixel_thresholds`). Evidence kinds:
     ``"phash"`` (value: bits) or ``"embedding"`` (value: cosine). Pairs of identical pixels
     are not listed (:func:`near_graph` joins them)."""
-    from ..verify import verify_pairs
 
     ph = to_uint64(t["phash"])
     dh = to_uint64(t["dhash"])
@@ -176,8 +178,8 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         kinds = np.concatenate([kinds, np.ones(int(keep.sum()), np.int8)])
         values = np.concatenate([values, e_sims[keep].astype(np.float64)])
     pixel = t["pixel_hash"].to_numpy()
-    evidence: dict[tuple[int, int], tuple[str, float, float, bool]] = {}
-    mirrored = np.zeros(0, bool)
+    evidence: dict[tuple[int, int], tuple[str, float, float, int]] = {}
+    how = np.zeros(0, np.int8)
     if len(pairs):
         # one row per pair, the strongest evidence first (hash beats embedding, closer first)
         rank = np.where(kinds == 0, values, 100.0 - values)
@@ -192,16 +194,22 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         pairs, kinds, values = pairs[keep], kinds[keep], values[keep]
         if ctx.thumbnails is not None and len(pairs):
             _, aligned, crop = pixel_thresholds(ctx, t, ph, params)
-            ok, diff, mirrored = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop)
-            pairs, kinds, values, diff, mirrored = pairs[ok], kinds[ok], values[ok], diff[ok], mirrored[ok]
+            ok, diff, how = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop)
+            labels = t["label"].to_numpy()
+            # a crop can turn one class into another (an I cut from an l): between labeled
+            # images, a crop is a copy only under the same label
+            same = np.array([not (isinstance(labels[a], str) and isinstance(labels[b], str)) or labels[a] == labels[b]
+                             for a, b in pairs.tolist()], bool).reshape(-1)  # fmt: skip
+            ok &= (how != CROP) | same
+            pairs, kinds, values, diff, how = pairs[ok], kinds[ok], values[ok], diff[ok], how[ok]
         else:
-            diff, mirrored = np.full(len(pairs), np.nan), np.zeros(len(pairs), bool)
+            diff, how = np.full(len(pairs), np.nan), np.zeros(len(pairs), np.int8)
             if len(pairs):
                 ctx.notes.setdefault("near_duplicate", "copies not verified at the pixel level (no thumbnails)")
-        rows = zip(pairs.tolist(), kinds.tolist(), values.tolist(), diff.tolist(), mirrored.tolist(), strict=True)
-        for (a, b), k, v, d, mir in rows:
-            evidence[(a, b)] = ("phash" if k == 0 else "embedding", v, d, mir)
-    return pairs.reshape(-1, 2), evidence, mirrored
+        rows = zip(pairs.tolist(), kinds.tolist(), values.tolist(), diff.tolist(), how.tolist(), strict=True)
+        for (a, b), k, v, d, h in rows:
+            evidence[(a, b)] = ("phash" if k == 0 else "embedding", v, d, h)
+    return pairs.reshape(-1, 2), evidence, how
 
 
 def closest_evidence(

@@ -36,7 +36,7 @@ def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     if with_label.empty:
         return ctx.skip("label_conflict", UNLABELED)
     t = ctx.ok.reset_index(drop=True)
-    groups, evidence = near_graph(ctx, t, params, mirrors=False)
+    groups, evidence = near_graph(ctx, t, params, aligned_only=True)
     out = []
     for group in groups:
         labels = {t.iloc[m]["label"] for m in group if isinstance(t.iloc[m]["label"], str)}
@@ -80,16 +80,37 @@ def out_of_fold_probabilities(
     return probs
 
 
-LABEL_ISSUE_PARAMS = {"folds": int, "min_class_images": int, "regularization": float, "filter_by": str}
+def knn_vote_probabilities(vectors: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
+    """Leave-one-out class probabilities (n, n_classes) from the labels of each row's ``k``
+    nearest other rows (cosine similarity of ``vectors``), weighted by similarity, with one
+    pseudo-vote spread over the classes in proportion to their frequency (so that a row with
+    unanimous neighbours is not certain). Where frozen ImageNet features are weak as a
+    linear basis (silhouettes, glyphs), the nearest neighbours still agree with the label."""
+    from ..neighbors import knn
+
+    n_classes = int(labels.max()) + 1
+    idx, sims = knn(vectors, min(k, len(vectors) - 1), seed=seed)
+    w = np.clip(np.nan_to_num(sims, nan=0.0, neginf=0.0), 0.0, None)
+    votes = np.zeros((len(vectors), n_classes))
+    np.add.at(votes, (np.repeat(np.arange(len(vectors)), idx.shape[1]), labels[idx].ravel()), w.ravel())
+    prior = np.bincount(labels, minlength=n_classes) / len(labels)
+    votes += prior[None, :]
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+LABEL_ISSUE_PARAMS = {"folds": int, "min_class_images": int, "regularization": float, "filter_by": str,
+                      "neighbours": int, "neighbour_weight": float}  # fmt: skip
 FILTERS = ("both", "prune_by_noise_rate", "prune_by_class", "confident_learning", "predicted_neq_given")
 
 
 @register("label_issue", "labels", LABEL_ISSUE_PARAMS)
 def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
     """Likely mislabelled images, by confident learning (cleanlab's ``find_label_issues``
-    with ``filter_by``) on out-of-fold probabilities of a logistic regression on the
-    backbone's embeddings (``folds``-fold, inverse regularisation ``regularization``),
-    over the labeled images of all splits. Classes with fewer than ``min_class_images``
+    with ``filter_by``) on out-of-sample class probabilities: those of a logistic regression
+    on the backbone's embeddings (``folds``-fold out-of-fold, inverse regularisation
+    ``regularization``) averaged with a leave-one-out vote of the ``neighbours`` nearest
+    images (:func:`knn_vote_probabilities`, weight ``neighbour_weight``), over the labeled
+    images of all splits. Classes with fewer than ``min_class_images``
     images are left out. Score: 1 - cleanlab's label quality (self-confidence), 0..1,
     ranked; each finding names the given and the suggested label."""
     with_label = _labeled(ctx)
@@ -113,6 +134,9 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
     code = {c: i for i, c in enumerate(keep_classes)}
     y = rows["label"].map(code).to_numpy()
     probs = out_of_fold_probabilities(vectors[rows.index], y, params["folds"], params["regularization"])
+    if params["neighbour_weight"] > 0:
+        vote = knn_vote_probabilities(vectors[rows.index], y, params["neighbours"])
+        probs = (1.0 - params["neighbour_weight"]) * probs + params["neighbour_weight"] * vote
     issues = find_label_issues(y, probs, filter_by=params["filter_by"], n_jobs=1)
     quality = get_label_quality_scores(y, probs, method="self_confidence")
     out = []
@@ -179,12 +203,14 @@ def _typo_of(a: list[str], b: list[str], min_length: int) -> bool:
     return len(diff) == 1 and min(map(len, diff[0])) >= min_length and _one_edit(*diff[0])
 
 
-@register("class_name_inconsistency", "labels", {"min_length_for_typo": int})
+@register("class_name_inconsistency", "labels", {"min_length_for_typo": int, "min_length_for_case": int})
 def class_name_inconsistency(ctx: CheckContext, params: dict) -> list[Finding]:
     """Class names that are one class written differently: equal after ignoring case,
     whitespace, '-', '_', '.' and a plural 's' ('Cat', 'cat', 'cats', 'cat_'), or the same
     words but one with a one-letter typo (not the first letter, not a digit) in a word of at
-    least ``min_length_for_typo`` letters ('golden_retriever' / 'golden-retreiver'). Suggests merging into
+    least ``min_length_for_typo`` letters ('golden_retriever' / 'golden-retreiver'). Names
+    shorter than ``min_length_for_case`` letters are compared as written: 'a' and 'A', 'x'
+    and 'X' are different glyphs, not one class spelt twice. Suggests merging into
     the spelling with the most images; the images under the other spellings are listed.
     Score: the share of the group's images under the other spellings."""
     labels = labeled(ctx.table)["label"]
@@ -203,7 +229,8 @@ def class_name_inconsistency(ctx: CheckContext, params: dict) -> list[Finding]:
     tokens = {n: _tokens(n) for n in names}
     by_norm: dict[str, list[str]] = defaultdict(list)
     for n in names:
-        by_norm["".join(tokens[n])].append(n)
+        norm = "".join(tokens[n])
+        by_norm[norm if len(norm) >= params["min_length_for_case"] else "\0" + n].append(n)
     for group in by_norm.values():
         for other in group[1:]:
             parent[find(other)] = find(group[0])
