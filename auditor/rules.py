@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # the checks (and pandas) load when rules are validated, not 
 SCHEMA = "auditor.rules/1"
 SEVERITIES = ("info", "warning", "error")
 PRESETS = ("default", "strict", "lenient")
-_SETTINGS = {"min_images_for_relative": int}
+_SETTINGS = {"min_images_for_relative": int, "min_images_per_peer_class": int}
 _GATE_KEYS = {"max_count": int, "max_fraction": (int, float)}
 _TOP_KEYS = {"schema", "extends", "description", "settings", "checks", "clean"}
 CLEAN_ACTIONS = ("keep", "drop", "quarantine", "keep_one", "drop_from_eval", "quarantine_confident", "clip")
