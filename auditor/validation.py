@@ -108,8 +108,8 @@ def make_copy(defect: str, strength: int, rgb: np.ndarray, original: bytes) -> t
     """(bytes, extension) of one injected copy of a clean image (``original``: its file)."""
     if defect in ("exact_duplicate", "leakage", "label_conflict") and strength == 1:
         return original, ""
-    if defect == "exact_duplicate":  # same pixels, other bytes
-        return synth.png_bytes(rgb), ".png"
+    if defect == "exact_duplicate":  # the original's decoded pixels, other bytes
+        return synth.png_bytes(np.asarray(Image.open(io.BytesIO(original)).convert("RGB"))), ".png"
     if defect in ("leakage", "label_conflict"):
         return _reencode(rgb, 75, 0.9), ".jpg"
     if defect == "near_duplicate":
@@ -279,16 +279,21 @@ def score_labels(report: dict, truth: list[dict]) -> dict:
             "precision": len(flips & got) / len(got) if got else float("nan")}  # fmt: skip
 
 
+#: Checks about the classes, not the images (they list a class's images, whatever their quality).
+CLASS_LEVEL = ("class_imbalance", "unseen_class", "label_shift")
+
+
 def clean_summary(report: dict) -> dict:
-    """On a clean version: the gate verdict, error-level findings, and per check the share of
-    images named in a per-image finding (dataset-level findings name no path)."""
+    """On a clean version: the gate verdict, error-level findings, and per image check the
+    share of images named in a per-image finding (dataset-level findings name no path; the
+    :data:`CLASS_LEVEL` checks are about the class structure of the sample)."""
     n = max(1, int(report["dataset"]["images"]))
     per_check: dict[str, set[str]] = defaultdict(set)
     errors = 0
     for f in report["findings"]:
         if f["severity"] == "error":
             errors += 1
-        if f["paths"]:
+        if f["paths"] and f["check"] not in CLASS_LEVEL:
             per_check[f["check"]].update(f["paths"])
     shares = {c: len(p) / n for c, p in per_check.items()}
     worst = max(shares.items(), key=lambda kv: kv[1]) if shares else ("-", 0.0)
