@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
 from ..neighbors import similar_pairs
-from ..verify import ALIGNED, CROP, typical_difference, verify_pairs
+from ..verify import ALIGNED, typical_difference, verify_pairs
 from . import CheckContext, Finding, register
 
 
@@ -196,11 +196,11 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
             _, aligned, crop = pixel_thresholds(ctx, t, ph, params)
             ok, diff, how = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop)
             labels = t["label"].to_numpy()
-            # a crop can turn one class into another (an I cut from an l): between labeled
-            # images, a crop is a copy only under the same label
+            # a mirror or a crop can turn one class into another (b and d; an I cut from an
+            # l): between labelled images, those are copies only under the same label
             same = np.array([not (isinstance(labels[a], str) and isinstance(labels[b], str)) or labels[a] == labels[b]
                              for a, b in pairs.tolist()], bool).reshape(-1)  # fmt: skip
-            ok &= (how != CROP) | same
+            ok &= (how == ALIGNED) | same
             pairs, kinds, values, diff, how = pairs[ok], kinds[ok], values[ok], diff[ok], how[ok]
         else:
             diff, how = np.full(len(pairs), np.nan), np.zeros(len(pairs), np.int8)
