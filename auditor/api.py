@@ -114,7 +114,12 @@ def check_context(
         from .measure import MEASURE_VERSION
 
         def thumbnails(hashes):
-            return dict(store.thumbnails(hashes, MEASURE_VERSION))
+            if not store.closed:
+                return dict(store.thumbnails(hashes, MEASURE_VERSION))
+            if store.path == ":memory:":  # a ScanResult's context after an uncached scan
+                return {}
+            with Store(store.path) as again:  # ... or after the scan closed the cache
+                return dict(again.thumbnails(hashes, MEASURE_VERSION))
 
     return CheckContext(table=table, settings=rules.settings, embeddings=embeddings, reference=reference,
                         shift_params=shift_params, annotations=annotations, thumbnails=thumbnails)  # fmt: skip

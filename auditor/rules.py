@@ -321,9 +321,15 @@ def apply_severities(findings: list[Finding], rules: Rules) -> list[Finding]:
 def judge(findings: list[Finding], rules: Rules, n_images: int) -> dict:
     """The gate: one entry per enabled check. A check fails the gate when its severity is
     ``error`` and its findings exceed ``max_count`` (default 0) or its flagged images
-    exceed ``max_fraction`` of the dataset; a ``warning`` check that exceeds is ``warn``."""
+    exceed ``max_fraction`` of the dataset; a ``warning`` check that exceeds is ``warn``.
+    Dataset-level findings about a property of the whole dataset (``details.scope ==
+    "dataset"``) are not counted."""
     by_check: dict[str, list[Finding]] = {}
     for f in findings:
+        # a property of the whole dataset (every image 28 px, near-binary ink) is reported,
+        # not counted: the gate judges defects of images
+        if (f.details or {}).get("scope") == "dataset":
+            continue
         by_check.setdefault(f.check, []).append(f)
     entries = []
     for name, rule in rules.checks.items():

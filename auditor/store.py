@@ -96,6 +96,7 @@ class Store:
         # normally; an in-memory one (the spill) goes in front when the disk one fails.
         self._dbs: list[sqlite3.Connection] = []
         self._spill: sqlite3.Connection | None = None
+        self.closed = False
         try:
             if path is not None:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +174,7 @@ class Store:
     def close(self) -> None:
         for db in self._dbs:
             db.close()
+        self.closed = True
 
     def __enter__(self) -> Store:
         return self

@@ -74,3 +74,46 @@ def test_hash_columns_keep_all_64_bits_next_to_an_unreadable_file():
     table = build_table(Discovery(root=None, layout="flat", items=items), measured)
     assert table["phash"].iloc[0] == big and table["dhash"].iloc[0] == big - 1
     assert table["phash"].iloc[1] is None
+
+
+def test_copies_are_found_when_most_images_have_one(tmp_path):
+    """The yardstick is the 5th nearest other picture: a dataset where every image has a
+    re-encoded copy must not make copies look like the typical distinct pair."""
+    from auditor.api import scan
+
+    tiles = [t for _, t in synth.photo_tiles(96, (1.0,), synth.COLOR_PHOTOS, min_std=20, min_entropy=5)][:30]
+    for i, px in enumerate(tiles):
+        synth.write(tmp_path / "ds" / f"{i:02d}.jpg", synth.jpeg_bytes(px, 92))
+        synth.write(tmp_path / "ds" / f"{i:02d}_copy.jpg", synth.near_copy_bytes(px, 70, 0.9))
+    report = scan(tmp_path / "ds", write=False, embed=False).report
+    groups = [set(f["paths"]) for f in report["findings"] if f["check"] == "near_duplicate"]
+    assert sum({f"{i:02d}.jpg", f"{i:02d}_copy.jpg"} in groups for i in range(30)) >= 29, groups
+
+
+def test_a_dataset_level_finding_does_not_fail_a_max_count_gate(tmp_path):
+    """Near-binary images get one dataset-level low_information finding; strict gates
+    low_information with max_count 0, which counts defects of images, not the dataset."""
+    from auditor.api import scan
+
+    for i in range(30):
+        synth.write(
+            tmp_path / "ds" / f"{i:02d}.png", synth.png_bytes((synth.digit(i, 64) > 128).astype(np.uint8) * 255)
+        )
+    result = scan(tmp_path / "ds", write=False, embed=False, rules="strict")
+    info = [f for f in result.findings if f.check == "low_information"]
+    assert [f.paths for f in info] == [[]] and info[0].details["scope"] == "dataset"
+    rule = next(r for r in result.report["gate"]["rules"] if r["rule"] == "low_information")
+    assert rule["status"] == "pass" and rule["value"] == 0
+
+
+def test_a_scan_results_context_still_verifies_after_the_scan(tmp_path):
+    from auditor.api import run_checks, scan
+
+    tiles = [t for _, t in synth.photo_tiles(96, (1.0,), synth.COLOR_PHOTOS, min_std=20, min_entropy=5)][:24]
+    for i, px in enumerate(tiles):
+        synth.write(tmp_path / "ds" / f"{i:02d}.jpg", synth.jpeg_bytes(px, 92))
+    synth.write(tmp_path / "ds" / "copy.jpg", synth.near_copy_bytes(tiles[0], 70, 0.9))
+    result = scan(tmp_path / "ds", write=False, embed=False, cache_dir=tmp_path / "cache")
+    result.rules.checks["near_duplicate"].params["max_pixel_difference"] = 0.29  # not the cached graph
+    again = run_checks(result.context, result.rules, only=["near_duplicate"])
+    assert [set(f.paths) for f in again] == [{"00.jpg", "copy.jpg"}]

@@ -30,7 +30,8 @@ NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedd
                "max_relative_distance": float, "max_relative_phash_distance": float,
                "max_mirror_phash_distance": int, "max_candidates_per_image": int,
                "max_pixel_difference": float, "max_relative_pixel_difference": float,
-               "max_crop_difference": float, "max_relative_crop_difference": float}  # fmt: skip
+               "max_crop_difference": float, "max_relative_crop_difference": float,
+               "min_pixel_difference": float}  # fmt: skip
 
 
 def phash_radius(hashes: np.ndarray, params: dict) -> int:
@@ -113,8 +114,8 @@ def pixel_thresholds(ctx: CheckContext, t: pd.DataFrame, ph: np.ndarray, params:
     """(typical difference, aligned limit, crop limit) for :func:`auditor.verify.verify_pairs`:
     ``max_pixel_difference`` and ``max_crop_difference``, each at most its relative share of
     the dataset's typical difference between close distinct pictures
-    (:func:`auditor.verify.typical_difference`): on glyphs or silhouettes, distinct images
-    differ far less than photos do."""
+    (:func:`auditor.verify.typical_difference`: on glyphs or silhouettes, distinct images
+    differ far less than photos do) and at least ``min_pixel_difference``."""
 
     codes = pd.factorize(t["pixel_hash"])[0]
     typical = typical_difference(ctx.thumbnails, list(t["content_hash"]), ph, codes)
@@ -122,10 +123,12 @@ def pixel_thresholds(ctx: CheckContext, t: pd.DataFrame, ph: np.ndarray, params:
     if np.isfinite(typical):
         aligned = min(aligned, params["max_relative_pixel_difference"] * typical)
         crop = min(crop, params["max_relative_crop_difference"] * typical)
-    return typical, aligned, crop
+    # never below what a re-encoded copy differs by, whatever the dataset holds
+    floor = params["min_pixel_difference"]
+    return typical, max(aligned, floor), max(crop, floor)
 
 
-def _cap_per_image(pairs: np.ndarray, dist: np.ndarray, n: int, cap: int) -> np.ndarray:
+def _cap_per_image(pairs: np.ndarray, dist: np.ndarray, cap: int) -> np.ndarray:
     """Mask keeping, for every image, only its ``cap`` closest candidates (a pair is kept when
     it is among the closest of either of its images): on low-diversity data an image can
     have hundreds of hash neighbours, and verification costs per pair."""
@@ -190,7 +193,7 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         pairs, kinds, values, rank = pairs[first], kinds[first], values[first], rank[first]
         distinct = pixel[pairs[:, 0]] != pixel[pairs[:, 1]]  # identical pixels need no verifying
         pairs, kinds, values, rank = pairs[distinct], kinds[distinct], values[distinct], rank[distinct]
-        keep = _cap_per_image(pairs, rank, len(t), int(params["max_candidates_per_image"]))
+        keep = _cap_per_image(pairs, rank, int(params["max_candidates_per_image"]))
         pairs, kinds, values = pairs[keep], kinds[keep], values[keep]
         if ctx.thumbnails is not None and len(pairs):
             _, aligned, crop = pixel_thresholds(ctx, t, ph, params)

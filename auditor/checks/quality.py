@@ -202,8 +202,8 @@ def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
     (:func:`peer_z`), the fine-detail ratio (log energy of the finest wavelet scale over the
     next) below its peers' too, and the image soft in absolute terms (detail ratio below
     ``max_detail_ratio`` or sharpness below ``max_sharpness``: a crisp image is never
-    blurry). An image with sharpness below ``always_below`` is flagged when the dataset is
-    not that soft. A dataset whose median sharpness is below ``dataset_soft_below`` gets one
+    blurry). An image with sharpness below ``always_below`` is flagged unless the dataset's
+    median sharpness is below ``dataset_soft_below``. A dataset whose median sharpness is below ``dataset_soft_below`` gets one
     dataset-level finding (uniformly soft, e.g. upscaled). Score: 1 - sharpness."""
     t = ctx.ok
     if t.empty:
@@ -362,8 +362,8 @@ def bright(ctx: CheckContext, params: dict) -> list[Finding]:
 )
 def low_contrast(ctx: CheckContext, params: dict) -> list[Finding]:
     """Washed-out images: RMS contrast (luma standard deviation, 0..255) below
-    ``max_contrast`` and below ``relative_factor`` x its content peers'. Score: 1 - contrast /
-    peers' contrast."""
+    ``max_contrast``, below ``relative_factor`` x its content peers' and ``robust_z`` robust SDs
+    below them (log scale). Score: 1 - contrast / peers' contrast."""
     t = ctx.ok
     c = t["contrast"].astype(float)
     lim = params["max_contrast"]
@@ -410,7 +410,7 @@ def low_information(ctx: CheckContext, params: dict) -> list[Finding]:
     flag |= blank
     out = _findings(
         "low_information", t[flag], (lim - e).clip(lower=0.0),
-        lambda r: f"{r['path']}: entropy {r['entropy']:.2f} bits" + (" (blank)" if r["contrast"] <
+        lambda r: f"{r['path']}: entropy {abs(r['entropy']):.2f} bits" + (" (blank)" if r["contrast"] <
                                                                         params["blank_contrast"] else ""),
         lambda r: {"entropy": float(r["entropy"]), "threshold": lim},
     )  # fmt: skip
