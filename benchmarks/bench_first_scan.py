@@ -48,6 +48,7 @@ def run(pythonpath: str | None, folder: Path, out: Path, workers: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", default="b49c7cf")
+    ap.add_argument("--current", default=None, help="a revision to run instead of the working tree")
     ap.add_argument("--n-images", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -59,19 +60,28 @@ def main() -> None:
         base = Path(tmp) / "baseline"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
                        check=True, capture_output=True)  # fmt: skip
+        current = None
+        if args.current:
+            current = Path(tmp) / "current"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(current), args.current],
+                           check=True, capture_output=True)  # fmt: skip
         try:
             times: dict[str, list[float]] = {"baseline": [], "current": []}
             for r in range(args.repeats):
                 times["baseline"].append(run(str(base), args.data, Path(tmp) / f"b{r}", args.workers))
-                times["current"].append(run(None, args.data, Path(tmp) / f"c{r}", args.workers))
+                times["current"].append(run(current and str(current), args.data, Path(tmp) / f"c{r}", args.workers))
                 print(f"repeat {r + 1}: baseline {times['baseline'][-1]:.1f} s, current {times['current'][-1]:.1f} s",
                       file=sys.stderr)  # fmt: skip
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
+            for tree in (base, current):
+                if tree is not None:
+                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                                   capture_output=True)  # fmt: skip
     b, c = statistics.median(times["baseline"]), statistics.median(times["current"])
     print(f"machine: {machine()}")
     print(f"{args.n_images} images, {args.workers} workers, median of {args.repeats}")
-    print(f"| revision | first scan (s) |\n|---|---|\n| {args.baseline} | {b:.1f} |\n| current | {c:.1f} |")
+    print("| revision | first scan (s) |\n|---|---|")
+    print(f"| {args.baseline} | {b:.1f} |\n| {args.current or 'working tree'} | {c:.1f} |")
     print(f"current / baseline: {c / b:.2f}x")
 
 
