@@ -223,10 +223,13 @@ def verify_pairs(
     pairs: np.ndarray,
     max_difference: float,
     max_crop_difference: float,
+    may_be_crop: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which candidate ``pairs`` (m, 2) of positions into ``keys`` (content hashes) are copies:
-    :func:`block_difference` at most ``max_difference`` as they are or mirrored, else at most
-    ``max_crop_difference`` for one as a crop of the other.
+    :func:`block_difference` at most ``max_difference`` as they are or mirrored, else, for the
+    pairs ``may_be_crop`` marks (default all), at most ``max_crop_difference`` for one as a
+    crop of the other (the template search costs most; a pHash match means the layouts
+    already agree, so only embedding candidates need it).
 
     Returns (verified mask (m,), the difference at the best alignment (m,) float32, and how
     each verified pair matched: :data:`ALIGNED`, :data:`MIRROR` or :data:`CROP`). A pair whose
@@ -247,7 +250,7 @@ def verify_pairs(
     diff[both], mirror[both] = aligned_difference(sig, a[both], b[both])
     ok = both & (diff <= max_difference)
     how[ok & mirror] = MIRROR
-    todo = np.flatnonzero(both & ~ok)
+    todo = np.flatnonzero(both & ~ok & (True if may_be_crop is None else may_be_crop))
     if len(todo):
         c = crop_difference(thumbs, sub_keys, sig, a[todo], b[todo])
         hit = todo[c <= max_crop_difference]

@@ -197,7 +197,7 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         pairs, kinds, values = pairs[keep], kinds[keep], values[keep]
         if ctx.thumbnails is not None and len(pairs):
             _, aligned, crop = pixel_thresholds(ctx, t, ph, params)
-            ok, diff, how = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop)
+            ok, diff, how = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop, kinds == 1)
             labels = t["label"].to_numpy()
             # a mirror or a crop can turn one class into another (b and d; an I cut from an
             # l): between labelled images, those are copies only under the same label
