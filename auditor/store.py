@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+#: Bytes written at a time by :meth:`Store.put_result`.
+_BLOB_CHUNK = 1 << 22
+
+
 def _in_chunks(keys: Iterable[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
     """Distinct keys in chunks small enough for one ``IN (...)`` clause: (chunk, "?,?,...")."""
     keys = list(dict.fromkeys(keys))
@@ -277,10 +281,41 @@ class Store:
                 return bytes(row[0])
         return None
 
-    def put_result(self, key: str, value: bytes) -> bool:
-        """Remember ``value`` under ``key`` (True: on disk)."""
-        return self._write(lambda db: db.execute("INSERT OR REPLACE INTO results(key, value) VALUES (?, ?)",
-                                                 (key, value)))  # fmt: skip
+    def put_result(self, key: str, value: bytes | Callable[[], Iterable[bytes]], size: int | None = None) -> bool:
+        """Remember ``value`` under ``key`` (True: on disk): bytes, or a function that yields
+        the value in chunks, ``size`` bytes in all (one that reads files chunk by chunk: the
+        value is never in memory whole; it is called again if the write moves to memory, see
+        :meth:`_fall_back`). ValueError, and nothing stored, when the chunks do not add up to
+        ``size``.
+
+        Written through SQLite's incremental blob I/O, a chunk at a time: a value bound to an
+        INSERT is copied by SQLite, once for the binding and once more into the row, so a
+        scan's recorded outputs (a report.json of a million findings is 330 MB) would cost
+        twice their size again in memory."""
+        if callable(value):
+            if size is None:
+                raise TypeError("put_result: a function of chunks needs their total size")
+            chunks = value
+        else:
+            view = memoryview(value).cast("B")
+            size = len(view)
+
+            def chunks() -> Iterator[memoryview]:
+                return (view[start : start + _BLOB_CHUNK] for start in range(0, len(view), _BLOB_CHUNK))
+
+        def statements(db: sqlite3.Connection) -> None:
+            cur = db.execute("INSERT OR REPLACE INTO results(key, value) VALUES (?, zeroblob(?))", (key, size))
+            with db.blobopen("results", "value", cur.lastrowid) as blob:
+                done = 0
+                for chunk in chunks():
+                    if done + len(chunk) > size:
+                        raise ValueError(f"put_result: more than the {size} bytes announced")
+                    blob.write(chunk)
+                    done += len(chunk)
+            if done != size:
+                raise ValueError(f"put_result: {done} bytes where {size} were announced")
+
+        return self._write(statements)
 
     def count(self, table: str) -> int:
         if table not in ("files", "measurements", "embeddings", "results"):

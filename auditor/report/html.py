@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import heapq
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from jinja2 import Environment, FileSystemBytecodeCache, PackageLoader, select_a
 
 from ..dataset import labeled as labeled_rows
 from ..measure import MEASURE_VERSION
+from . import rows_named
 
 if TYPE_CHECKING:
     from ..api import ScanResult
@@ -120,7 +122,7 @@ def _bars(counts: dict[str, int]) -> list[tuple[str, int, float]]:
 
 def _split_charts(table) -> list[dict]:
     """One bar chart per split: images per class (largest classes first, capped)."""
-    labeled = labeled_rows(table)
+    labeled = labeled_rows(table[["split", "label"]])  # two columns, not a copy of the table
     if labeled.empty:
         return []
     out = []
@@ -225,7 +227,8 @@ def render_html(result: ScanResult, store: Store) -> str:
     for f in report["findings"]:
         sections.setdefault(f["check"], []).append(f)
     # worst first in every section, then capped
-    shown = {c: sorted(fs, key=lambda f: -f["score"])[:MAX_FINDINGS_PER_SECTION] for c, fs in sections.items()}
+    # (heapq.nsmallest is sorted(...)[:n], ties in report order, without sorting a million)
+    shown = {c: heapq.nsmallest(MAX_FINDINGS_PER_SECTION, fs, key=lambda f: -f["score"]) for c, fs in sections.items()}
     wanted: dict[str, None] = {}  # ordered: shift panel first, then sections in report order
     for s in report.get("shift") or []:
         for im in ((s.get("out_of_support") or {}).get("images") or [])[:MAX_THUMBS_PER_FINDING]:
@@ -237,18 +240,18 @@ def render_html(result: ScanResult, store: Store) -> str:
                 wanted.setdefault(p)
     wanted = dict.fromkeys(list(wanted)[:MAX_THUMBS_TOTAL])  # bounds the file: ~5 KB a thumbnail
     table = result.table
-    hash_of = {
-        p: h for p, h in zip(table["path"], table["content_hash"], strict=True)
-        if p in wanted and isinstance(h, str)
-    }  # fmt: skip
+    rows = table.loc[rows_named(table["path"], list(wanted)), ["path", "content_hash"]]
+    hash_of = {p: h for p, h in zip(rows["path"], rows["content_hash"], strict=True) if isinstance(h, str)}
     thumbs_by_hash = dict(store.thumbnails(hash_of.values(), MEASURE_VERSION))
     thumbs = {p: _data_uri(thumbs_by_hash[h]) for p, h in hash_of.items() if h in thumbs_by_hash}
     ok = table[table["ok"]]
     formats = ok["format"].value_counts().to_dict() if len(ok) else {}
-    set_hashes = {("dataset", p): h for p, h in zip(table["path"], table["content_hash"], strict=True)}
-    if result.source_table is not None:
-        src = result.source_table
-        set_hashes.update({("source", p): h for p, h in zip(src["path"], src["content_hash"], strict=True)})
+    set_hashes: dict[tuple[str, str], str] = {}
+    if result.projection is not None:  # its points' hover thumbnails (without one, no dict of every item)
+        set_hashes = {("dataset", p): h for p, h in zip(table["path"], table["content_hash"], strict=True)}
+        if result.source_table is not None:
+            src = result.source_table
+            set_hashes.update({("source", p): h for p, h in zip(src["path"], src["content_hash"], strict=True)})
     return (
         _env(store.folder)
         .get_template("report.html")
