@@ -169,11 +169,22 @@ class Reuse:
             if table is not None and "error_kind" in table and bool(table["error_kind"].isin(_RETRIED).any()):
                 return False
         try:
-            parts = {role: (Path(p).name, Path(p).read_bytes()) for role, p in files.items()}
+            # streamed into the store a chunk at a time: read whole and joined, a report.json of
+            # a million findings (330 MB) cost twice its size at the scan's peak
+            sizes = {role: (Path(p).name, Path(p).stat().st_size) for role, p in files.items()}
+            head = _header(self.fingerprint, [[role, name, size] for role, (name, size) in sizes.items()])
+
+            def chunks() -> Iterator[bytes]:
+                yield head
+                for p in files.values():
+                    with open(p, "rb") as fh:
+                        while chunk := fh.read(1 << 22):
+                            yield chunk
+
             with _quiet_store(self.store_path) as store:
-                return store.put_result(self.key, _pack(self.fingerprint, parts))
-        except (sqlite3.Error, OSError):  # the scan's outputs are written; only reuse is lost
-            return False
+                return store.put_result(self.key, chunks, size=len(head) + sum(s for _, s in sizes.values()))
+        except (sqlite3.Error, OSError, ValueError):  # the scan's outputs are written; only reuse is lost
+            return False  # (ValueError: a file changed size while it was read)
 
 
 @contextmanager
@@ -233,9 +244,13 @@ def _prepare(dataset, options, cache_dir, rules, extra_trees, extra_files, follo
 def _pack(fingerprint: str, files: dict[str, tuple[str, bytes]]) -> bytes:
     """One record: a JSON header line (fingerprint, then role, name, size per file) and the
     files' bytes, concatenated in header order."""
-    header = {"format": _FORMAT, "fingerprint": fingerprint,
-              "files": [[role, name, len(data)] for role, (name, data) in files.items()]}  # fmt: skip
-    return json.dumps(header).encode() + b"\n" + b"".join(data for _, data in files.values())
+    head = _header(fingerprint, [[role, name, len(data)] for role, (name, data) in files.items()])
+    return head + b"".join(data for _, data in files.values())
+
+
+def _header(fingerprint: str, files: list[list]) -> bytes:
+    """A record's first line: format, fingerprint, then role, name, size per file."""
+    return json.dumps({"format": _FORMAT, "fingerprint": fingerprint, "files": files}).encode() + b"\n"
 
 
 def _unpack(blob: bytes, fingerprint: str) -> dict[str, tuple[str, bytes]] | None:

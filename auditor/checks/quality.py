@@ -203,8 +203,8 @@ def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
     next) below its peers' too, and the image soft in absolute terms (detail ratio below
     ``max_detail_ratio`` or sharpness below ``max_sharpness``: a crisp image is never
     blurry). An image with sharpness below ``always_below`` is flagged unless the dataset's
-    median sharpness is below ``dataset_soft_below``. A dataset whose median sharpness is below ``dataset_soft_below`` gets one
-    dataset-level finding (uniformly soft, e.g. upscaled). Score: 1 - sharpness."""
+    median sharpness is below ``dataset_soft_below``; such a dataset gets one dataset-level
+    finding instead (uniformly soft, e.g. upscaled). Score: 1 - sharpness."""
     t = ctx.ok
     if t.empty:
         return []
