@@ -22,10 +22,16 @@ clipped to the image, or one of a duplicate pair kept; boxes of dropped images g
 A CSV cell that a spreadsheet would run as a formula (text starting with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return: a class named ``=HYPERLINK(...)``) is written with a
 leading single quote, as OWASP advises against CSV injection; the folders keep their names.
+
+A folder or file name of the cleaned dataset longer than :data:`MAX_NAME_BYTES` (a class of
+300 characters, a long file name with a ``__1`` suffix) is shortened: cut on a character
+boundary, a hash of the whole name appended (two long names never meet), the extension kept.
+The same name always gives the same short name; ``manifest.csv`` keeps the full label.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -182,9 +188,37 @@ def _safe_part(x) -> str | None:
     return None if part in (".", "..") else part
 
 
+#: The longest folder or file name written, in bytes: within the limit of ext4, XFS and btrfs
+#: (255 bytes) and of APFS and NTFS (255 characters).
+MAX_NAME_BYTES = 255
+#: Extensions up to this long survive the shortening of a file name.
+_MAX_SUFFIX_BYTES = 16
+
+
+def _fit_name(name: str, is_file: bool = False, limit: int = MAX_NAME_BYTES) -> str:
+    """``name`` when it fits in ``limit`` bytes; else its start, cut on a character boundary,
+    then ``~`` and 12 hex digits of its SHA-256 (and, for a file, its extension): at most
+    ``limit`` bytes, the same for the same name, different for different names."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    stem, suffix = name, ""
+    if is_file and len(os.fsencode(Path(name).suffix)) <= _MAX_SUFFIX_BYTES:
+        stem, suffix = name[: len(name) - len(Path(name).suffix)], Path(name).suffix
+    tail = f"~{hashlib.sha256(raw).hexdigest()[:12]}{suffix}"
+    room, used, keep = limit - len(os.fsencode(tail)), 0, 0
+    for ch in stem:
+        used += len(os.fsencode(ch))
+        if used > room:
+            break
+        keep += 1
+    return stem[:keep] + tail
+
+
 def _targets(manifest: pd.DataFrame, keep_layout: bool = False) -> list[str]:
     """Relative output path per row ('' for dropped): [_quarantine/]split/label/basename, a
-    numeric suffix where two images would land on one name. ``keep_layout`` (detection
+    numeric suffix where two images would land on one name, names over
+    :data:`MAX_NAME_BYTES` shortened (:func:`_fit_name`). ``keep_layout`` (detection
     datasets, whose annotation files name the images): [_quarantine/]original path."""
     taken: set[str] = set()
     out = []
@@ -195,14 +229,14 @@ def _targets(manifest: pd.DataFrame, keep_layout: bool = False) -> list[str]:
         if keep_layout:
             out.append(("_quarantine/" if row.action == "quarantine" else "") + row.source_path)
             continue
-        parts = [p for p in (_safe_part(row.split), _safe_part(row.label)) if p]
+        parts = [_fit_name(p) for p in (_safe_part(row.split), _safe_part(row.label)) if p]
         if row.action == "quarantine":
             parts.insert(0, "_quarantine")
         name = Path(row.source_path).name
         stem, suffix = Path(name).stem, Path(name).suffix
-        candidate, k = "/".join([*parts, name]), 1
+        candidate, k = "/".join([*parts, _fit_name(name, is_file=True)]), 1
         while candidate.lower() in taken:
-            candidate = "/".join([*parts, f"{stem}__{k}{suffix}"])
+            candidate = "/".join([*parts, _fit_name(f"{stem}__{k}{suffix}", is_file=True)])
             k += 1
         taken.add(candidate.lower())
         out.append(candidate)

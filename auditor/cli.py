@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .fsutil import check_output, output_folder, printable
+from .fsutil import check_cache_dir, check_output, output_folder, printable
 
 app = typer.Typer(
     name="audit",
@@ -257,6 +257,7 @@ def scan(
                             batch_size=batch_size, follow_symlinks=follow_symlinks, max_pixels=max_pixels)  # fmt: skip
     with _input_errors():
         out = output_folder(dataset, out, source, images)  # refused before any work
+        check_cache_dir(cache_dir, dataset, source, images)
         reuse, files = _reuse(dataset, out, options, rules, cache_dir, no_cache)
     if files is not None:
         if not quiet:
@@ -393,6 +394,7 @@ def gate(
     with _input_errors(), bar:
         if junit is not None:
             check_output(junit, dataset, source, images, folder=False, option="--junit")
+        check_cache_dir(cache_dir, dataset, source, images)
         if from_report is not None:
             result = run_gate(from_report=from_report, rules=rules)
         else:
@@ -480,6 +482,7 @@ def clean(
         _fail("give --out CLEAN_DIR, or --dry-run")
     bar, update = _progress()
     with _input_errors(), bar:
+        check_cache_dir(cache_dir, dataset, images)
         try:
             result = run_clean(
                 dataset, out, rules=rules, dry_run=dry_run, relabel=relabel, embed=not no_embed, layout=layout,
@@ -558,6 +561,8 @@ def finetune(
         bar.update(tasks[phase], completed=epoch, logs=text)
 
     with _input_errors(), bar:
+        check_output(out, dataset)  # as scan's --out: refused before the backbone loads
+        check_cache_dir(cache_dir, dataset)
         try:
             result = run_finetune(dataset, out, opts, progress=update, cache_dir=cache_dir)
         except FinetuneError as exc:
@@ -608,6 +613,8 @@ def run_pipeline(
                            seed=seed, augment=chosen if augment else ())  # fmt: skip
     bar, update = _progress()
     with _input_errors(), bar:
+        check_output(out, dataset, images)  # as scan's --out: refused before any work
+        check_cache_dir(cache_dir, dataset, images)
         try:
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
                          augment_from_audit=augment and not augmentations, progress=update, workers=workers,
@@ -653,6 +660,7 @@ def embed(
     bar, update = _progress()
     with _input_errors(), bar:
         check_output(out, dataset, folder=False)  # refused before the backbone loads
+        check_cache_dir(cache_dir, dataset)
         result = run_embed(
             dataset, out, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
             batch_size=batch_size, workers=workers, layout=layout, manifest=manifest, cache_dir=cache_dir,
@@ -680,10 +688,10 @@ def demo(
     from .api import scan as run_scan
     from .demo import build_demo, make_coco
 
+    data_dir = out / "dataset"
     with _input_errors():
         check_output(out)  # the default, reports/demo, may be in a read-only folder
-    data_dir = out / "dataset"
-    injected = build_demo(data_dir)
+        injected = build_demo(data_dir)  # a full disk: one line, nothing half-built
     err_console.print(f"demo dataset: {_term(str(data_dir))} ({injected['images']} images, "
                       f"{len(injected['defects'])} injected defects)", highlight=False)  # fmt: skip
     bar, update = _progress()
@@ -696,9 +704,13 @@ def demo(
 
     # the detection part: a COCO dataset with every box defect (box checks need no embeddings)
     coco_dir = out / "detection" / "dataset"
-    if coco_dir.exists():
-        shutil.rmtree(coco_dir)
-    boxes = make_coco(coco_dir)
+    with _input_errors():
+        if coco_dir.exists():
+            try:
+                shutil.rmtree(coco_dir)
+            except OSError as exc:
+                _fail(f"cannot replace the detection demo dataset {coco_dir}: {exc.strerror or exc}")
+        boxes = make_coco(coco_dir)
     err_console.print(f"\ndetection demo (COCO): {_term(str(coco_dir))} ({len(boxes)} injected box defects)",
                       highlight=False)  # fmt: skip
     bar, update = _progress()

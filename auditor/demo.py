@@ -1,14 +1,37 @@
-"""``audit demo``: a small labeled dataset built offline, with every defect injected."""
+"""``audit demo``: a small labeled dataset built offline, with every defect injected.
+
+A folder that cannot be written (a full disk, a read-only folder) is an
+:class:`auditor.fsutil.OutputError` naming it (one line and exit 2 at the command line), and
+the folders made for the demo are removed: nothing half-built is left."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import synth
+from .fsutil import OutputError, make_dirs
+
+
+@contextmanager
+def _writing(root: Path, what: str) -> Iterator[None]:
+    """Build ``what`` in ``root``, made here with its missing parents. On an OSError those
+    folders (with what was written into them; a folder that was there before stays) are
+    removed and :class:`OutputError` says why."""
+    created: list[Path] = []
+    try:
+        created = make_dirs(root)
+        yield
+    except OSError as exc:
+        if created:
+            shutil.rmtree(created[0], ignore_errors=True)
+        raise OutputError(f"cannot write {what} to {root}: {exc.strerror or exc}") from exc
+
 
 # --- detection demo: COCO / YOLO with every box defect --------------------------------------
 
@@ -35,6 +58,11 @@ def make_coco(root, pad_val: float = 0.15) -> list[dict]:
     box defect injected into train. Returns the injected defects as ``{"check", "path"}``
     (``path`` None for the dataset-level findings)."""
     root = Path(root)
+    with _writing(root, "the detection demo dataset"):
+        return _make_coco(root, pad_val)
+
+
+def _make_coco(root: Path, pad_val: float) -> list[dict]:
     for split, items in scenes(pad_val).items():
         images, anns = [], []
         for i, (img, boxes) in enumerate(items):
@@ -114,15 +142,22 @@ DEMO_CLASSES = ("astronaut", "coffee", "rocket", "motorcycle", "china", "flower"
 def build_demo(root: str | Path, tile: int = 128, seed: int = 0) -> dict:
     """Write the demo dataset under ``root`` (split-folders layout, train/val) and return
     {"images": n, "defects": [{"check", "path"}, ...]} naming every injected defect.
-    An existing demo folder is replaced; nothing else is touched."""
+    An existing demo folder is replaced; nothing else is touched (:class:`OutputError`)."""
     root = Path(root)
     marker = root / ".audit-demo"
     if root.exists():
         if not marker.exists():
-            raise FileExistsError(f"{root} exists and is not a demo dataset; choose another --out")
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    marker.write_text("built by audit demo\n")
+            raise OutputError(f"{root} exists and is not a demo dataset; choose another --out")
+        try:
+            shutil.rmtree(root)
+        except OSError as exc:
+            raise OutputError(f"cannot replace the demo dataset {root}: {exc.strerror or exc}") from exc
+    with _writing(root, "the demo dataset"):
+        return _fill_demo(root, tile, seed)
+
+
+def _fill_demo(root: Path, tile: int, seed: int) -> dict:
+    (root / ".audit-demo").write_text("built by audit demo\n")
     rng = np.random.default_rng(seed)
     tiles: dict[str, list[np.ndarray]] = {c: [] for c in DEMO_CLASSES}
     for name, t in synth.photo_tiles(tile, photos=DEMO_CLASSES):

@@ -27,13 +27,22 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _problem(path: Path, inputs: Iterable[str | os.PathLike | None], folder: bool) -> str | None:
-    """Why ``path`` cannot take an output (a folder, or a file when not ``folder``), or None.
-    ``inputs``: the dataset folder first, then other folders the command reads."""
+def _inside_inputs(path: Path, inputs: Iterable[str | os.PathLike | None]) -> str | None:
+    """Why ``path`` must not be written to because it lies inside one of ``inputs`` (the
+    dataset folder first, then other folders the command reads), or None."""
     for k, root in enumerate(inputs):
         if root is not None and Path(root).is_dir() and _inside(path, root):
             what = "the dataset" if k == 0 else "the input folder"
             return f"is inside {what} {root}, which is never written to"
+    return None
+
+
+def _problem(path: Path, inputs: Iterable[str | os.PathLike | None], folder: bool) -> str | None:
+    """Why ``path`` cannot take an output (a folder, or a file when not ``folder``), or None.
+    ``inputs``: the dataset folder first, then other folders the command reads."""
+    inside = _inside_inputs(path, inputs)
+    if inside:
+        return inside
     base = Path(path).absolute()
     while not base.exists() and not base.is_symlink() and base != base.parent:
         base = base.parent
@@ -61,6 +70,17 @@ def check_output(
     if problem:
         raise OutputError(f"{option} {path} {problem}; choose another {option}")
     return Path(path)
+
+
+def check_cache_dir(cache_dir: str | os.PathLike | None, *inputs: str | os.PathLike | None) -> None:
+    """:class:`OutputError` when ``--cache-dir`` lies inside the dataset (the first of
+    ``inputs``) or another folder the command reads. Only that: a cache folder that cannot be
+    written is not an error (the command runs uncached, with a warning)."""
+    if cache_dir is None:
+        return
+    problem = _inside_inputs(Path(cache_dir), inputs)
+    if problem:
+        raise OutputError(f"--cache-dir {cache_dir} {problem}; choose another --cache-dir")
 
 
 def output_folder(

@@ -110,6 +110,28 @@ def test_default_output_folder_inside_the_dataset_is_refused_with_a_suggestion(s
     assert tree_digest(small) == before and not (small / "reports").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["scan", "{ds}", "--no-embed", "--out", "{tmp}/o", "--cache-dir", "{ds}/cache"],
+        ["scan", "{ds}", "--no-embed", "--out", "{tmp}/o", "--cache-dir", "{link}/train/.cache", "--no-cache"],
+        ["gate", "{ds}", "--no-embed", "--out", "{tmp}/o", "--cache-dir", "{ds}/cache"],
+        ["clean", "{ds}", "--no-embed", "--out", "{tmp}/o", "--cache-dir", "{ds}"],
+        ["embed", "{ds}", "--out", "{tmp}/o/v.npz", "--cache-dir", "{ds}/cache"],
+        ["finetune", "{ds}", "--out", "{tmp}/o", "--cache-dir", "{ds}/cache"],
+        ["run", "{ds}", "--out", "{tmp}/o", "--cache-dir", "{ds}/cache"],
+    ],
+    ids=["scan", "scan-via-link", "gate", "clean", "embed", "finetune", "run"],
+)
+def test_cache_folder_inside_the_dataset_is_refused(tmp_path, small, command):
+    (tmp_path / "link").symlink_to(small)
+    before = tree_digest(small)
+    args = [a.format(ds=small, link=tmp_path / "link", tmp=tmp_path) for a in command]
+    _refused(runner.invoke(app, args), "--cache-dir", "inside the dataset")
+    assert tree_digest(small) == before
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+
+
 # -- 2. outputs that cannot be written ------------------------------------------------------------
 
 
@@ -133,6 +155,26 @@ def test_out_naming_a_file_is_one_line(tmp_path, small):
     (tmp_path / "v.npz").mkdir()
     _refused(runner.invoke(app, ["embed", str(small), "--out", str(tmp_path / "v.npz")]), "not a file")
     assert afile.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize("command", ["finetune", "run"])
+def test_model_and_run_outputs_get_the_checks_of_scans(tmp_path, small, tmpfs, command):
+    """--out of finetune and run: not inside the dataset, not a file, not under a file, not
+    read-only; each refused in one line before any work (no model is loaded)."""
+    afile = tmp_path / "taken"
+    afile.write_text("not a folder\n")
+    before = tree_digest(small)
+    _refused(runner.invoke(app, [command, str(small), "--out", str(small / "model")]), "--out", "inside the dataset")
+    _refused(runner.invoke(app, [command, str(small), "--out", str(afile)]), "--out", "not a folder")
+    _refused(runner.invoke(app, [command, str(small), "--out", str(afile / "m")]), "--out", "not a folder")
+    if os.geteuid() == 0:  # root writes through permissions: a read-only file system stops it too
+        ro = tmpfs("ro", "ro,size=64k")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+    _refused(runner.invoke(app, [command, str(small), "--out", str(ro / "m")]), "--out", "read-only")
+    assert afile.read_text() == "not a folder\n" and tree_digest(small) == before
 
 
 # -- 3. no runtime cache inside the installed package ---------------------------------------------
@@ -496,3 +538,39 @@ def test_full_output_file_system_is_one_line_and_nothing_half_written(tmp_path, 
     _refused(runner.invoke(app, [command, str(small), "--no-embed", "--out", str(disk / "o")]), "space")
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]
     assert tree_digest(small) == before
+
+
+def test_full_disk_while_building_the_demo_is_one_line_and_nothing_half_built(tmp_path, monkeypatch):
+    real_write, calls = synth.write, []
+
+    def write(path, data):
+        calls.append(path)
+        if len(calls) > 5:
+            raise OSError(28, "No space left on device", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(synth, "write", write)
+    out = tmp_path / "demo"
+    _refused(runner.invoke(app, ["demo", "--out", str(out)]), "No space left", "demo")
+    assert len(calls) == 6  # it stopped at the first failed write
+    assert not (out / "dataset").exists()  # the half-built dataset is gone
+
+
+def test_demo_over_a_folder_it_did_not_build_is_one_line(tmp_path):
+    (tmp_path / "demo" / "dataset").mkdir(parents=True)
+    (tmp_path / "demo" / "dataset" / "mine.txt").write_text("keep me\n")
+    _refused(runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")]), "not a demo dataset")
+    assert (tmp_path / "demo" / "dataset" / "mine.txt").read_text() == "keep me\n"
+
+
+def test_full_disk_while_building_the_detection_demo_leaves_nothing(tmp_path, monkeypatch):
+    from auditor.demo import make_coco
+    from auditor.fsutil import OutputError
+
+    def write(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(synth, "write", write)
+    with pytest.raises(OutputError, match="No space left"):
+        make_coco(tmp_path / "new" / "coco")
+    assert not (tmp_path / "new").exists()

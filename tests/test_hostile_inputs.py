@@ -710,3 +710,54 @@ def test_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
     )
     after = big.stat()
     assert (after.st_size, after.st_mtime_ns) == (stat_before.st_size, stat_before.st_mtime_ns)
+
+
+# --- over-long names in the cleaned output ----------------------------------------------------
+
+
+def test_clean_shortens_over_long_names_and_keeps_the_full_label(tmp_path):
+    """A 300-character class (manifest label), a 400-byte one (two bytes a character, cut on a
+    character boundary) and two 254-byte file names that meet in one class folder (the second
+    gets a ``__1`` suffix, over the limit): every name written is at most 255 bytes, names
+    never collide, manifest.csv keeps the full labels, and a rerun writes the same paths."""
+    from typer.testing import CliRunner
+
+    from auditor.cli import app
+
+    root = tmp_path / "ds"
+    long_file = "f" * 250 + ".png"
+    labels = {"a/" + long_file: "L" * 300, "b/" + long_file: "L" * 300, "c/x.png": "é" * 200,
+              "c/y.png": "é" * 199 + "è", "d/z.png": "short"}  # fmt: skip
+    for seed, rel in enumerate(labels):
+        _png(root / rel, seed)
+    pd.DataFrame({"path": list(labels), "label": list(labels.values()), "split": "train"}).to_csv(
+        root / "manifest.csv", index=False
+    )
+    before = tree_digest(root)
+    out = tmp_path / "clean"
+    args = ["clean", str(root), "--no-embed", "--manifest", str(root / "manifest.csv"), "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    names = [p for p in out.rglob("*") if p != out]
+    assert all(len(os.fsencode(p.name)) <= 255 for p in names)
+    m = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert dict(zip(m["source_path"], m["label"], strict=True)) == labels  # the full labels
+    assert m["path"].is_unique and all((out / p).is_file() for p in m["path"])
+    short = dict(zip(m["source_path"], m["path"], strict=True))
+    assert short["d/z.png"] == "train/short/z.png"  # short names stay as they were
+    assert Path(short["c/x.png"]).parent != Path(short["c/y.png"]).parent  # same first 255 bytes, two folders
+    assert Path(short["c/x.png"]).parent.name.startswith("é" * 100)  # cut between characters, not inside one
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert pd.read_csv(out / "manifest.csv", keep_default_na=False)["path"].tolist() == m["path"].tolist()
+    assert tree_digest(root) == before
+
+
+def test_shortened_names_fit_keep_the_extension_and_never_meet():
+    from auditor.clean import MAX_NAME_BYTES, _fit_name
+
+    a, b = "x" * 300 + "a.jpeg", "x" * 300 + "b.jpeg"
+    fa, fb = _fit_name(a, is_file=True), _fit_name(b, is_file=True)
+    assert fa != fb and fa.endswith(".jpeg") and fa == _fit_name(a, is_file=True)
+    assert len(os.fsencode(fa)) <= MAX_NAME_BYTES and len(os.fsencode(_fit_name("日" * 100))) <= MAX_NAME_BYTES
+    assert _fit_name("y" * 255) == "y" * 255  # fits: unchanged
+    assert not _fit_name("z" * 300 + "." + "q" * 40, is_file=True).endswith("q" * 40)  # no long "extension"
