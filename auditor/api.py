@@ -60,8 +60,8 @@ def present_paths(disc: Discovery) -> list[str]:
 #: Numeric per-image measurements the checks read (NaN where an image did not decode).
 MEASURED_COLUMNS = (
     "width", "height", "file_size", "bit_depth", "n_frames", "jpeg_quality", "transparent_fraction",
-    "brightness_mean", "brightness_p05", "brightness_p95", "contrast", "entropy", "sharpness", "laplacian_var",
-    "detail_ratio", "noise_sigma", "channel_spread", "colorfulness",
+    "brightness_mean", "brightness_p05", "brightness_p95", "contrast", "entropy", "sharpness", "fine_sharpness",
+    "laplacian_var", "detail_ratio", "noise_sigma", "channel_spread", "colorfulness",
 )  # fmt: skip
 
 

@@ -227,9 +227,10 @@ def _jit_cached(fn, cache_dir: str | os.PathLike | None):
     return compiled
 
 
-def _measure(rgb, block):
+def _measure(rgb, block, fine):
     """Every compiled measurement of one image: (gray_u8, luma histogram, spread
-    histogram, colour moments, [sharp m1, kept] per axis, Laplacian sums, Haar energies,
+    histogram, colour moments, [sharp m1, kept] per axis for the 11- and the ``fine``-pixel
+    re-blur, Laplacian sums, Haar energies,
     noise block RMS and means). The one entry point, and the only function numba caches:
     the helpers are compiled into it."""
     h, w = rgb.shape[0], rgb.shape[1]
@@ -239,11 +240,13 @@ def _measure(rgb, block):
     spread_hist = np.zeros(256, np.int64)
     moments = np.zeros(9, np.int64)
     _first_pass(rgb, gray, gray_u8, hist, spread_hist, moments)
-    blur = np.zeros(4, np.float64)
+    blur = np.zeros(8, np.float64)
     lap = np.zeros(3, np.float64)
     if min(h, w) >= 3:
         blur[0], blur[1] = _blur_ratio_cols(gray, 11)
         blur[2], blur[3] = _blur_ratio_rows(gray, 11)
+        blur[4], blur[5] = _blur_ratio_cols(gray, fine)
+        blur[6], blur[7] = _blur_ratio_rows(gray, fine)
         lap[0], lap[1], lap[2] = _laplacian_sums(gray)
     haar = np.zeros(2, np.float64)
     if min(h, w) >= 8:
@@ -283,7 +286,7 @@ def warm(cache_dir: str | os.PathLike | None = None) -> None:
     try:
         for writeable in (True, False):  # decoded images are read-only arrays: numba's other signature
             image.setflags(write=writeable)
-            kernel(image, m._NOISE_BLOCK)
+            kernel(image, m._NOISE_BLOCK, m.FINE_BLUR_SIZE)
     except OSError:
         _COMPILED[0] = njit(nogil=True)(_measure)
         warm()
@@ -297,7 +300,7 @@ def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     n = h * w
     if not n:
         return m.measure_pixels(rgb), np.zeros((h, w), np.uint8)
-    gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean = _kernel()(rgb, m._NOISE_BLOCK)
+    gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean = _kernel()(rgb, m._NOISE_BLOCK, m.FINE_BLUR_SIZE)
     mean_rgb, cov = _colour_stats(moments, n)
     luma = np.array([_WR, _WG, _WB], np.float64)
     out = {
@@ -307,11 +310,13 @@ def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
         "contrast": float(np.sqrt(max(luma @ cov @ luma, 0.0))),
         "entropy": m.entropy_bits(gray_u8, hist),
         "sharpness": 0.0,
+        "fine_sharpness": 0.0,
         "laplacian_var": 0.0,
         "detail_ratio": 0.0,
     }
     if min(h, w) >= 3:
-        out["sharpness"] = 1.0 - max(1.0 if m1 <= 1e-9 else kept / m1 for m1, kept in (blur[:2], blur[2:]))
+        out["sharpness"] = 1.0 - max(1.0 if m1 <= 1e-9 else kept / m1 for m1, kept in (blur[0:2], blur[2:4]))
+        out["fine_sharpness"] = 1.0 - max(1.0 if m1 <= 1e-9 else kept / m1 for m1, kept in (blur[4:6], blur[6:8]))
         mean_lap = lap[0] / lap[2]
         out["laplacian_var"] = max(lap[1] / lap[2] - mean_lap * mean_lap, 0.0)
     if min(h, w) >= 8:

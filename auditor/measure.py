@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 #: Bump when any measurement changes meaning, so cached values are recomputed.
-MEASURE_VERSION = 4
+MEASURE_VERSION = 5
 
 
 def _planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,6 +111,13 @@ def sharpness(gray: np.ndarray, h_size: int = 11) -> float:
         kept = float(np.minimum(d_sharp, d_blur, out=d_blur).sum(dtype=np.float64))
         blur = max(blur, kept / m1)
     return float(1.0 - blur)
+
+
+#: Box width of :func:`sharpness` for ``fine_sharpness``: a 3-pixel re-blur asks whether the
+#: finest edges are still one or two pixels wide, which separates a slight blur (Gaussian
+#: radius 1 px) from sharp content far better than the 11-pixel re-blur does on textures and
+#: small images (benchmarks/validate.py, RESULTS.md).
+FINE_BLUR_SIZE = 3
 
 
 def _haar_level(gray: np.ndarray) -> tuple[np.ndarray, float]:
@@ -221,6 +228,7 @@ def measure_pixels(
     out["contrast"] = contrast(gray)
     out["entropy"] = entropy_bits(gray, hist)
     out["sharpness"] = sharpness(gray)
+    out["fine_sharpness"] = sharpness(gray, FINE_BLUR_SIZE)
     out["laplacian_var"] = laplacian_variance(gray)
     out["detail_ratio"] = detail_ratio(gray)
     # Per channel, then averaged: sensor noise is independent per channel, and a user's

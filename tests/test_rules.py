@@ -23,7 +23,7 @@ def test_extends_overrides_a_few_entries(tmp_path):
     rules = load_rules(p)
     assert rules.checks["blurry"].severity == "error"
     assert rules.checks["blurry"].params["robust_z"] == 2.0
-    assert rules.checks["blurry"].params["max_sharpness"] == load_rules().checks["blurry"].params["max_sharpness"]
+    assert rules.checks["blurry"].params["confirm_z"] == load_rules().checks["blurry"].params["confirm_z"]
 
 
 @pytest.mark.parametrize(

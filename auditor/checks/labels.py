@@ -99,7 +99,7 @@ def knn_vote_probabilities(vectors: np.ndarray, labels: np.ndarray, k: int = 10,
 
 
 LABEL_ISSUE_PARAMS = {"folds": int, "min_class_images": int, "regularization": float, "filter_by": str,
-                      "neighbours": int, "neighbour_weight": float}  # fmt: skip
+                      "neighbours": int, "neighbour_weight": float, "max_label_quality": float}  # fmt: skip
 FILTERS = ("both", "prune_by_noise_rate", "prune_by_class", "confident_learning", "predicted_neq_given")
 
 
@@ -110,8 +110,11 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
     on the backbone's embeddings (``folds``-fold out-of-fold, inverse regularisation
     ``regularization``) averaged with a leave-one-out vote of the ``neighbours`` nearest
     images (:func:`knn_vote_probabilities`, weight ``neighbour_weight``), over the labeled
-    images of all splits. Classes with fewer than ``min_class_images``
-    images are left out. Score: 1 - cleanlab's label quality (self-confidence), 0..1,
+    images of all splits, and only where the given label's probability (cleanlab's
+    self-confidence) is below ``max_label_quality``: a probability means the same in every
+    domain, where the number of issues confident learning estimates grows with how hard the
+    classes are to tell apart (ambiguous glyphs, 32-px photos). Classes with fewer than
+    ``min_class_images`` images are left out. Score: 1 - cleanlab's label quality (self-confidence), 0..1,
     ranked; each finding names the given and the suggested label."""
     with_label = _labeled(ctx)
     if with_label.empty:
@@ -137,8 +140,10 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
     if params["neighbour_weight"] > 0:
         vote = knn_vote_probabilities(vectors[rows.index], y, params["neighbours"])
         probs = (1.0 - params["neighbour_weight"]) * probs + params["neighbour_weight"] * vote
-    issues = find_label_issues(y, probs, filter_by=params["filter_by"], n_jobs=1)
     quality = get_label_quality_scores(y, probs, method="self_confidence")
+    issues = find_label_issues(y, probs, filter_by=params["filter_by"], n_jobs=1) & (
+        quality < params["max_label_quality"]
+    )
     out = []
     for i in np.flatnonzero(issues):
         row = rows.iloc[i]

@@ -103,10 +103,16 @@ def _findings(check: str, rows: pd.DataFrame, score: pd.Series, message, details
     return out
 
 
-@register("low_resolution", "quality", {"min_side_px": int, "relative_factor": (int, float)})
+@register(
+    "low_resolution",
+    "quality",
+    {"min_side_px": int, "relative_factor": (int, float), "floor_relative_factor": (int, float)},
+)
 def low_resolution(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images more than ``relative_factor`` times smaller (shorter side) than the dataset's
-    median, or below ``min_side_px`` in a dataset that is mostly not. A dataset whose median
+    median, or below ``min_side_px`` and ``floor_relative_factor`` times smaller than the
+    median in a dataset that is mostly not (a 29-px copy among 32-px images is not a
+    resolution problem of its own). A dataset whose median
     shorter side is below ``min_side_px`` gets one dataset-level finding instead. Score:
     median side / image side."""
     t = ctx.ok
@@ -115,7 +121,7 @@ def low_resolution(ctx: CheckContext, params: dict) -> list[Finding]:
     side = np.minimum(t["width"], t["height"]).astype(float)
     med = float(side.median())
     small_dataset = med < params["min_side_px"]
-    flag = (side < params["min_side_px"]) & ~small_dataset
+    flag = (side < params["min_side_px"]) & (side * params["floor_relative_factor"] < med) & ~small_dataset
     if _relative_ok(ctx, len(t)):
         flag |= side * params["relative_factor"] < med
     score = med / side.clip(lower=1)
@@ -190,41 +196,45 @@ def _share(flag: pd.Series) -> float:
     "quality",
     {
         "robust_z": (int, float),
-        "max_detail_ratio": (int, float),
-        "max_sharpness": (int, float),
+        "confirm_z": (int, float),
         "always_below": (int, float),
         "dataset_soft_below": (int, float),
+        "min_side_px": int,
     },
 )
 def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
-    """Images blurrier than their content peers: the sharpness (0..1, how much edge
-    contrast survives a further blur) more than ``robust_z`` robust SDs below its peers'
-    (:func:`peer_z`), the fine-detail ratio (log energy of the finest wavelet scale over the
-    next) below its peers' too, and the image soft in absolute terms (detail ratio below
-    ``max_detail_ratio`` or sharpness below ``max_sharpness``: a crisp image is never
-    blurry). An image with sharpness below ``always_below`` is flagged unless the dataset's
-    median sharpness is below ``dataset_soft_below``; such a dataset gets one dataset-level
-    finding instead (uniformly soft, e.g. upscaled). Score: 1 - sharpness."""
+    """Images blurrier than their content peers: the fine sharpness (0..1, how much edge
+    contrast survives a further 3-pixel blur) more than ``robust_z`` robust SDs below its
+    peers' (:func:`peer_z`) and the sharpness (the same with an 11-pixel blur) more than
+    ``confirm_z`` below its peers' too: both scales must agree, so one smooth tile among
+    textured ones is not called blurred. An image with sharpness below ``always_below`` is
+    flagged unless the dataset's median sharpness is below ``dataset_soft_below``; such a
+    dataset gets one dataset-level finding instead (uniformly soft, e.g. upscaled). Score:
+    1 - fine sharpness. Images under ``min_side_px`` are not judged (no edges to measure)."""
     t = ctx.ok
+    t = t[np.minimum(t["width"], t["height"]) >= params["min_side_px"]]
     if t.empty:
         return []
     s = t["sharpness"].astype(float)
-    ratio = t["detail_ratio"].astype(float)
+    fine = t["fine_sharpness"].astype(float)
     med = float(s.median())
     flag = (s < params["always_below"]) & (med >= params["dataset_soft_below"])
     if _relative_ok(ctx, len(t)):
-        soft = (ratio < params["max_detail_ratio"]) | (s < params["max_sharpness"])
-        flag |= (peer_z(ctx, t, s) < -params["robust_z"]) & (peer_z(ctx, t, ratio) < 0) & soft
+        flag |= (peer_z(ctx, t, fine) < -params["robust_z"]) & (peer_z(ctx, t, s) < -params["confirm_z"])
+    fine_med = float(fine.median())
     out = _findings(
         "blurry",
         t[flag],
-        1.0 - s,
+        1.0 - fine,
         lambda r: (
-            f"{r['path']}: sharpness {r['sharpness']:.2f}, fine detail ratio {r['detail_ratio']:.2f} "
-            f"(dataset medians {med:.2f}, {ratio.median():.2f})"
+            f"{r['path']}: sharpness {r['fine_sharpness']:.2f} fine / {r['sharpness']:.2f} coarse "
+            f"(dataset medians {fine_med:.2f} / {med:.2f})"
         ),
-        lambda r: {"sharpness": float(r["sharpness"]), "detail_ratio": float(r["detail_ratio"]), "dataset_median": med},
-    )
+        lambda r: {
+            "fine_sharpness": float(r["fine_sharpness"]), "sharpness": float(r["sharpness"]),
+            "dataset_median": med, "dataset_median_fine": fine_med,
+        },
+    )  # fmt: skip
     if med < params["dataset_soft_below"]:
         soft_share = _share(s < params["dataset_soft_below"])
         out.append(

@@ -134,8 +134,8 @@ IMAGE_COLUMNS = [
     "path", "split", "label", "ext", "format", "ok", "error_kind", "error", "content_hash",
     "file_size", "width", "height", "mode", "bit_depth", "has_alpha", "n_frames", "jpeg_quality",
     "brightness_mean", "brightness_p05", "brightness_p95", "contrast", "entropy", "sharpness",
-    "laplacian_var", "detail_ratio", "noise_sigma", "channel_spread", "colorfulness", "pixel_hash", "phash", "dhash",
-    "phash_mirror",
+    "fine_sharpness", "laplacian_var", "detail_ratio", "noise_sigma", "channel_spread", "colorfulness",
+    "pixel_hash", "phash", "dhash", "phash_mirror",
     "embedded",
 ]  # fmt: skip
 
