@@ -23,7 +23,7 @@ from .checks.boxes import box_summary
 from .checks.shift import dataset_gap, gap_level, shift_section
 from .dataset import Discovery, discover, release_unused_memory
 from .extract import ExtractOptions, measure_all
-from .fsutil import check_output, output_folder
+from .fsutil import check_cache_dir, check_output, output_folder
 from .rules import Rules, apply_severities, judge, load_rules
 from .store import Store
 
@@ -352,6 +352,7 @@ def scan(
     checks and a ``boxes`` report section.
     """
     out_dir = output_folder(dataset, out, source, images) if write or out is not None else None
+    check_cache_dir(cache_dir, dataset, source, images)  # the user's dataset is never written
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
     bb = None
     if embed:

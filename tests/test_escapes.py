@@ -132,6 +132,15 @@ def test_cache_folder_inside_the_dataset_is_refused(tmp_path, small, command):
     assert not (tmp_path / "o").exists()  # refused before anything ran
 
 
+def test_api_scan_refuses_a_cache_folder_inside_the_dataset(tmp_path, small):
+    from auditor.fsutil import OutputError
+
+    before = tree_digest(small)
+    with pytest.raises(OutputError, match="inside the dataset"):
+        api.scan(small, tmp_path / "o", embed=False, cache_dir=small / "cache")
+    assert tree_digest(small) == before
+
+
 # -- 2. outputs that cannot be written ------------------------------------------------------------
 
 
