@@ -144,14 +144,19 @@ def test_api_scan_refuses_a_cache_folder_inside_the_dataset(tmp_path, small):
 # -- 2. outputs that cannot be written ------------------------------------------------------------
 
 
+def _read_only_folder(tmp_path, tmpfs) -> Path:
+    """A folder nothing can be written into: root writes through permissions, so for root a
+    read-only file system."""
+    if os.geteuid() == 0:
+        return tmpfs("ro", "ro,size=64k")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
 def test_read_only_working_folder_without_out_is_one_line(tmp_path, small, monkeypatch, tmpfs):
-    if os.geteuid() == 0:  # root writes through permissions: a read-only file system stops it too
-        here = tmpfs("ro", "ro,size=64k")
-    else:
-        here = tmp_path / "ro"
-        here.mkdir()
-        here.chmod(0o555)
-    monkeypatch.chdir(here)
+    monkeypatch.chdir(_read_only_folder(tmp_path, tmpfs))
     _refused(runner.invoke(app, ["scan", str(small), "--no-embed"]), "--out")
     _refused(runner.invoke(app, ["demo"]), "--out")
 
@@ -176,12 +181,7 @@ def test_model_and_run_outputs_get_the_checks_of_scans(tmp_path, small, tmpfs, c
     _refused(runner.invoke(app, [command, str(small), "--out", str(small / "model")]), "--out", "inside the dataset")
     _refused(runner.invoke(app, [command, str(small), "--out", str(afile)]), "--out", "not a folder")
     _refused(runner.invoke(app, [command, str(small), "--out", str(afile / "m")]), "--out", "not a folder")
-    if os.geteuid() == 0:  # root writes through permissions: a read-only file system stops it too
-        ro = tmpfs("ro", "ro,size=64k")
-    else:
-        ro = tmp_path / "ro"
-        ro.mkdir()
-        ro.chmod(0o555)
+    ro = _read_only_folder(tmp_path, tmpfs)
     _refused(runner.invoke(app, [command, str(small), "--out", str(ro / "m")]), "--out", "read-only")
     assert afile.read_text() == "not a folder\n" and tree_digest(small) == before
 
