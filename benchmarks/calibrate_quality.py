@@ -1,0 +1,115 @@
+"""Calibrate per-image quality rules on many images at once: every image of a domain's part is
+measured clean and with each quality defect at both strengths (the same defects as
+``validate.py``), and a rule is judged for each image *in turn* against its clean class peers.
+That gives hundreds of injected images per cell instead of the 2-4 of ``validate.py``'s
+injected version, so the share of clean images a rule flags (which must stay near 0 for the
+check's precision at a 1% defect rate) and its recall are measured, not guessed.
+
+    python benchmarks/calibrate_quality.py --part tune              # measure + print
+    python benchmarks/calibrate_quality.py --part tune --cached     # re-judge saved measurements
+
+The peers (class median and robust spread, pooled spread for classes under 20 images) are those
+of :func:`auditor.checks.quality.peer_stats`, computed on the clean images only; an injected
+image is compared with them as if it were the one defective image of its class. Prints, per
+domain, the share of clean images flagged and the recall at strength 1 / 2 for the default
+``blurry`` rule and the alternatives it was chosen over (RESULTS.md, issue 15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from domains import DOMAINS  # noqa: E402
+from validate import JPEG_DOMAINS, part_images  # noqa: E402
+
+from auditor.extract import measure_file  # noqa: E402
+from auditor.rules import load_rules  # noqa: E402
+from auditor.validation import _encode, _rgb, make_defect  # noqa: E402
+
+VARIANTS = [("clean", 0), ("blurry", 1), ("blurry", 2), ("noisy", 1), ("noisy", 2)]
+_MAD = 1.4826
+
+
+def measure_domain(domain: str, part: str, n: int, seed: int) -> pd.DataFrame:
+    fmt = "jpg" if domain in JPEG_DOMAINS else "png"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, img) in enumerate(part_images(domain, part, n, seed)):
+            rgb = _rgb(img)
+            for variant, strength in VARIANTS:
+                data = _encode(rgb, fmt) if variant == "clean" else make_defect(variant, strength, rgb, fmt, seed=i)
+                path = Path(tmp) / f"x.{'png' if variant == 'noisy' else fmt}"
+                path.write_bytes(data)
+                _, props, _ = measure_file(str(path))
+                keep = {k: v for k, v in props.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                rows.append({"domain": domain, "i": i, "label": label, "variant": variant, "strength": strength,
+                             **keep})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def peer_z(rows: pd.DataFrame, clean: pd.DataFrame, col: str, relmin: int = 20) -> pd.Series:
+    """Robust z of ``rows[col]`` against the clean images of the same label (as peer_z)."""
+    v = clean[col].astype(float)
+    center = v.groupby(clean["label"]).median()
+    pooled = float(np.median(np.abs(v - clean["label"].map(center)))) * _MAD
+    sizes = clean["label"].value_counts()
+    local = v.groupby(clean["label"]).apply(lambda g: float(np.median(np.abs(g - g.median()))) * _MAD)
+    spread = pd.Series(np.where(sizes.reindex(local.index) >= relmin, local, pooled), index=local.index)
+    spread = spread.clip(lower=0.25 * pooled)
+    c, s = rows["label"].map(center), rows["label"].map(spread)
+    return (rows[col].astype(float) - c) / s.where(s > 1e-12, 1e-12)
+
+
+def blur_rules(rows: pd.DataFrame, clean: pd.DataFrame, params: dict) -> dict[str, pd.Series]:
+    z_fine, z_coarse = peer_z(rows, clean, "fine_sharpness"), peer_z(rows, clean, "sharpness")
+    z_detail = peer_z(rows, clean, "detail_ratio")
+    soft = (rows["detail_ratio"] < -0.6) | (rows["sharpness"] < 0.8)
+    return {
+        "default (fine < -robust_z, coarse < -confirm_z)":
+            (z_fine < -params["robust_z"]) & (z_coarse < -params["confirm_z"]),
+        "fine alone < -3": z_fine < -3,
+        "coarse alone < -3": z_coarse < -3,
+        "before (coarse < -4, detail < 0, soft)": (z_coarse < -4) & (z_detail < 0) & soft,
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=("tune", "holdout"), default="tune")
+    ap.add_argument("--domains", default=",".join(DOMAINS))
+    ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", default="benchmarks/data/calibrate_{part}.parquet")
+    ap.add_argument("--cached", action="store_true", help="judge the saved measurements again")
+    args = ap.parse_args()
+    save = Path(args.save.format(part=args.part))
+    if args.cached:
+        table = pd.read_parquet(save)
+    else:
+        table = pd.concat([measure_domain(d, args.part, args.images, args.seed) for d in args.domains.split(",")])
+        save.parent.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(save)
+    params = load_rules().checks["blurry"].params
+    table = table[table["width"].notna() & (np.minimum(table["width"], table["height"]) >= params["min_side_px"])]
+    print("blurry: share of clean images flagged, recall at strength 1 / 2 (each image blurred in turn)")
+    for domain, g in table.groupby("domain", sort=False):
+        clean = g[g["variant"] == "clean"]
+        judged = {
+            k: blur_rules(g[(g["variant"] == v) & (g["strength"] == s)], clean, params)
+            for k, (v, s) in {"clean": ("clean", 0), "s1": ("blurry", 1), "s2": ("blurry", 2)}.items()
+        }
+        for name in judged["clean"]:
+            print(f"  {domain:12s} {name:48s} clean {100 * judged['clean'][name].mean():4.1f}%  "
+                  f"recall {judged['s1'][name].mean():.2f} / {judged['s2'][name].mean():.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
