@@ -132,7 +132,8 @@ def test_report_size_is_bounded_for_a_huge_dataset(tmp_path):
         "error_kind": None, "error": None, "pixel_hash": [f"{i:x}" for i in range(n)], "phash": 0, "dhash": 0,
         "mode": "RGB", "brightness_p95": rng.uniform(0, 255, n), "brightness_p05": rng.uniform(0, 50, n),
         "brightness_mean": rng.uniform(0, 255, n), "contrast": rng.uniform(0, 80, n), "entropy": rng.uniform(0, 8, n),
-        "sharpness": rng.uniform(0, 1, n), "detail_ratio": rng.normal(-0.5, 0.4, n),
+        "sharpness": rng.uniform(0, 1, n), "fine_sharpness": rng.uniform(0, 1, n),
+        "detail_ratio": rng.normal(-0.5, 0.4, n),
         "noise_sigma": rng.uniform(0, 30, n),
         "channel_spread": rng.uniform(0, 60, n), "colorfulness": rng.uniform(0, 80, n), "laplacian_var": 1.0,
     })  # fmt: skip
