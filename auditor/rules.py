@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .constraints import BOOLEAN, COUNT, FRACTION, Int, choices
+
 #: libyaml's safe loader when PyYAML was built with it (5x faster), else the Python one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -43,19 +45,14 @@ if TYPE_CHECKING:  # the checks (and pandas) load when rules are validated, not 
 SCHEMA = "auditor.rules/1"
 SEVERITIES = ("info", "warning", "error")
 PRESETS = ("default", "strict", "lenient")
-_SETTINGS = {"min_images_for_relative": int, "min_images_per_peer_class": int}
-_GATE_KEYS = {"max_count": int, "max_fraction": (int, float)}
+_SETTINGS = {"min_images_for_relative": Int(2), "min_images_per_peer_class": Int(2)}
+_GATE_KEYS = {"max_count": COUNT, "max_fraction": FRACTION}
 _TOP_KEYS = {"schema", "extends", "description", "settings", "checks", "clean"}
 CLEAN_ACTIONS = ("keep", "drop", "quarantine", "keep_one", "drop_from_eval", "quarantine_confident", "clip")
 EVAL_LABEL_ISSUE_ACTIONS = ("keep", "same")
-DEFAULT_CLEAN = {
-    "label_issue_min_score": 0.7,
-    "eval_label_issues": "keep",
-    "actions": {"corrupt": "drop", "exact_duplicate": "keep_one", "near_duplicate": "keep_one",
-                "leakage": "drop_from_eval", "label_conflict": "quarantine", "label_issue": "quarantine_confident",
-                "box_out_of_bounds": "clip", "box_degenerate": "drop", "box_duplicate": "keep_one",
-                "box_label_conflict": "quarantine", "box_unknown_category": "drop"},
-}  # fmt: skip
+#: The keys of the ``clean`` section; their defaults are those of ``rules/default.yaml`` (no
+#: copy in code): a rules file without ``extends`` that leaves them out gets those.
+CLEAN_KEYS = ("label_issue_min_score", "eval_label_issues", "actions")
 _CHECK_KEYS = {"severity", "enabled", "params", "gate", "description"}
 #: Values (keys, items, scalars) a rules file may hold with its YAML aliases expanded; the
 #: presets hold about 500.
@@ -92,7 +89,7 @@ class Rules:
     source: str
     settings: dict[str, Any]
     checks: dict[str, CheckRule] = field(default_factory=dict)
-    clean: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_CLEAN))
+    clean: dict[str, Any] = field(default_factory=dict)  # filled by validate()
 
 
 def preset_path(name: str) -> Path:
@@ -177,18 +174,12 @@ def _resolve(path: Path) -> dict:
     return merged
 
 
-def _type_name(t) -> str:
-    ts = t if isinstance(t, tuple) else (t,)
-    return " or ".join("number" if x is float else x.__name__ for x in ts)
-
-
 def _check_type(src: str, key: str, value: Any, expected) -> None:
-    ts = expected if isinstance(expected, tuple) else (expected,)
-    if float in ts:
-        ts = (*ts, int)  # 4 is a fine value where 4.0 is expected
-    ok = isinstance(value, ts) and not (isinstance(value, bool) and bool not in ts)
-    if not ok:
-        raise RulesError(f"{src}: {key}: expected {_type_name(expected)}, got {short_repr(value)}")
+    """RulesError naming ``src`` and ``key`` unless ``value`` meets the constraint ``expected``
+    (:mod:`auditor.constraints`: a type with its range, or the choices)."""
+    problem = expected.problem(value)
+    if problem:
+        raise RulesError(f"{src}: {key}: {problem}, got {short_repr(value)}")
 
 
 def validate(data: dict, src: str) -> Rules:
@@ -207,7 +198,7 @@ def validate(data: dict, src: str) -> Rules:
         raise RulesError(f"{src}: settings: expected a mapping")
     for key, expected in _SETTINGS.items():
         if key not in settings:
-            raise RulesError(f"{src}: settings.{key}: missing (expected {_type_name(expected)})")
+            raise RulesError(f"{src}: settings.{key}: missing (expected {expected})")
         _check_type(src, f"settings.{key}", settings[key], expected)
     for key in settings:
         if key not in _SETTINGS:
@@ -229,14 +220,14 @@ def validate(data: dict, src: str) -> Rules:
         if sev not in SEVERITIES:
             raise RulesError(f"{src}: {where}.severity: expected one of {', '.join(SEVERITIES)}, got {short_repr(sev)}")
         enabled = entry.get("enabled", True)
-        _check_type(src, f"{where}.enabled", enabled, bool)
+        _check_type(src, f"{where}.enabled", enabled, BOOLEAN)
         params = entry.get("params") or {}
         if not isinstance(params, dict):
             raise RulesError(f"{src}: {where}.params: expected a mapping")
         spec = registry[name].params
         for p, expected in spec.items():
             if p not in params:
-                raise RulesError(f"{src}: {where}.params.{p}: missing (expected {_type_name(expected)})")
+                raise RulesError(f"{src}: {where}.params.{p}: missing (expected {expected})")
             _check_type(src, f"{where}.params.{p}", params[p], expected)
         for p in params:
             if p not in spec:
@@ -250,10 +241,6 @@ def validate(data: dict, src: str) -> Rules:
             if v is None:  # null clears a limit inherited through `extends`
                 continue
             _check_type(src, f"{where}.gate.{g}", v, _GATE_KEYS[g])
-            if g == "max_count" and v < 0:
-                raise RulesError(f"{src}: {where}.gate.max_count: expected a count >= 0, got {short_repr(v)}")
-            if g == "max_fraction" and not 0 <= v <= 1:
-                raise RulesError(f"{src}: {where}.gate.max_fraction: expected a fraction in 0..1, got {short_repr(v)}")
         rules.checks[name] = CheckRule(
             name, sev, dict(params), enabled, gate.get("max_count"), gate.get("max_fraction")
         )
@@ -266,32 +253,34 @@ def validate(data: dict, src: str) -> Rules:
 
 
 def _validate_clean(section: Any, src: str, registry: dict) -> dict:
-    """The ``clean`` policy: ``actions`` (check -> action) and ``label_issue_min_score``."""
-    if section is None:
-        return copy.deepcopy(DEFAULT_CLEAN)
+    """The ``clean`` policy: ``actions`` (check -> action), ``label_issue_min_score`` and
+    ``eval_label_issues``; what the section leaves out comes from ``rules/default.yaml``."""
+    section = {} if section is None else section
     if not isinstance(section, dict):
         raise RulesError(f"{src}: clean: expected a mapping with 'actions' and 'label_issue_min_score'")
     for key in section:
-        if key not in DEFAULT_CLEAN:
-            raise RulesError(f"{src}: clean.{key}: unknown key; expected {sorted(DEFAULT_CLEAN)}")
-    out = copy.deepcopy(DEFAULT_CLEAN)
-    score = section.get("label_issue_min_score", out["label_issue_min_score"])
-    _check_type(src, "clean.label_issue_min_score", score, float)
+        if key not in CLEAN_KEYS:
+            raise RulesError(f"{src}: clean.{key}: unknown key; expected {sorted(CLEAN_KEYS)}")
+    if all(key in section for key in CLEAN_KEYS):
+        out = {}
+    else:
+        default = preset_path("default")
+        out = copy.deepcopy(_resolve(default).get("clean") or {})
+        if not all(key in out for key in CLEAN_KEYS):
+            raise RulesError(f"{default}: clean: expected every one of {list(CLEAN_KEYS)}")
+    score = section.get("label_issue_min_score", out.get("label_issue_min_score"))
+    _check_type(src, "clean.label_issue_min_score", score, FRACTION)
     out["label_issue_min_score"] = float(score)
-    ev = section.get("eval_label_issues", out["eval_label_issues"])
-    if ev not in EVAL_LABEL_ISSUE_ACTIONS:
-        raise RulesError(f"{src}: clean.eval_label_issues: expected one of {', '.join(EVAL_LABEL_ISSUE_ACTIONS)}, "
-                         f"got {short_repr(ev)}")  # fmt: skip
+    ev = section.get("eval_label_issues", out.get("eval_label_issues"))
+    _check_type(src, "clean.eval_label_issues", ev, choices(*EVAL_LABEL_ISSUE_ACTIONS))
     out["eval_label_issues"] = ev
-    actions = section.get("actions", out["actions"])
+    actions = section.get("actions", out.get("actions"))
     if not isinstance(actions, dict):
         raise RulesError(f"{src}: clean.actions: expected a mapping of check name -> action")
     for name, act in actions.items():
         if name not in registry:
             raise RulesError(f"{src}: clean.actions.{name}: unknown check")
-        if act not in CLEAN_ACTIONS:
-            raise RulesError(f"{src}: clean.actions.{short_repr(name)}: expected one of {', '.join(CLEAN_ACTIONS)}, "
-                             f"got {short_repr(act)}")  # fmt: skip
+        _check_type(src, f"clean.actions.{short_repr(name)}", act, choices(*CLEAN_ACTIONS))
     out["actions"] = dict(actions)
     return out
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..constraints import Boolean, Constraint, Interval, Options
+
 
 @dataclass
 class Finding:
@@ -137,7 +139,7 @@ CheckFn = Callable[[CheckContext, dict[str, Any]], list[Finding]]
 class CheckSpec:
     name: str
     fn: CheckFn
-    params: dict[str, type | tuple[type, ...]]  # parameter name -> accepted type(s)
+    params: dict[str, Constraint]  # parameter name -> its type with range or choices
     family: str
     description: str
 
@@ -145,12 +147,17 @@ class CheckSpec:
 REGISTRY: dict[str, CheckSpec] = {}
 
 
-def register(name: str, family: str, params: dict[str, type | tuple[type, ...]] | None = None):
-    """Decorator: register a check under a stable ``name`` with its parameter schema."""
+def register(name: str, family: str, params: dict[str, Constraint] | None = None):
+    """Decorator: register a check under a stable ``name`` with its parameter schema: each
+    parameter's type with its range or choices (:mod:`auditor.constraints`), which the rules
+    loader enforces."""
 
     def deco(fn: CheckFn) -> CheckFn:
         if name in REGISTRY:
             raise ValueError(f"check {name!r} registered twice")
+        loose = [p for p, c in (params or {}).items() if not isinstance(c, (Interval, Options, Boolean))]
+        if loose:
+            raise TypeError(f"check {name!r}: parameter {loose[0]!r} needs a constraint (range or choices)")
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         REGISTRY[name] = CheckSpec(name, fn, dict(params or {}), family, doc)
         return fn

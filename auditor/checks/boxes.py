@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..annotations import geometry, overlapping_pairs
+from ..constraints import COUNT, FRACTION, NON_NEGATIVE, PIXELS, PROBABILITY_LEVEL, Int, Real
 from . import CheckContext, Finding, register
 
 NOT_DETECTION = "not a detection dataset (no COCO or YOLO box annotations)"
@@ -66,7 +67,7 @@ def _box_finding(check: str, row, score: float, message: str, **extra) -> Findin
                     "boxes": [_box(row)], **extra})  # fmt: skip
 
 
-@register("box_out_of_bounds", "boxes", {"tolerance": float})
+@register("box_out_of_bounds", "boxes", {"tolerance": FRACTION})
 def box_out_of_bounds(ctx: CheckContext, params: dict) -> list[Finding]:
     """Boxes reaching beyond the image by more than ``tolerance`` (fraction of the image
     side): a wrong coordinate convention, a resized image with stale boxes, or a typo.
@@ -95,7 +96,7 @@ def box_degenerate(ctx: CheckContext, params: dict) -> list[Finding]:
             bad.itertuples()]  # fmt: skip
 
 
-@register("box_tiny", "boxes", {"min_side_px": float})
+@register("box_tiny", "boxes", {"min_side_px": PIXELS})
 def box_tiny(ctx: CheckContext, params: dict) -> list[Finding]:
     """Boxes with a side shorter than ``min_side_px`` pixels (and above zero): a stray click
     rather than an object, or an object too small for the model's input resolution. Score:
@@ -158,7 +159,7 @@ def _overlapping(ctx: CheckContext, b: pd.DataFrame, min_iou: float, same_class:
     return out
 
 
-@register("box_duplicate", "boxes", {"min_iou": float})
+@register("box_duplicate", "boxes", {"min_iou": Real(0, 1, "right")})
 def box_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     """Two boxes of the same class on one image with IoU at least ``min_iou``: the object
     was annotated twice (the model is taught to predict duplicates). COCO crowd regions
@@ -169,7 +170,7 @@ def box_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     return _overlapping(ctx, b, params["min_iou"], same_class=True)
 
 
-@register("box_label_conflict", "boxes", {"min_iou": float})
+@register("box_label_conflict", "boxes", {"min_iou": Real(0, 1, "right")})
 def box_label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     """Near-identical boxes (IoU at least ``min_iou``) with different classes on one image:
     the annotators disagreed. Score: the IoU."""
@@ -254,7 +255,7 @@ def box_unannotated_image(ctx: CheckContext, params: dict) -> list[Finding]:
             for r in rows.itertuples()]  # fmt: skip
 
 
-@register("box_class_imbalance", "boxes", {"max_ratio": float, "min_boxes_per_class": int})
+@register("box_class_imbalance", "boxes", {"max_ratio": Real(1), "min_boxes_per_class": COUNT})
 def box_class_imbalance(ctx: CheckContext, params: dict) -> list[Finding]:
     """By box count: the most common class above ``max_ratio`` times the rarest, and
     declared classes with fewer than ``min_boxes_per_class`` boxes (none at all included).
@@ -306,7 +307,8 @@ def _groupings(b: pd.DataFrame) -> list[tuple[str, str, pd.Series]]:
 
 
 @register("box_style_shift", "boxes",
-          {"alpha": float, "min_images": int, "min_relative_change": float, "min_center_shift": float})  # fmt: skip
+          {"alpha": PROBABILITY_LEVEL, "min_images": Int(2), "min_relative_change": NON_NEGATIVE,
+           "min_center_shift": NON_NEGATIVE})  # fmt: skip
 def box_style_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     """Annotation style differs between splits (each against train) or annotation sources
     (COCO ``annotator``/``source``, each against the largest): per class and over all

@@ -14,6 +14,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from ..constraints import AT_LEAST_ONE, NON_NEGATIVE, Int, Real
 from ..hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
 from ..neighbors import similar_pairs
 from ..verify import ALIGNED, typical_difference, verify_pairs
@@ -26,12 +27,12 @@ def _split_key(split) -> str:
 
 #: Neighbours per image examined for embedding near duplicates.
 EMBEDDING_NEIGHBOURS = 10
-NEAR_PARAMS = {"max_phash_distance": int, "max_dhash_distance": int, "min_embedding_similarity": float,
-               "max_relative_distance": float, "max_relative_phash_distance": float,
-               "max_mirror_phash_distance": int, "max_candidates_per_image": int,
-               "max_pixel_difference": float, "max_relative_pixel_difference": float,
-               "max_crop_difference": float, "max_relative_crop_difference": float,
-               "min_pixel_difference": float}  # fmt: skip
+NEAR_PARAMS = {"max_phash_distance": Int(0, 64), "max_dhash_distance": Int(0, 64),
+               "min_embedding_similarity": Real(-1, 1), "max_relative_distance": NON_NEGATIVE,
+               "max_relative_phash_distance": NON_NEGATIVE, "max_mirror_phash_distance": Int(0, 64),
+               "max_candidates_per_image": AT_LEAST_ONE, "max_pixel_difference": NON_NEGATIVE,
+               "max_relative_pixel_difference": NON_NEGATIVE, "max_crop_difference": NON_NEGATIVE,
+               "max_relative_crop_difference": NON_NEGATIVE, "min_pixel_difference": NON_NEGATIVE}  # fmt: skip
 
 
 def phash_radius(hashes: np.ndarray, params: dict) -> int:

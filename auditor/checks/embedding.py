@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..constraints import AT_LEAST_ONE, POSITIVE, Real
 from ..neighbors import knn
 from . import NO_EMBEDDINGS, CheckContext, Finding, register
 from .quality import _relative_ok, robust_z
@@ -26,7 +27,7 @@ def _class_distance(vectors: np.ndarray, labels: pd.Series, k: int) -> np.ndarra
     return out
 
 
-@register("outlier", "embeddings", {"neighbours": int, "robust_z": float, "min_distance": float})
+@register("outlier", "embeddings", {"neighbours": AT_LEAST_ONE, "robust_z": POSITIVE, "min_distance": Real(0, 2)})
 def outlier(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images far from everything else in the backbone's feature space: the mean cosine
     distance to their ``neighbours`` nearest images is ``robust_z`` robust SDs above the

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pandas as pd
 
+from ..constraints import AT_LEAST_ONE, COUNT, FRACTION, POSITIVE, Int, Real, choices
 from ..dataset import labeled
 from . import NO_EMBEDDINGS, CheckContext, Finding, register
 from .duplicates import NEAR_PARAMS, closest_evidence, evidence_text, kind_key, near_graph
@@ -98,9 +99,10 @@ def knn_vote_probabilities(vectors: np.ndarray, labels: np.ndarray, k: int = 10,
     return votes / votes.sum(axis=1, keepdims=True)
 
 
-LABEL_ISSUE_PARAMS = {"folds": int, "min_class_images": int, "regularization": float, "filter_by": str,
-                      "neighbours": int, "neighbour_weight": float, "max_label_quality": float}  # fmt: skip
 FILTERS = ("both", "prune_by_noise_rate", "prune_by_class", "confident_learning", "predicted_neq_given")
+LABEL_ISSUE_PARAMS = {"folds": Int(2), "min_class_images": AT_LEAST_ONE, "regularization": POSITIVE,
+                      "filter_by": choices(*FILTERS), "neighbours": AT_LEAST_ONE, "neighbour_weight": FRACTION,
+                      "max_label_quality": Real(0, 1, "right")}  # fmt: skip
 
 
 @register("label_issue", "labels", LABEL_ISSUE_PARAMS)
@@ -122,8 +124,6 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
     got = ctx.ok_vectors()
     if got is None:
         return ctx.skip("label_issue", NO_EMBEDDINGS)
-    if params["filter_by"] not in FILTERS:
-        return ctx.skip("label_issue", f"unknown filter_by {params['filter_by']!r}; expected one of {FILTERS}")
     vectors, mask = got
     counts = with_label["label"][mask[with_label.index]].value_counts()
     keep_classes = sorted(c for c, n in counts.items() if n >= max(params["min_class_images"], params["folds"]))
@@ -208,7 +208,9 @@ def _typo_of(a: list[str], b: list[str], min_length: int) -> bool:
     return len(diff) == 1 and min(map(len, diff[0])) >= min_length and _one_edit(*diff[0])
 
 
-@register("class_name_inconsistency", "labels", {"min_length_for_typo": int, "min_length_for_case": int})
+@register(
+    "class_name_inconsistency", "labels", {"min_length_for_typo": AT_LEAST_ONE, "min_length_for_case": AT_LEAST_ONE}
+)
 def class_name_inconsistency(ctx: CheckContext, params: dict) -> list[Finding]:
     """Class names that are one class written differently: equal after ignoring case,
     whitespace, '-', '_', '.' and a plural 's' ('Cat', 'cat', 'cats', 'cat_'), or the same
@@ -269,7 +271,7 @@ def _split_groups(t: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
     return [(s, t[t["split"] == s]) for s in splits] if splits else [(None, t)]
 
 
-@register("class_imbalance", "labels", {"max_ratio": float, "min_images_per_class": int})
+@register("class_imbalance", "labels", {"max_ratio": Real(1), "min_images_per_class": COUNT})
 def class_imbalance(ctx: CheckContext, params: dict) -> list[Finding]:
     """Per split, the ratio of the largest to the smallest class above ``max_ratio``; and
     classes with fewer than ``min_images_per_class`` images in the training split (the

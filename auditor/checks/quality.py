@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..constraints import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Int, Real
 from . import CheckContext, Finding, register
 
 _MAD_TO_SIGMA = 1.4826
@@ -33,7 +34,7 @@ def robust_z(values: pd.Series) -> pd.Series:
 
 
 def _relative_ok(ctx: CheckContext, n: int) -> bool:
-    return n >= int(ctx.settings.get("min_images_for_relative", 20))
+    return n >= int(ctx.settings["min_images_for_relative"])
 
 
 def peer_stats(ctx: CheckContext, t: pd.DataFrame, values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -55,13 +56,13 @@ def peer_stats(ctx: CheckContext, t: pd.DataFrame, values: pd.Series) -> tuple[p
     spread = pd.Series(float(np.nanmedian(np.abs(arr - med))) * _MAD_TO_SIGMA if len(arr) else np.nan, index=v.index)
     labels = t["label"].map(lambda x: x if isinstance(x, str) else None)
     if labels.notna().any():
-        minimum = int(ctx.settings.get("min_images_per_peer_class", 5))
+        minimum = int(ctx.settings["min_images_per_peer_class"])
         use = labels.notna() & (labels.map(labels.value_counts()) >= minimum)
         c = v.groupby(labels).transform("median")
         center[use] = c[use]
         # a spread needs more images than a median: small classes get the pooled one
         sizes = labels.map(labels.value_counts())
-        wide = use & (sizes >= int(ctx.settings.get("min_images_for_relative", 20)))
+        wide = use & (sizes >= int(ctx.settings["min_images_for_relative"]))
         local = (v - c).abs().groupby(labels).transform("median") * _MAD_TO_SIGMA
         pooled = float(np.nanmedian(np.abs(v - center))) * _MAD_TO_SIGMA
         spread[use] = pooled
@@ -106,7 +107,7 @@ def _findings(check: str, rows: pd.DataFrame, score: pd.Series, message, details
 @register(
     "low_resolution",
     "quality",
-    {"min_side_px": int, "relative_factor": (int, float), "floor_relative_factor": (int, float)},
+    {"min_side_px": AT_LEAST_ONE, "relative_factor": Real(1), "floor_relative_factor": Real(1)},
 )
 def low_resolution(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images more than ``relative_factor`` times smaller (shorter side) than the dataset's
@@ -143,7 +144,7 @@ def low_resolution(ctx: CheckContext, params: dict) -> list[Finding]:
     return out
 
 
-@register("odd_size", "quality", {"relative_factor": (int, float)})
+@register("odd_size", "quality", {"relative_factor": Real(1)})
 def odd_size(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images more than ``relative_factor`` times larger (square root of area) than the
     dataset median; smaller ones are ``low_resolution``. Score: size ratio."""
@@ -161,7 +162,7 @@ def odd_size(ctx: CheckContext, params: dict) -> list[Finding]:
     )  # fmt: skip
 
 
-@register("odd_aspect_ratio", "quality", {"max_ratio": (int, float), "relative_factor": (int, float)})
+@register("odd_aspect_ratio", "quality", {"max_ratio": Real(1), "relative_factor": Real(1)})
 def odd_aspect_ratio(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images with long/short side ratio above ``max_ratio``, or whose aspect differs from
     the dataset median aspect by more than ``relative_factor``x. Score: the factor."""
@@ -195,11 +196,11 @@ def _share(flag: pd.Series) -> float:
     "blurry",
     "quality",
     {
-        "robust_z": (int, float),
-        "confirm_z": (int, float),
-        "always_below": (int, float),
-        "dataset_soft_below": (int, float),
-        "min_side_px": int,
+        "robust_z": POSITIVE,
+        "confirm_z": NON_NEGATIVE,
+        "always_below": FRACTION,
+        "dataset_soft_below": FRACTION,
+        "min_side_px": Int(3),
     },
 )
 def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
@@ -253,7 +254,7 @@ def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
 @register(
     "noisy",
     "quality",
-    {"robust_z": (int, float), "min_sigma": (int, float), "always_above": (int, float), "min_side_px": int},
+    {"robust_z": POSITIVE, "min_sigma": NON_NEGATIVE, "always_above": NON_NEGATIVE, "min_side_px": Int(2)},
 )
 def noisy(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images noisier than their content peers: estimated noise sigma (0..255) above
@@ -327,7 +328,9 @@ def _exposure(
 
 
 @register(
-    "dark", "quality", {"max_brightness_p95": (int, float), "relative_factor": (int, float), "robust_z": (int, float)}
+    "dark",
+    "quality",
+    {"max_brightness_p95": Real(0, 255), "relative_factor": Real(0, 1, "right"), "robust_z": POSITIVE},
 )
 def dark(ctx: CheckContext, params: dict) -> list[Finding]:
     """Underexposed images: 95% of pixels darker than ``max_brightness_p95`` (luma 0..255), the
@@ -347,7 +350,9 @@ def dark(ctx: CheckContext, params: dict) -> list[Finding]:
 
 
 @register(
-    "bright", "quality", {"min_brightness_p05": (int, float), "relative_factor": (int, float), "robust_z": (int, float)}
+    "bright",
+    "quality",
+    {"min_brightness_p05": Real(0, 255), "relative_factor": Real(0, 1, "right"), "robust_z": POSITIVE},
 )
 def bright(ctx: CheckContext, params: dict) -> list[Finding]:
     """Overexposed images: 95% of pixels brighter than ``min_brightness_p05`` (luma 0..255), the
@@ -368,7 +373,9 @@ def bright(ctx: CheckContext, params: dict) -> list[Finding]:
 
 
 @register(
-    "low_contrast", "quality", {"max_contrast": (int, float), "relative_factor": (int, float), "robust_z": (int, float)}
+    "low_contrast",
+    "quality",
+    {"max_contrast": Real(0, 128), "relative_factor": Real(0, 1, "right"), "robust_z": POSITIVE},
 )
 def low_contrast(ctx: CheckContext, params: dict) -> list[Finding]:
     """Washed-out images: RMS contrast (luma standard deviation, 0..255) below
@@ -390,10 +397,10 @@ def low_contrast(ctx: CheckContext, params: dict) -> list[Finding]:
     "low_information",
     "quality",
     {
-        "max_entropy_bits": (int, float),
-        "relative_factor": (int, float),
-        "robust_z": (int, float),
-        "blank_contrast": (int, float),
+        "max_entropy_bits": Real(0, 8),
+        "relative_factor": Real(0, 1, "right"),
+        "robust_z": POSITIVE,
+        "blank_contrast": Real(0, 128),
     },
 )
 def low_information(ctx: CheckContext, params: dict) -> list[Finding]:
@@ -433,7 +440,7 @@ def low_information(ctx: CheckContext, params: dict) -> list[Finding]:
     return out
 
 
-@register("grayscale", "quality", {"max_channel_spread": (int, float), "max_minority_fraction": (int, float)})
+@register("grayscale", "quality", {"max_channel_spread": Real(0, 255), "max_minority_fraction": FRACTION})
 def grayscale(ctx: CheckContext, params: dict) -> list[Finding]:
     """Color-mode inconsistency: grayscale images (99th-percentile channel spread at most
     ``max_channel_spread``, whatever the file's mode) in a mostly color dataset, or color

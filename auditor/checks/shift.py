@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .. import drift
+from ..constraints import FRACTION, NON_NEGATIVE, PROBABILITY_LEVEL, Int
 from ..dataset import EVAL_SPLITS
 from ..explain import compare_labels, compare_properties
 from . import NO_EMBEDDINGS, CheckContext, Finding, register
@@ -32,8 +33,8 @@ MIN_PER_SIDE = 8
 #: distances (exact nearest neighbours, O(n m d)).
 SUPPORT_TOP, SUPPORT_CAP = 12, 20_000
 
-SHIFT_PARAMS = {"alpha": float, "min_magnitude": float, "min_images": int, "max_samples": int,
-                "permutations": int}  # fmt: skip
+SHIFT_PARAMS = {"alpha": PROBABILITY_LEVEL, "min_magnitude": FRACTION, "min_images": Int(2),
+                "max_samples": Int(2), "permutations": Int(10)}  # fmt: skip
 
 
 @dataclass
@@ -255,7 +256,7 @@ def _analysis_params(ctx: CheckContext, kind: str) -> dict:
     return rule_params(ctx, "domain_shift" if kind == "domain" else "split_shift")
 
 
-@register("property_shift", "shift", {"alpha": float, "min_statistic": float})
+@register("property_shift", "shift", {"alpha": PROBABILITY_LEVEL, "min_statistic": FRACTION})
 def property_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     """A measured property (brightness, contrast, sharpness, noise, resolution, aspect
     ratio, colour, colour mode, format, JPEG quality) is distributed differently on the two
@@ -281,7 +282,7 @@ def property_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     return out
 
 
-@register("label_shift", "shift", {"alpha": float, "min_tv_distance": float})
+@register("label_shift", "shift", {"alpha": PROBABILITY_LEVEL, "min_tv_distance": FRACTION})
 def label_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     """Class proportions differ between the sides of a comparison (chi-square p < alpha and
     total variation distance >= ``min_tv_distance``), or, against ``--source``, a class is
@@ -319,8 +320,8 @@ def label_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     return out
 
 
-GAP_PARAMS = {"min_images": int, "moderate_feature_gap": float, "far_feature_gap": float,
-              "moderate_confidence": float, "far_confidence": float}  # fmt: skip
+GAP_PARAMS = {"min_images": Int(2), "moderate_feature_gap": NON_NEGATIVE, "far_feature_gap": NON_NEGATIVE,
+              "moderate_confidence": FRACTION, "far_confidence": FRACTION}  # fmt: skip
 
 
 def gap_level(gap: dict, params: dict) -> str:
