@@ -7,7 +7,7 @@ training scripts (imported lazily: ``import auditor`` stays cheap).
 __version__ = "0.1.0"
 
 _LAZY = {
-    "scan": ("auditor.api", "scan"),
+    "scan": ("auditor.pipeline.scan", "scan"),
     "gate": ("auditor.gating", "gate"),
     "GateFailed": ("auditor.gating", "GateFailed"),
     "GateResult": ("auditor.gating", "GateResult"),

@@ -8,8 +8,7 @@ never prints; the CLI does.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +20,12 @@ from .backbones import Backbone, get_backbone
 from .checks import CheckContext, Finding, jsonable, load_all
 from .checks.boxes import box_summary
 from .checks.shift import dataset_gap, gap_level, shift_section
+from .core.types import ProgressFn, ScanResult
 from .dataset import Discovery, discover, release_unused_memory
 from .extract import ExtractOptions, measure_all
 from .fsutil import check_cache_dir, check_output, output_folder
 from .rules import Rules, apply_severities, judge, load_rules
 from .store import Store
-
-ProgressFn = Callable[[str, int, int], None]  # (stage, advance, total)
-
-
-@dataclass
-class ScanResult:
-    """What a scan found. ``report`` is the ``report.json`` document; ``table`` the per-image
-    table (one row per item); ``out_dir`` where the files were written (None if not)."""
-
-    report: dict
-    table: pd.DataFrame
-    findings: list[Finding]
-    discovery: Discovery
-    rules: Rules
-    out_dir: Path | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-    embeddings: Any = None  # auditor.embed.Embeddings when the scan embedded
-    source_table: pd.DataFrame | None = None  # the --source set's per-image table
-    projection: pd.DataFrame | None = None  # 2-D UMAP of the compared sets (see auditor.projection)
-    context: Any = field(default=None, repr=False)  # the CheckContext the checks read (for the report)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.report["gate"]["passed"])
 
 
 def present_paths(disc: Discovery) -> list[str]:

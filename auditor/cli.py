@@ -7,13 +7,11 @@ paths) is printed through :func:`_term`: as text, never as rich markup or termin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .fsutil import check_cache_dir, check_output, output_folder, printable
+from .fsutil import check_cache_dir, check_output, printable
 
 app = typer.Typer(
     name="audit",
@@ -251,75 +249,19 @@ def scan(
 
     With --source, the dataset is compared with a source-like set (domain_shift); without,
     its splits are compared with train (split_shift)."""
-    options = _scan_options(layout=layout, manifest=manifest, coco=coco, images=images, source=source,
-                            source_layout=source_layout, source_manifest=source_manifest, projection=not no_projection,
-                            embed=not no_embed, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
-                            batch_size=batch_size, follow_symlinks=follow_symlinks, max_pixels=max_pixels)  # fmt: skip
-    with _input_errors():
-        out = output_folder(dataset, out, source, images)  # refused before any work
-        check_cache_dir(cache_dir, dataset, source, images)
-        reuse, files = _reuse(dataset, out, options, rules, cache_dir, no_cache)
-    if files is not None:
-        if not quiet:
-            print_summary(_Reused(json.loads(files["json"].read_bytes())))
-        out_console.print(f"Report: {_term(str(files['html']))}", highlight=False, soft_wrap=True)
-        return
-    from .api import scan as run_scan
+    options = dict(layout=layout, manifest=manifest, coco=coco, images=images, source=source,
+                   source_layout=source_layout, source_manifest=source_manifest, projection=not no_projection,
+                   embed=not no_embed, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
+                   batch_size=batch_size, follow_symlinks=follow_symlinks, max_pixels=max_pixels)  # fmt: skip
+    from .pipeline.scan import scan as run_scan
 
     bar, update = _progress()
     with _input_errors(), bar:
         result = run_scan(dataset, out, rules=rules, workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
                           progress=update, **options)  # fmt: skip
-    if reuse is not None:
-        reuse.record(result.files, result.table, result.source_table)
     if not quiet:
         print_summary(result)
     out_console.print(f"Report: {_term(str(result.files['html']))}", highlight=False, soft_wrap=True)
-
-
-def _scan_options(**given):
-    """Every :func:`auditor.api.scan` option that changes its outputs, defaults filled in, so
-    that ``audit scan`` and ``audit gate`` with the same settings share one reuse record."""
-    options = dict(layout="auto", manifest=None, coco=None, images=None, source=None, source_layout="auto",
-                   source_manifest=None, projection=True, embed=True, backbone=None, weights=None, layer=None,
-                   preprocess="raw", batch_size=32, follow_symlinks=False, max_pixels=None)  # fmt: skip
-    unknown = set(given) - set(options)
-    if unknown:
-        raise TypeError(f"not scan options: {sorted(unknown)}")
-    return {**options, **given}
-
-
-def _reuse(dataset, out: Path, options: dict, rules, cache_dir, no_cache: bool):
-    """(the :class:`auditor.reuse.Reuse` to record into after a full scan, or None; the
-    outputs written again into ``out`` when nothing changed since the last scan with these
-    options, or None)."""
-    if no_cache:
-        return None, None
-    from .reuse import prepare
-
-    trees, files = [], []
-    for key in ("source", "images", "manifest", "coco", "source_manifest", "weights", "backbone"):
-        path = Path(options[key]) if options[key] else None
-        if path is not None and path.is_dir():
-            trees.append(path)
-        elif path is not None and path.is_file():
-            files.append(path)  # a manifest, COCO file, weights or model file
-            if key == "source":  # a source manifest: its folder holds the images it lists
-                trees.append(path.parent)
-    reuse = prepare(dataset, options=options, cache_dir=cache_dir, rules=rules,
-                    follow_symlinks=options["follow_symlinks"], extra_trees=trees, extra_files=files)  # fmt: skip
-    if reuse is None:
-        return None, None
-    return reuse, reuse.restore(out)
-
-
-@dataclass
-class _Reused:
-    """What :func:`print_summary` reads, for outputs reused from an unchanged earlier scan."""
-
-    report: dict
-    embeddings: None = None
-    reused: bool = True
 
 
 @contextmanager
@@ -397,18 +339,10 @@ def gate(
         check_cache_dir(cache_dir, dataset, source, images)
         if from_report is not None:
             result = run_gate(from_report=from_report, rules=rules)
-        else:
-            out = output_folder(dataset, out, source, images)  # refused before any work
-            options = _scan_options(source=source, embed=not no_embed, backbone=backbone, weights=weights,
-                                    layout=layout, manifest=manifest, coco=coco, images=images)  # fmt: skip
-            reuse, files = _reuse(dataset, out, options, rules, cache_dir, False)
-            if files is not None:  # judged under these rules when recorded
-                result = run_gate(from_report=files["json"])
-            else:
-                result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir,
-                                  progress=update, **options)  # fmt: skip
-                if reuse is not None:
-                    reuse.record(result.scan.files, result.scan.table, result.scan.source_table)
+        else:  # a reused scan was judged under these rules (their files are fingerprinted)
+            result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir, progress=update,
+                              embed=not no_embed, backbone=backbone, weights=weights, layout=layout,
+                              manifest=manifest, coco=coco, images=images)  # fmt: skip
     if junit is not None:
         try:
             atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
@@ -606,7 +540,7 @@ def run_pipeline(
     Exit 0 when it ran to the end, 1 when the gate stopped it, 2 on an input error."""
     from .clean import CleanError
     from .finetune import AUGMENTATIONS, FinetuneError, FinetuneOptions
-    from .pipeline import run
+    from .pipeline.run import run
 
     chosen = tuple(a.strip() for a in augmentations.split(",") if a.strip()) if augmentations else AUGMENTATIONS
     opts = FinetuneOptions(epochs=epochs, unfreeze=unfreeze, image_size=image_size, batch_size=batch_size,

@@ -241,8 +241,8 @@ def gate(
     """Judge a dataset against ``rules`` (a preset name, a file, or :class:`Rules`; default
     ``default``) and return a :class:`GateResult` (truthy when it passed).
 
-    With ``dataset``: scans it (cached; ``source`` and every :func:`auditor.api.scan`
-    option pass through) and writes the report to ``out`` (default
+    With ``dataset``: scans it (:func:`auditor.scan`: cached, and reused whole when nothing
+    changed; ``source`` and every scan option pass through) and writes the report to ``out`` (default
     ``reports/<dataset-name>/``). With ``from_report``: judges that report.json without
     scanning (under ``rules`` if given, else as recorded). ``raise_on_fail=True`` raises
     :class:`GateFailed` instead of returning a failed result.
@@ -255,10 +255,10 @@ def gate(
             report = rejudge(report, rules if isinstance(rules, Rules) else load_rules(rules))
         result = _result(report, Path(from_report))
     else:
-        from .api import scan
+        from .pipeline.scan import scan
 
-        rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
-        scanned = scan(dataset, out, rules=rules_obj, source=source, **scan_options)
+        # a rules name or path, not the loaded object: the scan is reused when nothing changed
+        scanned = scan(dataset, out, rules=rules, source=source, **scan_options)
         result = _result(scanned.report, scanned.files.get("json"), scanned)
     if raise_on_fail and not result.passed:
         raise GateFailed(result)

@@ -85,7 +85,7 @@ def correct(model_path: Path, folder: Path, classes: list[str], size: int) -> tu
 
 def one_seed(args, seed: int) -> list[str]:
     from auditor.finetune import FinetuneOptions, finetune
-    from auditor.pipeline import run
+    from auditor.pipeline.run import run
 
     work = args.work / f"seed{seed}"
     counts = build(work / "data", 96, seed)

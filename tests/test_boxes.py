@@ -257,7 +257,7 @@ def test_cli_clean_prints_box_decisions(tmp_path):
 
 
 def test_audit_run_on_a_detection_dataset_cleans_and_skips_finetuning(tmp_path):
-    from auditor.pipeline import run
+    from auditor.pipeline.run import run
 
     make_coco(tmp_path / "coco")
     result = run(tmp_path / "coco", tmp_path / "run", force=True, embed=False, cache_dir=tmp_path / "c")

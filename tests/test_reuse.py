@@ -251,3 +251,39 @@ def test_fingerprinting_survives_link_loops_and_unresolvable_paths(tmp_path, dat
 )
 def test_malformed_records_are_refused_not_raised(header):
     assert reuse._unpack(header + b"\n", "F") is None
+
+
+def test_the_api_reuses_an_unchanged_scan_as_the_cli_does(tmp_path, dataset, full_scans):
+    import auditor
+
+    first = auditor.scan(dataset, tmp_path / "a1", embed=False)
+    assert len(full_scans) == 1 and not first.reused
+    second = auditor.scan(dataset, tmp_path / "a2", embed=False)
+    assert len(full_scans) == 1 and second.reused
+    for name in ("report.json", "report.html", "images.parquet"):
+        assert (tmp_path / "a1" / name).read_bytes() == (tmp_path / "a2" / name).read_bytes(), name
+    assert second.report == json.loads((tmp_path / "a1" / "report.json").read_bytes())
+    assert second.passed == first.passed
+    assert second.table["path"].tolist() == first.table["path"].tolist()  # read from images.parquet
+    assert [(f.check, f.paths, f.severity) for f in second.findings] == [
+        (f["check"], f["paths"], f["severity"]) for f in first.report["findings"]
+    ]
+    _scan(dataset, tmp_path / "c1")  # the CLI finds the record the API made, and the other way round
+    assert len(full_scans) == 1
+    auditor.scan(dataset, tmp_path / "a3", embed=False, projection=False)  # another option: scans
+    assert len(full_scans) == 2
+    auditor.gate(dataset, out=tmp_path / "g", embed=False)  # the gate scans through auditor.scan too
+    assert len(full_scans) == 2
+
+
+def test_scan_options_are_defined_once():
+    """The reuse key's defaults are auditor.api.scan's own (one definition, held by this test)."""
+    import inspect
+
+    from auditor.pipeline.scan import SCAN_OPTIONS
+
+    params = inspect.signature(api.scan).parameters
+    assert {k: params[k].default for k in SCAN_OPTIONS} == SCAN_OPTIONS
+    # everything else is where, how fast or whether to cache, not what the outputs say
+    assert set(params) - set(SCAN_OPTIONS) == {"dataset", "out", "rules", "workers", "cache_dir", "use_cache",
+                                               "write", "progress"}  # fmt: skip

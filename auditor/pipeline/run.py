@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checks import jsonable
+from ..checks import jsonable
 
 
 @dataclass
@@ -45,12 +45,12 @@ def run(
     ``augment_from_audit``: pick the augmentation layers from the findings (geometric always;
     brightness/contrast when ``property_shift`` found that difference) instead of
     ``finetune_options.augment``; recorded with the reasons in the report."""
-    from .api import scan
-    from .clean import clean
-    from .finetune import FinetuneOptions, augmentations_from_audit, finetune
-    from .report import write_outputs
-    from .rules import Rules, load_rules
-    from .store import Store
+    from ..api import scan
+    from ..clean import clean
+    from ..finetune import FinetuneOptions, augmentations_from_audit, finetune
+    from ..report import write_outputs
+    from ..rules import Rules, load_rules
+    from ..store import Store
 
     out = Path(out)
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
