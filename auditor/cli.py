@@ -205,6 +205,37 @@ ImagesOpt = Annotated[Path | None, typer.Option(help="Folder the COCO file_name 
 ManifestOpt = Annotated[
     Path | None, typer.Option(help="CSV with columns path,label[,split], paths relative to DATASET.")
 ]
+SourceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="A source-like reference set to compare the dataset with (domain shift): a folder, "
+        "or a CSV manifest (path,label[,split]) whose paths are relative to its folder."
+    ),
+]
+SourceLayoutOpt = Annotated[str, typer.Option(help="Layout of --source (as --layout).")]
+SourceManifestOpt = Annotated[Path | None, typer.Option(help="CSV manifest of --source.")]
+NoProjectionOpt = Annotated[
+    bool, typer.Option("--no-projection", help="Skip the 2-D UMAP map of the compared sets (saves seconds).")
+]
+NoEmbedOpt = Annotated[bool, typer.Option("--no-embed", help="Skip the backbone embeddings (no TensorFlow).")]
+RulesOpt = Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
+FollowSymlinksOpt = Annotated[bool, typer.Option(help="Follow symbolic links that leave the dataset folder.")]
+MaxPixelsOpt = Annotated[int | None, typer.Option(help="Refuse images larger than this many pixels [default: 100M].")]
+# fine-tuning (audit finetune, audit run)
+EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs per phase (early stopping may end sooner).")]
+UnfreezeOpt = Annotated[int, typer.Option(min=0, help="Top blocks trained in phase 2 (0: head only).")]
+LearningRateOpt = Annotated[float, typer.Option(min=0.0, help="Phase 1 learning rate; phase 2 uses a tenth.")]
+ImageSizeOpt = Annotated[int, typer.Option(min=32, help="Input size in pixels.")]
+AugmentOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Keras augmentation layers.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+#: The options every command that scans takes, each defined once above (a test compares the
+#: --help of scan, gate and run on them).
+SHARED_SCAN_OPTIONS = (
+    "--no-embed", "--backbone", "--weights", "--layer", "--preprocess", "--batch-size", "--workers", "--layout",
+    "--manifest", "--coco", "--images", "--source", "--source-layout", "--source-manifest", "--no-projection",
+    "--rules", "--cache-dir", "--no-cache", "--follow-symlinks", "--max-pixels",
+)  # fmt: skip
 
 
 @app.command()
@@ -213,7 +244,7 @@ def scan(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder [default: reports/<dataset-name>].")
     ] = None,
-    no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip the backbone embeddings (no TensorFlow).")] = False,
+    no_embed: NoEmbedOpt = False,
     backbone: BackboneOpt = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -224,25 +255,15 @@ def scan(
     manifest: ManifestOpt = None,
     coco: CocoOpt = None,
     images: ImagesOpt = None,
-    source: Annotated[
-        Path | None,
-        typer.Option(
-            help="A source-like reference set to compare the dataset with (domain shift): a folder, "
-            "or a CSV manifest (path,label[,split]) whose paths are relative to its folder."
-        ),
-    ] = None,
-    source_layout: Annotated[str, typer.Option(help="Layout of --source (as --layout).")] = "auto",
-    source_manifest: Annotated[Path | None, typer.Option(help="CSV manifest of --source.")] = None,
-    no_projection: Annotated[
-        bool, typer.Option("--no-projection", help="Skip the 2-D UMAP map of the compared sets (saves seconds).")
-    ] = False,
-    rules: Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")] = None,
+    source: SourceOpt = None,
+    source_layout: SourceLayoutOpt = "auto",
+    source_manifest: SourceManifestOpt = None,
+    no_projection: NoProjectionOpt = False,
+    rules: RulesOpt = None,
     cache_dir: CacheDirOpt = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
-    follow_symlinks: Annotated[bool, typer.Option(help="Follow symbolic links that leave the dataset folder.")] = False,
-    max_pixels: Annotated[
-        int | None, typer.Option(help="Refuse images larger than this many pixels [default: 100M].")
-    ] = None,
+    no_cache: NoCacheOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_pixels: MaxPixelsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the report path.")] = False,
 ) -> None:
     """Scan DATASET and write report.json, images.parquet and report.html.
@@ -306,21 +327,30 @@ def gate(
     from_report: Annotated[
         Path | None, typer.Option("--from-report", help="Judge this report.json instead of scanning.")
     ] = None,
-    rules: Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")] = None,
-    source: Annotated[Path | None, typer.Option(help="A source-like reference set (domain shift).")] = None,
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file: one test case per rule.")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Report folder [default: reports/<dataset-name>].")
     ] = None,
-    no_embed: Annotated[bool, typer.Option("--no-embed", help="Skip the backbone (no TensorFlow).")] = False,
+    no_embed: NoEmbedOpt = False,
     backbone: BackboneOpt = None,
     weights: WeightsOpt = None,
+    layer: LayerOpt = None,
+    preprocess: PreprocessOpt = "raw",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
     coco: CocoOpt = None,
     images: ImagesOpt = None,
-    workers: WorkersOpt = None,
+    source: SourceOpt = None,
+    source_layout: SourceLayoutOpt = "auto",
+    source_manifest: SourceManifestOpt = None,
+    no_projection: NoProjectionOpt = False,
+    rules: RulesOpt = None,
     cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_pixels: MaxPixelsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict.")] = False,
 ) -> None:
     """Pass or fail DATASET against the rules: exit 0 when every error-level rule passes,
@@ -340,9 +370,13 @@ def gate(
         if from_report is not None:
             result = run_gate(from_report=from_report, rules=rules)
         else:  # a reused scan was judged under these rules (their files are fingerprinted)
-            result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir, progress=update,
-                              embed=not no_embed, backbone=backbone, weights=weights, layout=layout,
-                              manifest=manifest, coco=coco, images=images)  # fmt: skip
+            result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir,
+                              use_cache=not no_cache, progress=update, source=source, embed=not no_embed,
+                              backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
+                              batch_size=batch_size, layout=layout, manifest=manifest, coco=coco, images=images,
+                              source_layout=source_layout, source_manifest=source_manifest,
+                              projection=not no_projection, follow_symlinks=follow_symlinks,
+                              max_pixels=max_pixels)  # fmt: skip
     if junit is not None:
         try:
             atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
@@ -452,16 +486,16 @@ def clean(
 def finetune(
     dataset: Annotated[Path, typer.Argument(help="A split/class dataset, e.g. the folder audit clean wrote.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder: model.keras, history.json, ...")],
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per phase (early stopping may end sooner).")] = 10,
-    unfreeze: Annotated[int, typer.Option(min=0, help="Top blocks trained in phase 2 (0: head only).")] = 3,
-    learning_rate: Annotated[float, typer.Option(help="Phase 1 learning rate; phase 2 uses a tenth.")] = 1e-3,
-    image_size: Annotated[int, typer.Option(min=32, help="Input size in pixels.")] = 224,
+    epochs: EpochsOpt = 10,
+    unfreeze: UnfreezeOpt = 3,
+    learning_rate: LearningRateOpt = 1e-3,
+    image_size: ImageSizeOpt = 224,
     batch_size: BatchOpt = 32,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Keras augmentation layers.")] = True,
+    augment: AugmentOpt = True,
     augmentations: Annotated[
         str, typer.Option(help="Comma-separated: flip, rotation, zoom, translation, contrast, brightness.")
     ] = "flip,rotation,zoom,translation,contrast,brightness",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOpt = 0,
     backbone: Annotated[
         str, typer.Option(help="efficientnet-lite0 (packaged weights) or a keras.applications name.")
     ] = "efficientnet-lite0",
@@ -514,14 +548,13 @@ def finetune(
 def run_pipeline(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder (read only).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: report, clean/, model/.")],
-    rules: Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Clean and fine-tune even when the gate fails.")] = False,
     relabel: Annotated[bool, typer.Option("--relabel", help="Relabel confident label issues.")] = False,
-    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs per phase.")] = 10,
-    unfreeze: Annotated[int, typer.Option(min=0, help="Top blocks trained in phase 2.")] = 3,
-    image_size: Annotated[int, typer.Option(min=32, help="Fine-tuning input size.")] = 224,
-    batch_size: BatchOpt = 32,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Augmentation layers.")] = True,
+    epochs: EpochsOpt = 10,
+    unfreeze: UnfreezeOpt = 3,
+    learning_rate: LearningRateOpt = 1e-3,
+    image_size: ImageSizeOpt = 224,
+    augment: AugmentOpt = True,
     augmentations: Annotated[
         str | None,
         typer.Option(
@@ -529,11 +562,27 @@ def run_pipeline(
             "zoom, translation, plus brightness/contrast when property_shift found them]."
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOpt = 0,
+    no_embed: NoEmbedOpt = False,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = None,
+    preprocess: PreprocessOpt = "raw",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    layout: LayoutOpt = "auto",
+    manifest: ManifestOpt = None,
     coco: CocoOpt = None,
     images: ImagesOpt = None,
-    workers: WorkersOpt = None,
+    source: SourceOpt = None,
+    source_layout: SourceLayoutOpt = "auto",
+    source_manifest: SourceManifestOpt = None,
+    no_projection: NoProjectionOpt = False,
+    rules: RulesOpt = None,
     cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """scan -> gate -> clean -> finetune, stopping at a failed gate unless --force, with one
     report (OUT/report.html) that shows what was found, what was removed and how training went.
@@ -543,16 +592,22 @@ def run_pipeline(
     from .pipeline.run import run
 
     chosen = tuple(a.strip() for a in augmentations.split(",") if a.strip()) if augmentations else AUGMENTATIONS
-    opts = FinetuneOptions(epochs=epochs, unfreeze=unfreeze, image_size=image_size, batch_size=batch_size,
-                           seed=seed, augment=chosen if augment else ())  # fmt: skip
+    # a named backbone is also the base that is fine-tuned; a .keras model file only embeds for the audit
+    base = {} if backbone is None or backbone.endswith(".keras") else {"backbone": backbone, "weights": weights}
+    opts = FinetuneOptions(epochs=epochs, unfreeze=unfreeze, learning_rate=learning_rate, image_size=image_size,
+                           batch_size=batch_size, seed=seed, augment=chosen if augment else (), **base)  # fmt: skip
     bar, update = _progress()
     with _input_errors(), bar:
-        check_output(out, dataset, images)  # as scan's --out: refused before any work
-        check_cache_dir(cache_dir, dataset, images)
+        check_output(out, dataset, images, source)  # as scan's --out: refused before any work
+        check_cache_dir(cache_dir, dataset, images, source)
         try:
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
                          augment_from_audit=augment and not augmentations, progress=update, workers=workers,
-                         cache_dir=cache_dir, coco=coco, images=images)  # fmt: skip
+                         cache_dir=cache_dir, use_cache=not no_cache, coco=coco, images=images, layout=layout,
+                         manifest=manifest, source=source, source_layout=source_layout,
+                         source_manifest=source_manifest, projection=not no_projection, embed=not no_embed,
+                         backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
+                         batch_size=batch_size, follow_symlinks=follow_symlinks, max_pixels=max_pixels)  # fmt: skip
         except (FinetuneError, CleanError) as exc:
             _fail(str(exc))
     print_summary(result.scan)
@@ -584,7 +639,7 @@ def embed(
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
     cache_dir: CacheDirOpt = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Embed every decodable image of DATASET and write the vectors with their paths."""
     from .api import embed as run_embed

@@ -216,3 +216,36 @@ def test_dataset_where_nothing_decodes_is_reported_not_a_crash(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["dataset"]["unreadable"] == 3
     assert {f["check"] for f in report["findings"]} == {"corrupt"}
+
+
+def test_scan_gate_and_run_share_one_definition_of_each_scan_option():
+    """Every option that changes what a scan finds is accepted by scan, gate and run, with the
+    same flags, help, type and default (one definition each, auditor.cli.SHARED_SCAN_OPTIONS),
+    and shows in each command's --help."""
+    import typer.main
+
+    from auditor.cli import SHARED_SCAN_OPTIONS
+
+    group = typer.main.get_command(app)
+
+    def described(command: str) -> dict:
+        out = {}
+        for param in group.commands[command].params:
+            if param.param_type_name != "option":
+                continue
+            for flag in param.opts:
+                out[flag] = (tuple(param.opts), tuple(param.secondary_opts), param.help, param.default,
+                             repr(param.type_descriptor.annotation), param.min, param.max, param.is_flag)  # fmt: skip
+        return out
+
+    scan_opts, gate_opts, run_opts = described("scan"), described("gate"), described("run")
+    for flag in SHARED_SCAN_OPTIONS:
+        assert flag in scan_opts and flag in gate_opts and flag in run_opts, flag
+        assert scan_opts[flag] == gate_opts[flag] == run_opts[flag], flag
+    for command in ("scan", "gate", "run"):
+        shown = runner.invoke(app, [command, "--help"], terminal_width=200).output
+        assert all(flag in shown for flag in SHARED_SCAN_OPTIONS), command
+    # the fine-tuning options of run are finetune's
+    tune = described("finetune")
+    for flag in ("--epochs", "--unfreeze", "--learning-rate", "--image-size", "--augment", "--seed"):
+        assert tune[flag] == run_opts[flag], flag
