@@ -322,6 +322,32 @@ def _input_errors():
 
 
 @app.command()
+def report(
+    report_json: Annotated[Path, typer.Argument(help="A scan's report.json (images.parquet beside it).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for report.html [default: the report's folder].")
+    ] = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Draw report.html again from a scan's report.json and images.parquet (and
+    projection.parquet): the same bytes as the scan's own page while the cache still holds
+    the thumbnails (without them, the same page with fewer pictures)."""
+    from .report import render_again
+    from .store import Store
+
+    with _input_errors():
+        folder = check_output(out, folder=True) if out is not None else report_json.parent
+        store = Store.open_default(cache_dir)
+        try:
+            written = render_again(report_json, folder, store)
+        except ValueError as exc:  # a parquet file that is not one
+            _fail(f"{report_json.parent}: cannot read the scan's files ({exc})")
+        finally:
+            store.close()
+    out_console.print(f"Report: {_term(str(written))}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def gate(
     dataset: Annotated[Path | None, typer.Argument(help="Dataset folder (omit with --from-report).")] = None,
     from_report: Annotated[

@@ -102,9 +102,10 @@ def project_pairs(
 ) -> pd.DataFrame | None:
     """The projection of every set this scan compares (source and dataset, or the splits):
     one row per drawn image with ``set`` ("source"/"dataset"), ``group`` (the side's name),
-    ``path`` (relative to its set's root), ``x``, ``y``. Only comparisons the checks analysed
-    on the embeddings are drawn; None when there are none. ``store``: reuse a cached
-    projection of the same vectors (:func:`cached_project`)."""
+    ``path`` (relative to its set's root), ``content_hash`` (the report's hover thumbnails),
+    ``x``, ``y``. Only comparisons the checks analysed on the embeddings are drawn; None
+    when there are none. ``store``: reuse a cached projection of the same vectors
+    (:func:`cached_project`)."""
     from .checks.shift import pairs
 
     if ctx.embeddings is None:
@@ -127,7 +128,8 @@ def project_pairs(
         from .drift import subsample
 
         keep = subsample(len(rows), max_per_group, rng)
-        parts.append(pd.DataFrame({"set": which, "group": name, "path": rows["path"].to_numpy()[keep]}))
+        parts.append(pd.DataFrame({"set": which, "group": name, "path": rows["path"].to_numpy()[keep],
+                                   "content_hash": rows["content_hash"].to_numpy()[keep]}))  # fmt: skip
         vecs.append(v[keep])
     frame = pd.concat(parts, ignore_index=True)
     if len(frame) < 2:

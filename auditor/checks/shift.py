@@ -395,6 +395,41 @@ def pretraining_gap(ctx: CheckContext, params: dict) -> list[Finding]:
     ]
 
 
+#: Per shift entry, the report draws overlaid histograms of the numeric properties that differ
+#: most (report.json keeps the bins, so that report.html can be drawn again from it alone).
+MAX_HISTOGRAMS = 4
+HIST_BINS = 24
+
+
+def property_histograms(pair: Pair, properties: list[dict]) -> list[dict]:
+    """Reference and target histograms (shares per bin, 4 decimals; common bins between the
+    0.5% and 99.5% quantiles of both sides, log10 where the property is read on a log scale)
+    of the first :data:`MAX_HISTOGRAMS` numeric ``properties`` (most different first)."""
+    from ..explain import PROPERTIES
+
+    by_name = {p.name: p for p in PROPERTIES}
+    out = []
+    for prop in [p for p in properties if p["kind"] == "numeric"][:MAX_HISTOGRAMS]:
+        spec = by_name[prop["property"]]
+        r = spec.values(pair.ref_rows).dropna().to_numpy(float)
+        t = spec.values(pair.tgt_rows).dropna().to_numpy(float)
+        if spec.log:
+            r, t = np.log10(r[r > 0]), np.log10(t[t > 0])
+        both = np.concatenate([r, t])
+        if len(r) < 2 or len(t) < 2 or not np.isfinite(both).all():
+            continue
+        lo, hi = (float(x) for x in np.quantile(both, [0.005, 0.995]))
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, HIST_BINS + 1)
+        shares = [np.histogram(np.clip(x, lo, hi), edges)[0] / len(x) for x in (r, t)]
+        unit = f" (log10 {spec.unit})" if spec.log and spec.unit else (" (log10)" if spec.log else "")
+        out.append({"property": spec.name, "title": spec.title + unit, "ks": prop["statistic"], "lo": lo, "hi": hi,
+                    "reference": [round(float(v), 4) for v in shares[0]],
+                    "target": [round(float(v), 4) for v in shares[1]]})  # fmt: skip
+    return out
+
+
 def shift_section(ctx: CheckContext) -> list[dict]:
     """The ``shift`` section of ``report.json``: one entry per comparison, with the
     verdict under the owning rule's thresholds and the explanations."""
@@ -414,5 +449,6 @@ def shift_section(ctx: CheckContext) -> list[dict]:
         entry["labels"] = result["labels"]
         entry["classes"] = emb.get("classes", [])
         entry["out_of_support"] = emb.get("out_of_support")
+        entry["histograms"] = property_histograms(pair, result["properties"])
         out.append(entry)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -225,7 +226,7 @@ def write_outputs(result: ScanResult, store: Store) -> dict[str, Path]:
     if result.projection is not None:
         files = {"projection": out / "projection.parquet", **files}
         data["projection"] = _parquet(result.projection)
-    data["html"] = render_html(result, store).encode("utf-8")
+    data["html"] = render_html(result.report, result.table, result.projection, store).encode("utf-8")
     release_unused_memory()
     data["json"] = _report_json(result.report)  # a view of its buffer: no second copy of the bytes
     write_files({files[role]: data[role] for role in files})  # report.json last: it says the rest is there
@@ -245,3 +246,36 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="snappy")
     return buf.getvalue().to_pybytes()
+
+
+#: The columns of images.parquet that report.html draws (the rest is report.json's).
+HTML_COLUMNS = ["path", "split", "label", "ok", "format", "width", "height", "content_hash"]
+
+
+def render_again(report_path: str | os.PathLike, out_dir: str | os.PathLike, store: Store) -> Path:
+    """Draw ``report.html`` into ``out_dir`` again from a scan's files alone: ``report_path``
+    (report.json), the ``images.parquet`` beside it, ``projection.parquet`` when the report
+    has a projection, and the thumbnails in ``store`` (the cache the scan filled: without
+    them the same page, with fewer pictures). The same bytes as the scan's own report.html.
+    :class:`FileNotFoundError` naming a missing file; :class:`auditor.fsutil.OutputError`
+    when ``out_dir`` cannot be written."""
+    from ..gating import load_report
+    from .html import render_html
+
+    report_path = Path(report_path)
+    report = load_report(report_path)
+    folder = report_path.parent
+    images = folder / "images.parquet"
+    if not images.is_file():
+        raise FileNotFoundError(f"{images}: not found (report.json and images.parquet are read together)")
+    table = pd.read_parquet(images, columns=HTML_COLUMNS)
+    projection = None
+    if report.get("projection"):
+        projection_path = folder / str(report["projection"].get("file", "projection.parquet"))
+        if not projection_path.is_file():
+            raise FileNotFoundError(f"{projection_path}: not found (the report has a projection)")
+        projection = pd.read_parquet(projection_path)
+    html = render_html(report, table, projection, store).encode("utf-8")
+    out = Path(out_dir) / "report.html"
+    write_files({out: html})
+    return out

@@ -17,7 +17,6 @@ from ..measure import MEASURE_VERSION
 from . import rows_named
 
 if TYPE_CHECKING:
-    from ..api import ScanResult
     from ..store import Store
 
 #: Findings shown per check section, and thumbnails per finding, to bound the file size.
@@ -67,8 +66,6 @@ _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 #: properties drawn as overlaid histograms per comparison.
 MAX_HOVER_THUMBS = 400
 MAX_CHART_CLASSES = 40
-MAX_HISTOGRAMS = 4
-HIST_BINS = 24
 
 
 def _data_uri(jpeg: bytes) -> str:
@@ -87,9 +84,10 @@ def _small(jpeg: bytes, side: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def _scatter(frame, hashes: dict[tuple[str, str], str], store: Store, size: int = 420, pad: int = 10) -> dict | None:
+def _scatter(frame, store: Store, size: int = 420, pad: int = 10) -> dict | None:
     """Projection points scaled into an SVG box: (x, y, colour, label, hover id) per point,
-    and the hover thumbnails {id: data URI} for a seeded sample of points."""
+    and the hover thumbnails {id: data URI} for a seeded sample of points (by the points'
+    ``content_hash``)."""
     if frame is None or not len(frame):
         return None
     xy = frame[["x", "y"]].to_numpy(dtype=float)
@@ -100,9 +98,9 @@ def _scatter(frame, hashes: dict[tuple[str, str], str], store: Store, size: int 
     color = {g: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(groups)}
     rng = np.random.default_rng(0)
     order = rng.permutation(len(frame))  # interleave groups: none hides the other
-    group, path, which = frame["group"].to_numpy(), frame["path"].to_numpy(), frame["set"].to_numpy()
+    group, path, hashes = frame["group"].to_numpy(), frame["path"].to_numpy(), frame["content_hash"].to_numpy()
     hover_rows = set(rng.permutation(len(frame))[:MAX_HOVER_THUMBS].tolist())
-    want = {i: hashes.get((which[i], path[i])) for i in hover_rows}
+    want = {i: hashes[i] if isinstance(hashes[i], str) else None for i in hover_rows}
     jpegs = dict(store.thumbnails({h for h in want.values() if h}, MEASURE_VERSION))
     thumbs = {str(i): _data_uri(_small(jpegs[h])) for i, h in want.items() if h in jpegs}
     points = [
@@ -147,47 +145,21 @@ def _resolution_chart(ok) -> list[tuple[str, int, float]]:
     return _bars({n: int(c) for n, c in zip(names, counts, strict=True) if c})
 
 
-def _histograms(result: ScanResult) -> dict[int, list[dict]]:
-    """Per shift entry: overlaid reference/target histograms (SVG polyline points, 300x90)
-    of the properties it found most different (numeric ones), on common bins."""
-    from ..checks.shift import pairs as shift_pairs
-    from ..explain import PROPERTIES
-
-    ctx = getattr(result, "context", None)
-    if ctx is None:
-        return {}
-    by_name = {p.name: p for p in PROPERTIES}
-    sides = {(p.reference, p.target): p for p in shift_pairs(ctx)}
+def _histograms(report: dict) -> dict[int, list[dict]]:
+    """Per shift entry: its overlaid reference/target histograms (report.json's bins) as SVG
+    polyline points in a 300x90 box."""
     out: dict[int, list[dict]] = {}
-    for k, entry in enumerate(result.report.get("shift") or []):
-        pair = sides.get((entry["reference"], entry["target"]))
-        if pair is None:
-            continue
+    for k, entry in enumerate(report.get("shift") or []):
         charts = []
-        for prop in [p for p in entry["properties"] if p["kind"] == "numeric"][:MAX_HISTOGRAMS]:
-            spec = by_name[prop["property"]]
-            r = spec.values(pair.ref_rows).dropna().to_numpy(float)
-            t = spec.values(pair.tgt_rows).dropna().to_numpy(float)
-            if spec.log:
-                r, t = np.log10(r[r > 0]), np.log10(t[t > 0])
-            both = np.concatenate([r, t])
-            if len(r) < 2 or len(t) < 2 or not np.isfinite(both).all():
-                continue
-            lo, hi = np.quantile(both, [0.005, 0.995])
-            if hi <= lo:
-                lo, hi = lo - 0.5, hi + 0.5
-            edges = np.linspace(lo, hi, HIST_BINS + 1)
-            hr = np.histogram(np.clip(r, lo, hi), edges)[0] / len(r)
-            ht = np.histogram(np.clip(t, lo, hi), edges)[0] / len(t)
-            top = max(hr.max(), ht.max()) or 1.0
+        for h in entry.get("histograms") or []:
+            top = max(max(h["reference"], default=0.0), max(h["target"], default=0.0)) or 1.0
 
-            def line(h, top=top):
-                xs = np.linspace(0, 300, HIST_BINS)
-                return " ".join(f"{x:.1f},{90 - 85 * v / top:.1f}" for x, v in zip(xs, h, strict=True))
+            def line(values, top=top):
+                xs = np.linspace(0, 300, len(values))
+                return " ".join(f"{x:.1f},{90 - 85 * v / top:.1f}" for x, v in zip(xs, values, strict=True))
 
-            unit = f" (log10 {spec.unit})" if spec.log and spec.unit else (" (log10)" if spec.log else "")
-            charts.append({"title": spec.title + unit, "ks": prop["statistic"], "ref": line(hr), "tgt": line(ht),
-                           "lo": float(lo), "hi": float(hi)})  # fmt: skip
+            charts.append({"title": h["title"], "ks": h["ks"], "ref": line(h["reference"]), "tgt": line(h["target"]),
+                           "lo": h["lo"], "hi": h["hi"]})  # fmt: skip
         out[k] = charts
     return out
 
@@ -221,8 +193,11 @@ def _curves(finetune: dict | None, width: int = 360, height: int = 120) -> list[
     return out
 
 
-def render_html(result: ScanResult, store: Store) -> str:
-    report = result.report
+def render_html(report: dict, table, projection, store: Store) -> str:
+    """report.html from what a scan writes: ``report`` (report.json's document), ``table``
+    (images.parquet's columns path, split, label, ok, format, width, height, content_hash),
+    ``projection`` (projection.parquet, or None) and the thumbnails in ``store``: the same
+    bytes whether drawn by the scan or again from its files (``audit report``)."""
     sections: dict[str, list[dict]] = {}
     for f in report["findings"]:
         sections.setdefault(f["check"], []).append(f)
@@ -239,19 +214,12 @@ def render_html(result: ScanResult, store: Store) -> str:
             for p in f["paths"][:MAX_THUMBS_PER_FINDING]:
                 wanted.setdefault(p)
     wanted = dict.fromkeys(list(wanted)[:MAX_THUMBS_TOTAL])  # bounds the file: ~5 KB a thumbnail
-    table = result.table
     rows = table.loc[rows_named(table["path"], list(wanted)), ["path", "content_hash"]]
     hash_of = {p: h for p, h in zip(rows["path"], rows["content_hash"], strict=True) if isinstance(h, str)}
     thumbs_by_hash = dict(store.thumbnails(hash_of.values(), MEASURE_VERSION))
     thumbs = {p: _data_uri(thumbs_by_hash[h]) for p, h in hash_of.items() if h in thumbs_by_hash}
     ok = table[table["ok"]]
     formats = ok["format"].value_counts().to_dict() if len(ok) else {}
-    set_hashes: dict[tuple[str, str], str] = {}
-    if result.projection is not None:  # its points' hover thumbnails (without one, no dict of every item)
-        set_hashes = {("dataset", p): h for p, h in zip(table["path"], table["content_hash"], strict=True)}
-        if result.source_table is not None:
-            src = result.source_table
-            set_hashes.update({("source", p): h for p, h in zip(src["path"], src["content_hash"], strict=True)})
     return (
         _env(store.folder)
         .get_template("report.html")
@@ -273,8 +241,8 @@ def render_html(result: ScanResult, store: Store) -> str:
             resolutions=_resolution_chart(ok) if len(ok) else [],
             width_median=float(ok["width"].median()) if len(ok) else 0,
             height_median=float(ok["height"].median()) if len(ok) else 0,
-            scatter=_scatter(result.projection, set_hashes, store),
-            histograms=_histograms(result),
+            scatter=_scatter(projection, store),
+            histograms=_histograms(report),
             curves=_curves(report.get("finetune")),
         )
     )
