@@ -111,32 +111,28 @@ def box_tiny(ctx: CheckContext, params: dict) -> list[Finding]:
             for r, s in zip(b[m].itertuples(), side[m], strict=True)]  # fmt: skip
 
 
-#: Boxes on one image above which box_duplicate and box_label_conflict leave that image out
-#: (box_duplicate reports it instead). Dense real datasets stay far below (COCO: at most a
-#: few hundred boxes an image; SKU-110K shelves and DOTA aerial tiles: a few thousand); a
-#: label file with a million boxes is an export gone wrong, and comparing its boxes pairwise
-#: could report up to n^2 / 2 pairs. A safety bound, not a judgement: hence here, not in
-#: rules/ (move it there if it ever needs tuning).
-MAX_BOXES_PER_IMAGE = 10_000
 
 
-def _overlapping(ctx: CheckContext, b: pd.DataFrame, min_iou: float, same_class: bool) -> list[Finding]:
+def _overlapping(ctx: CheckContext, b: pd.DataFrame, params: dict, same_class: bool) -> list[Finding]:
+    """Pairs of boxes on one image with IoU >= ``min_iou``, of the same class or not; an image
+    with more than ``max_boxes_per_image`` boxes is not compared (box_duplicate reports it)."""
+    min_iou, limit = params["min_iou"], params["max_boxes_per_image"]
     check = "box_duplicate" if same_class else "box_label_conflict"
     valid = valid_boxes(b)
     valid = valid[~valid["crowd"].astype(bool)]  # crowd regions overlap by design
     per_image = valid["path"].value_counts()
-    crowded = per_image[per_image > MAX_BOXES_PER_IMAGE].sort_index()
+    crowded = per_image[per_image > limit].sort_index()
     out = []
     if len(crowded):
-        ctx.notes[check] = (f"{len(crowded)} image(s) with more than {MAX_BOXES_PER_IMAGE:,} boxes not compared: "
+        ctx.notes[check] = (f"{len(crowded)} image(s) with more than {limit:,} boxes not compared: "
                             + ", ".join(crowded.index[:5]))  # fmt: skip
         valid = valid[~valid["path"].isin(crowded.index)]
         # Reported once, by box_duplicate (such a file almost always repeats its boxes); not
         # details["boxes"]: the report draws the boxes listed there.
         if same_class:
-            out += [Finding(check, [path], 1.0, f"{path} has {n:,} boxes, more than the {MAX_BOXES_PER_IMAGE:,} "
+            out += [Finding(check, [path], 1.0, f"{path} has {n:,} boxes, more than the {limit:,} "
                             "compared on one image: duplicates not checked (was the label file written twice, or "
-                            "generated?)", {"box_count": int(n), "limit": MAX_BOXES_PER_IMAGE, "compared": False})
+                            "generated?)", {"box_count": int(n), "limit": limit, "compared": False})
                     for path, n in crowded.items()]  # fmt: skip
     # Pairs are found by a sweep over x (annotations.overlapping_pairs), not an n x n IoU
     # matrix per image: one image with many boxes used to need n^2 memory.
@@ -159,7 +155,10 @@ def _overlapping(ctx: CheckContext, b: pd.DataFrame, min_iou: float, same_class:
     return out
 
 
-@register("box_duplicate", "boxes", {"min_iou": Real(0, 1, "right")})
+OVERLAP_PARAMS = {"min_iou": Real(0, 1, "right"), "max_boxes_per_image": Int(2)}
+
+
+@register("box_duplicate", "boxes", OVERLAP_PARAMS)
 def box_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     """Two boxes of the same class on one image with IoU at least ``min_iou``: the object
     was annotated twice (the model is taught to predict duplicates). COCO crowd regions
@@ -167,17 +166,17 @@ def box_duplicate(ctx: CheckContext, params: dict) -> list[Finding]:
     b = boxes_of(ctx)
     if b is None:
         return ctx.skip("box_duplicate", NOT_DETECTION)
-    return _overlapping(ctx, b, params["min_iou"], same_class=True)
+    return _overlapping(ctx, b, params, same_class=True)
 
 
-@register("box_label_conflict", "boxes", {"min_iou": Real(0, 1, "right")})
+@register("box_label_conflict", "boxes", OVERLAP_PARAMS)
 def box_label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     """Near-identical boxes (IoU at least ``min_iou``) with different classes on one image:
     the annotators disagreed. Score: the IoU."""
     b = boxes_of(ctx)
     if b is None:
         return ctx.skip("box_label_conflict", NOT_DETECTION)
-    return _overlapping(ctx, b, params["min_iou"], same_class=False)
+    return _overlapping(ctx, b, params, same_class=False)
 
 
 def _problems(ctx: CheckContext, check: str, kinds: tuple[str, ...]) -> list[Finding]:

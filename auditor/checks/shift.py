@@ -18,23 +18,25 @@ import numpy as np
 import pandas as pd
 
 from .. import drift
-from ..constraints import FRACTION, NON_NEGATIVE, PROBABILITY_LEVEL, Int
+from ..constraints import FRACTION, NON_NEGATIVE, PROBABILITY_LEVEL, Int, Real
 from ..dataset import EVAL_SPLITS
 from ..explain import compare_labels, compare_properties
 from . import NO_EMBEDDINGS, CheckContext, Finding, register
 
 #: Rows per side for FID (covariances are O(n d^2)).
 FID_CAP = 10_000
-#: Per-class comparisons: images per side (at least, at most) and permutations.
-CLASS_MIN, CLASS_CAP, CLASS_PERMUTATIONS = 10, 200, 200
-#: Fewest embedded images per side the embedding tests run on, whatever the rules say.
-MIN_PER_SIDE = 8
 #: Out-of-support target images listed per comparison; rows per side for the support
 #: distances (exact nearest neighbours, O(n m d)).
 SUPPORT_TOP, SUPPORT_CAP = 12, 20_000
 
-SHIFT_PARAMS = {"alpha": PROBABILITY_LEVEL, "min_magnitude": FRACTION, "min_images": Int(2),
-                "max_samples": Int(2), "permutations": Int(10)}  # fmt: skip
+#: min_images: the embedding tests need a few rows a side (8 at least). class_*: the per-class
+#: comparisons (images per side at least / at most, permutations, the family alpha Bonferroni
+#: splits over the classes). support_excess_factor: the out-of-support share is explained when
+#: it exceeds this many times the share expected of a same-distribution sample.
+SHIFT_PARAMS = {"alpha": PROBABILITY_LEVEL, "min_magnitude": FRACTION, "min_images": Int(8),
+                "max_samples": Int(8), "permutations": Int(10), "class_alpha": PROBABILITY_LEVEL,
+                "class_min_images": Int(2), "class_max_samples": Int(2), "class_permutations": Int(10),
+                "class_max_permutations": Int(10), "support_excess_factor": Real(1)}  # fmt: skip
 
 
 @dataclass
@@ -69,22 +71,28 @@ def _vectors(ctx: CheckContext, rows: pd.DataFrame) -> tuple[np.ndarray, pd.Data
     return vectors[mask], rows[mask]
 
 
-def _class_shift(x: np.ndarray, y: np.ndarray, xl: pd.Series, yl: pd.Series, bandwidth: float) -> list[dict]:
-    """Per shared class with enough images on both sides: MMD² and its permutation p-value;
-    ``significant`` after a Bonferroni correction over the classes compared (family 0.05;
-    enough permutations that a corrected p can be reached)."""
+def _class_shift(
+    x: np.ndarray, y: np.ndarray, xl: pd.Series, yl: pd.Series, bandwidth: float, params: dict
+) -> list[dict]:
+    """Per shared class with at least ``class_min_images`` images on both sides (at most
+    ``class_max_samples`` drawn): MMD² and its permutation p-value; ``significant`` after a
+    Bonferroni correction of ``class_alpha`` over the classes compared (enough permutations,
+    40 a class between ``class_permutations`` and ``class_max_permutations``, that a
+    corrected p can be reached)."""
     out = []
     shared = sorted({c for c in xl.dropna()} & {c for c in yl.dropna()})
     rng = np.random.default_rng(0)
-    eligible = [c for c in shared if (xl == c).sum() >= CLASS_MIN and (yl == c).sum() >= CLASS_MIN]
-    permutations = int(min(4000, max(CLASS_PERMUTATIONS, 40 * len(eligible))))
+    least, cap = params["class_min_images"], params["class_max_samples"]
+    eligible = [c for c in shared if (xl == c).sum() >= least and (yl == c).sum() >= least]
+    permutations = int(min(params["class_max_permutations"], max(params["class_permutations"], 40 * len(eligible))))
     for c in eligible:
         xi = np.flatnonzero((xl == c).to_numpy())
         yi = np.flatnonzero((yl == c).to_numpy())
-        xi, yi = xi[drift.subsample(len(xi), CLASS_CAP, rng)], yi[drift.subsample(len(yi), CLASS_CAP, rng)]
+        xi, yi = xi[drift.subsample(len(xi), cap, rng)], yi[drift.subsample(len(yi), cap, rng)]
         res = drift.mmd_test(drift.normalize(x[xi]), drift.normalize(y[yi]), permutations, 0, bandwidth)
+        significant = res.p_value < params["class_alpha"] / len(eligible)
         out.append({"class": str(c), "mmd2": res.mmd2, "p_value": res.p_value, "n_reference": len(xi),
-                    "n_target": len(yi), "significant": res.p_value < 0.05 / len(eligible)})  # fmt: skip
+                    "n_target": len(yi), "significant": significant})  # fmt: skip
     return sorted(out, key=lambda d: (-d["mmd2"], d["class"]))
 
 
@@ -113,7 +121,7 @@ def _embedding_stats(x: np.ndarray, y: np.ndarray, xr: pd.DataFrame, yr: pd.Data
             "n_sampled": [len(si), len(sj)],
         },
         "classes": _class_shift(x, y, xr["label"].reset_index(drop=True), yr["label"].reset_index(drop=True),
-                                mmd.bandwidth),
+                                mmd.bandwidth, params),
     }  # fmt: skip
 
 
@@ -135,10 +143,11 @@ def analyse(ctx: CheckContext, pair: Pair, params: dict) -> dict:
     else:
         x, xr = _vectors(ctx, pair.ref_rows)
         y, yr = _vectors(ctx, pair.tgt_rows)
-        need = max(params["min_images"], MIN_PER_SIDE)  # the tests need a few rows a side
+        need = params["min_images"]
         if min(len(x), len(y)) < need:
             result["skipped"] = f"fewer than {need} embedded images on a side ({len(x)} vs {len(y)})"
         else:
+            # at least the rows the tests need are drawn, whatever max_samples says
             result["embedding"] = _embedding_stats(x, y, xr, yr, {**params, "max_samples": max(params["max_samples"],
                                                                                                  need)})  # fmt: skip
     cache[pair.key] = result
@@ -160,11 +169,12 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
-def explanations(result: dict, property_params: dict | None = None, top: int = 3) -> list[str]:
+def explanations(result: dict, property_params: dict, analysis_params: dict, top: int = 3) -> list[str]:
     """The sentences that say what differs, most telling first: the properties that pass
-    the ``property_shift`` thresholds, one-sided classes, the classes that moved
-    (Bonferroni-significant), and the share of target images outside the support."""
-    pp = property_params or rule_params(None, "property_shift")
+    the ``property_shift`` thresholds (``property_params``), one-sided classes, the classes
+    that moved (Bonferroni-significant), and the share of target images outside the support
+    when it exceeds ``support_excess_factor`` (``analysis_params``) times the expected."""
+    pp = property_params
     out = []
     props = [p for p in result["properties"] if p["p_value"] < pp["alpha"] and p["statistic"] >= pp["min_statistic"]]
     props = props[:top]
@@ -183,7 +193,7 @@ def explanations(result: dict, property_params: dict | None = None, top: int = 3
         if moved:
             out.append("classes that moved most: " + ", ".join(f"{c['class']} (MMD² {c['mmd2']:.3f})" for c in moved))
         sup = emb["out_of_support"]
-        if sup["fraction"] > 2 * sup["expected"]:
+        if sup["fraction"] > analysis_params["support_excess_factor"] * sup["expected"]:
             out.append(f"{sup['fraction']:.0%} of {result['target']} images lie outside the {result['reference']}'s "
                        f"support (about {sup['expected']:.0%} expected)")  # fmt: skip
     return out
@@ -208,7 +218,7 @@ def _shift_findings(ctx: CheckContext, params: dict, kind: str, check: str) -> l
         if verdict(emb, params) != "shift":
             continue
         lo, hi = emb["auc_ci"]
-        why = explanations(result, rule_params(ctx, "property_shift"))
+        why = explanations(result, rule_params(ctx, "property_shift"), _analysis_params(ctx, result["kind"]))
         message = (f"{pair.target} differs from {pair.reference}: a domain classifier tells them apart with AUC "
                    f"{emb['auc']:.2f} [{lo:.2f}, {hi:.2f}] (drift {emb['magnitude']:.2f}, {_p(emb['p_value'])}, "
                    f"MMD² {emb['mmd2']:.4f})" + (f"; {why[0]}" if why else ""))  # fmt: skip
@@ -444,7 +454,7 @@ def shift_section(ctx: CheckContext) -> list[dict]:
         entry["fid_note"] = "backbone-specific: compare only between runs with the same backbone"
         entry["verdict"] = verdict(result["embedding"], params)
         entry["skipped"] = result["skipped"]
-        entry["explanations"] = explanations(result, rule_params(ctx, "property_shift"))
+        entry["explanations"] = explanations(result, rule_params(ctx, "property_shift"), params)
         entry["properties"] = result["properties"]
         entry["labels"] = result["labels"]
         entry["classes"] = emb.get("classes", [])
