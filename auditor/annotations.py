@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .dataset import SPLIT_NAMES, DatasetError, _inside_real, _manifest_path, _open_text, _within
+from .dataset import SPLIT_NAMES, DatasetError, inside_real, manifest_path, open_text, within
 
 BOX_COLUMNS = ["box_id", "path", "split", "category", "category_id", "x", "y", "w", "h", "units", "source", "where",
                "crowd"]  # fmt: skip
@@ -120,7 +120,7 @@ def _scalar(value) -> bool:
 
 def _load_json(path: Path) -> dict:
     try:
-        with _open_text(path, "COCO file", encoding="utf-8") as fh:
+        with open_text(path, "COCO file", encoding="utf-8") as fh:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
@@ -164,7 +164,7 @@ def _image_locator(root: Path, base: Path) -> Callable[[str], tuple[str, bool] |
 
     def locate(name: str) -> tuple[str, bool] | None:
         try:
-            rel = _manifest_path(name)
+            rel = manifest_path(name)
         except DatasetError:
             return None
         folder, leaf = os.path.split(os.path.join(base, *rel.split("/")))
@@ -180,7 +180,7 @@ def _image_locator(root: Path, base: Path) -> Callable[[str], tuple[str, bool] |
                 mode = os.stat(full).st_mode
         except OSError:  # missing (or a dangling link: missing too)
             mode, real = 0, os.path.realpath(full)
-        if not all(_inside_real(p, r) for p, r in ((real, real_base), (real, real_root), (shown, real_root))):
+        if not all(inside_real(p, r) for p, r in ((real, real_base), (real, real_root), (shown, real_root))):
             return None
         return shown[len(real_root) :].lstrip(os.sep).replace(os.sep, "/"), stat.S_ISREG(mode)
 
@@ -296,7 +296,7 @@ def _polygon_box(segmentation) -> list[float] | None:
 
 def _inside(path: Path, root: Path) -> bool:
     """``path`` lies under ``root`` once symbolic links are followed."""
-    return _within(path.resolve(), root.resolve())
+    return within(path.resolve(), root.resolve())
 
 
 def _images_frame(images: dict) -> pd.DataFrame:
@@ -357,7 +357,7 @@ def _no_alias_loader():
 def _read_text(path: Path, what: str) -> str:
     """A small text file (UTF-8, a BOM allowed), or :class:`DatasetError` naming it."""
     try:
-        with _open_text(path, what, encoding="utf-8-sig") as fh:
+        with open_text(path, what, encoding="utf-8-sig") as fh:
             return fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from None

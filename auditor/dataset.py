@@ -114,7 +114,7 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 
-def _within(path: Path, root: Path) -> bool:
+def within(path: Path, root: Path) -> bool:
     try:
         path.relative_to(root)
         return True
@@ -159,7 +159,7 @@ def _walk(root: Path, follow_symlinks: bool, skipped: Counter) -> list[Path]:
                 skipped["non_utf8_name"] += 1
                 continue
             sub = d / name
-            if sub.is_symlink() and not follow_symlinks and not _within(sub.resolve(), real_root):
+            if sub.is_symlink() and not follow_symlinks and not within(sub.resolve(), real_root):
                 skipped["symlink_outside_root"] += 1
                 continue
             keep.append(name)
@@ -178,7 +178,7 @@ def _walk(root: Path, follow_symlinks: bool, skipped: Counter) -> list[Path]:
                     if not f.exists():
                         skipped["broken_symlink"] += 1
                         continue
-                    if not follow_symlinks and not _within(f.resolve(), real_root):
+                    if not follow_symlinks and not within(f.resolve(), real_root):
                         skipped["symlink_outside_root"] += 1
                         continue
                     mode = os.stat(f).st_mode
@@ -231,7 +231,7 @@ def _row(root: Path, f: Path, split: str | None, label: str | None) -> dict:
     }
 
 
-def _manifest_path(rel: str) -> str:
+def manifest_path(rel: str) -> str:
     """The POSIX form of a manifest path (``a\\b/./c.jpg`` -> ``a/b/c.jpg``, as
     ``PurePosixPath`` normalises it), checked on the string alone: empty, absolute, a drive
     (``C:``) or a ``..`` part raise :class:`DatasetError`, and so does a NUL character (no
@@ -258,12 +258,12 @@ def _suffix(name: str) -> str:
     return name[i:].lower() if 0 < i < len(name) - 1 else ""
 
 
-def _inside_real(path: str, real_root: str) -> bool:
+def inside_real(path: str, real_root: str) -> bool:
     """``path`` (already resolved) is ``real_root`` or under it, compared as strings."""
     return path == real_root or path.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
-def _open_text(path: Path, what: str, **kwargs) -> io.TextIOWrapper:
+def open_text(path: Path, what: str, **kwargs) -> io.TextIOWrapper:
     """A regular file opened as text, or :class:`DatasetError` naming it (a FIFO, socket or
     device is refused without blocking). ``kwargs`` go to :class:`io.TextIOWrapper`."""
     try:
@@ -274,7 +274,7 @@ def _open_text(path: Path, what: str, **kwargs) -> io.TextIOWrapper:
 
 def _manifest_files(root: Path, paths: list[str], lines: Sequence[int], follow_symlinks: bool) -> list[bool]:
     """Which manifest paths (POSIX, relative to root, already checked by
-    :func:`_manifest_path`) name an existing file; raises :class:`DatasetError` for one that
+    :func:`manifest_path`) name an existing file; raises :class:`DatasetError` for one that
     resolves outside root through a symbolic link (unless ``follow_symlinks``).
 
     Set-based, so a million rows cost a million ``lstat`` calls and nothing more: each
@@ -292,10 +292,10 @@ def _manifest_files(root: Path, paths: list[str], lines: Sequence[int], follow_s
         if state is None:
             full_dir = base + folder.replace("/", os.sep) if folder else str(root)
             real = os.path.realpath(full_dir)
-            state = folders[folder] = (os.path.isdir(real), follow_symlinks or _inside_real(real, real_root))
+            state = folders[folder] = (os.path.isdir(real), follow_symlinks or inside_real(real, real_root))
         full = base + rel.replace("/", os.sep)
         # a folder that leads outside: only a file that links back inside is allowed
-        if not state[1] and not _inside_real(os.path.realpath(full), real_root):
+        if not state[1] and not inside_real(os.path.realpath(full), real_root):
             raise DatasetError(f"manifest line {lines[i]}: path {shown(rel)} resolves outside the dataset root")
         if not state[0]:
             continue
@@ -304,7 +304,7 @@ def _manifest_files(root: Path, paths: list[str], lines: Sequence[int], follow_s
         except OSError:
             continue
         if stat.S_ISLNK(mode):
-            if not follow_symlinks and not _inside_real(os.path.realpath(full), real_root):
+            if not follow_symlinks and not inside_real(os.path.realpath(full), real_root):
                 raise DatasetError(f"manifest line {lines[i]}: path {shown(rel)} resolves outside the dataset root")
             exists[i] = os.path.exists(full)  # a dangling link is a missing file
         else:
@@ -316,7 +316,7 @@ def _rows_from_manifest(root: Path, manifest: Path, follow_symlinks: bool) -> tu
     """The items of a manifest as columns (:data:`ITEM_COLUMNS` -> list) and which rows name
     a file that is absent (bool). Columns ``path,label[,split]`` (any case, any order; other
     columns ignored; the last of two same-named columns wins)."""
-    fh = _open_text(manifest, "manifest", newline="", encoding="utf-8-sig")
+    fh = open_text(manifest, "manifest", newline="", encoding="utf-8-sig")
     paths, labels, splits = [], [], []
     lines = array.array("q")  # line numbers for messages, without an int object per row
     interned: dict[str, str] = {}  # one string object per distinct label/split value, not one per row
@@ -334,7 +334,7 @@ def _rows_from_manifest(root: Path, manifest: Path, follow_symlinks: bool) -> tu
                     continue
                 n = len(row)
                 try:
-                    paths.append(_manifest_path(row[ip].strip() if ip < n else ""))
+                    paths.append(manifest_path(row[ip].strip() if ip < n else ""))
                 except DatasetError as exc:
                     raise DatasetError(f"manifest line {reader.line_num}: {exc}") from None
                 label = row[il].strip() if 0 <= il < n else ""
@@ -412,7 +412,7 @@ def discover(
             if not pairs:
                 raise DatasetError(f"layout 'yolo': expected {root / 'images'} and {root / 'labels'} (or "
                                    "<split>/images and <split>/labels)")  # fmt: skip
-            files = [f for f in files if any(_within(f, i) for i, _ in pairs)]
+            files = [f for f in files if any(within(f, i) for i, _ in pairs)]
             rows = [_row(root, f, None, None) for f in files]
             annotations = ann.read_yolo(root, [r["path"] for r in rows])
             split = dict(zip(annotations.images["path"], annotations.images["split"], strict=True))

@@ -341,15 +341,3 @@ def file_digest(path: str | os.PathLike, digest_size: int = 16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a file to RGB uint8 (H, W, 3) or raise ``ValueError`` with the reason.
-
-    For later stages (embedding, fine-tuning) that need pixels of images the scan already
-    accepted.
-    """
-    result, _ = decode_file(path, max_pixels)
-    if isinstance(result, DecodeError):
-        raise ValueError(f"{path}: {result.message}")
-    return result.rgb

@@ -25,7 +25,7 @@ import numpy as np
 from . import decode as dec
 from .fsutil import readable
 from .hashing import perceptual_hashes, pixel_hash
-from .measure import MEASURE_VERSION, _planes, downscale_to, luminance, measure_pixels
+from .measure import MEASURE_VERSION, downscale_to, luminance, measure_pixels, rgb_planes
 from .store import Store
 
 #: Longest side, in pixels, of the working copy the pixel properties are computed on.
@@ -85,7 +85,7 @@ def _pixel_properties(work: np.ndarray, cache_dir: str | None = None) -> tuple[d
     kernels = pixel_kernels(cache_dir)
     if kernels is not None:
         return kernels.measure_rgb(work)
-    planes = _planes(work)
+    planes = rgb_planes(work)
     gray = luminance(work, planes)
     gray_u8 = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
     return measure_pixels(work, gray, planes, gray_u8), gray_u8

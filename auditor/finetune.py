@@ -166,7 +166,7 @@ def _base(options: FinetuneOptions):
     """(backbone model without top, preprocessing layers to put in front of it)."""
     import keras
 
-    from .backbones import DEFAULT_BACKBONE, LITE0, BackboneError, _keras_app, load_keras_app
+    from .backbones import DEFAULT_BACKBONE, LITE0, BackboneError, keras_app, load_keras_app
 
     name = options.backbone or DEFAULT_BACKBONE
     size = options.image_size
@@ -182,7 +182,7 @@ def _base(options: FinetuneOptions):
                 layer.set_weights(weights)
         return backbone, []
     try:
-        fn = _keras_app(name)
+        fn = keras_app(name)
     except BackboneError as exc:
         raise FinetuneError(str(exc)) from None
     module = fn.__module__.rsplit(".", 1)[-1]

@@ -69,11 +69,6 @@ def to_uint64(values) -> np.ndarray:
     return np.fromiter((int(v) for v in values), dtype=np.uint64)
 
 
-def as_signed(values: np.ndarray) -> np.ndarray:
-    """View uint64 hashes as int64 (for storage in Parquet/SQLite, which lack uint64)."""
-    return np.asarray(values, dtype=np.uint64).view(np.int64)
-
-
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Elementwise Hamming distance between two uint64 arrays (int array)."""
     return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)

@@ -286,7 +286,7 @@ def warm(cache_dir: str | os.PathLike | None = None) -> None:
     try:
         for writeable in (True, False):  # decoded images are read-only arrays: numba's other signature
             image.setflags(write=writeable)
-            kernel(image, m._NOISE_BLOCK, m.FINE_BLUR_SIZE)
+            kernel(image, m.NOISE_BLOCK, m.FINE_BLUR_SIZE)
     except OSError:
         _COMPILED[0] = njit(nogil=True)(_measure)
         warm()
@@ -300,13 +300,13 @@ def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     n = h * w
     if not n:
         return m.measure_pixels(rgb), np.zeros((h, w), np.uint8)
-    gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean = _kernel()(rgb, m._NOISE_BLOCK, m.FINE_BLUR_SIZE)
+    gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean = _kernel()(rgb, m.NOISE_BLOCK, m.FINE_BLUR_SIZE)
     mean_rgb, cov = _colour_stats(moments, n)
     luma = np.array([_WR, _WG, _WB], np.float64)
     out = {
         "brightness_mean": float(luma @ mean_rgb),
-        "brightness_p05": m._hist_percentile(hist, 5),
-        "brightness_p95": m._hist_percentile(hist, 95),
+        "brightness_p05": m.hist_percentile(hist, 5),
+        "brightness_p95": m.hist_percentile(hist, 95),
         "contrast": float(np.sqrt(max(luma @ cov @ luma, 0.0))),
         "entropy": m.entropy_bits(gray_u8, hist),
         "sharpness": 0.0,
@@ -322,7 +322,7 @@ def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     if min(h, w) >= 8:
         out["detail_ratio"] = float(np.log((haar[0] + 1e-3) / (haar[1] + 1e-3)))
     out["noise_sigma"] = _noise(rgb, sig, mean)
-    out["channel_spread"] = m._hist_percentile(spread_hist, 99)
+    out["channel_spread"] = m.hist_percentile(spread_hist, 99)
     rg, yb = np.array([1.0, -1.0, 0.0]), np.array([0.5, 0.5, -1.0])
     std_rg, std_yb = np.sqrt(max(rg @ cov @ rg, 0.0)), np.sqrt(max(yb @ cov @ yb, 0.0))
     out["colorfulness"] = float(np.hypot(std_rg, std_yb) + 0.3 * np.hypot(rg @ mean_rgb, yb @ mean_rgb))
@@ -344,12 +344,12 @@ def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray) -> float:
     """measure.noise_sigma per channel, averaged, from the compiled per-block values (the
     quantile in numpy; images too small for the block estimator use the reference)."""
     if sig.shape[1] * sig.shape[2] < 16:
-        return float(np.mean([m.noise_sigma(p) for p in m._planes(rgb)]))
+        return float(np.mean([m.noise_sigma(p) for p in m.rgb_planes(rgb)]))
     values = []
     for c in range(3):
         usable = sig[c][(mean[c] > 8.0) & (mean[c] < 247.0)]
         if usable.size >= 8:
-            values.append(float(np.quantile(usable, m._NOISE_QUANTILE) / m._NOISE_CORRECTION))
+            values.append(float(np.quantile(usable, m.NOISE_QUANTILE) / m.NOISE_CORRECTION))
         else:
             values.append(m.noise_sigma(np.ascontiguousarray(rgb[..., c], dtype=np.float32)))
     return float(np.mean(values))

