@@ -4,11 +4,13 @@
 training scripts (imported lazily: ``import auditor`` stays cheap).
 """
 
-__version__ = "0.1.0"
+from .core.version import __version__
+
+__all__ = ["__version__", "scan", "gate", "GateFailed", "GateResult"]
 
 _LAZY = {
     "scan": ("auditor.pipeline.scan", "scan"),
-    "gate": ("auditor.gating", "gate"),
+    "gate": ("auditor.pipeline.gate", "gate"),
     "GateFailed": ("auditor.gating", "GateFailed"),
     "GateResult": ("auditor.gating", "GateResult"),
 }

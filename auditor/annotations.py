@@ -33,7 +33,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .dataset import SPLIT_NAMES, DatasetError, inside_real, manifest_path, open_text, within
+from .core.errors import DatasetError
+from .core.paths import SPLIT_NAMES, inside_real, manifest_path, within
+from .decode import open_text
 
 BOX_COLUMNS = ["box_id", "path", "split", "category", "category_id", "x", "y", "w", "h", "units", "source", "where",
                "crowd"]  # fmt: skip

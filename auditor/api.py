@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import __version__
 from .backbones import Backbone, get_backbone
-from .checks import CheckContext, Finding, jsonable, load_all
 from .checks.boxes import box_summary
+from .checks.catalog import load_all
+from .checks.context import CheckContext
 from .checks.shift import dataset_gap, gap_level, shift_section
+from .core.findings import Finding, jsonable
 from .core.types import ProgressFn, ScanResult
+from .core.version import __version__
 from .dataset import Discovery, discover, release_unused_memory
 from .extract import ExtractOptions, measure_all
 from .fsutil import check_cache_dir, check_output, output_folder

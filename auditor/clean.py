@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dataset import EVAL_SPLITS, SPLIT_NAMES
+from .core.paths import EVAL_SPLITS, SPLIT_NAMES
 from .fsutil import OutputError, check_output, make_dirs, remove_dirs
 
 #: Strength of each action: the strongest decision for an image wins.

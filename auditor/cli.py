@@ -238,6 +238,15 @@ SHARED_SCAN_OPTIONS = (
 )  # fmt: skip
 
 
+def _scan_options(params: dict) -> dict:
+    """The options of :data:`auditor.pipeline.scan.SCAN_OPTIONS` from a command's parameters
+    (its ``locals()``): the shared options, negated flags turned round."""
+    from .pipeline.scan import SCAN_OPTIONS
+
+    negated = {"embed": "no_embed", "projection": "no_projection"}
+    return {k: (not params[negated[k]]) if k in negated else params[k] for k in SCAN_OPTIONS}
+
+
 @app.command()
 def scan(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
@@ -270,10 +279,7 @@ def scan(
 
     With --source, the dataset is compared with a source-like set (domain_shift); without,
     its splits are compared with train (split_shift)."""
-    options = dict(layout=layout, manifest=manifest, coco=coco, images=images, source=source,
-                   source_layout=source_layout, source_manifest=source_manifest, projection=not no_projection,
-                   embed=not no_embed, backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
-                   batch_size=batch_size, follow_symlinks=follow_symlinks, max_pixels=max_pixels)  # fmt: skip
+    options = _scan_options(locals())
     from .pipeline.scan import scan as run_scan
 
     bar, update = _progress()
@@ -383,8 +389,8 @@ def gate(
     1 when one fails, 2 on a usage or input error. Failing rules are printed first. With
     GITHUB_ACTIONS set, also prints ::error/::warning annotations."""
     from .fsutil import OutputError, atomic_write_bytes
-    from .gating import gate as run_gate
     from .gating import github_annotations, junit_xml
+    from .pipeline.gate import gate as run_gate
 
     if (dataset is None) == (from_report is None):
         _fail("give a DATASET to scan, or --from-report report.json (not both)")
@@ -396,13 +402,9 @@ def gate(
         if from_report is not None:
             result = run_gate(from_report=from_report, rules=rules)
         else:  # a reused scan was judged under these rules (their files are fingerprinted)
+            options = _scan_options(locals())
             result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir,
-                              use_cache=not no_cache, progress=update, source=source, embed=not no_embed,
-                              backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
-                              batch_size=batch_size, layout=layout, manifest=manifest, coco=coco, images=images,
-                              source_layout=source_layout, source_manifest=source_manifest,
-                              projection=not no_projection, follow_symlinks=follow_symlinks,
-                              max_pixels=max_pixels)  # fmt: skip
+                              use_cache=not no_cache, progress=update, **options)  # fmt: skip
     if junit is not None:
         try:
             atomic_write_bytes(junit, junit_xml(result).encode("utf-8"))
@@ -627,13 +629,10 @@ def run_pipeline(
         check_output(out, dataset, images, source)  # as scan's --out: refused before any work
         check_cache_dir(cache_dir, dataset, images, source)
         try:
+            options = _scan_options(locals())
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
                          augment_from_audit=augment and not augmentations, progress=update, workers=workers,
-                         cache_dir=cache_dir, use_cache=not no_cache, coco=coco, images=images, layout=layout,
-                         manifest=manifest, source=source, source_layout=source_layout,
-                         source_manifest=source_manifest, projection=not no_projection, embed=not no_embed,
-                         backbone=backbone, weights=weights, layer=layer, preprocess=preprocess,
-                         batch_size=batch_size, follow_symlinks=follow_symlinks, max_pixels=max_pixels)  # fmt: skip
+                         cache_dir=cache_dir, use_cache=not no_cache, **options)  # fmt: skip
         except (FinetuneError, CleanError) as exc:
             _fail(str(exc))
     print_summary(result.scan)

@@ -23,24 +23,19 @@ from __future__ import annotations
 
 import array
 import csv
-import io
 import os
 import stat
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .decode import IMAGE_EXTENSIONS, file_kind, open_regular, sniff_format
-
-#: Split folder names (any case), in pipeline order: training, then validation-like, then test.
-SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test")
-#: The splits a model is evaluated on, in the order they are preferred for validation.
-EVAL_SPLITS = SPLIT_NAMES[1:]
+from .core.errors import DatasetError
+from .core.paths import SPLIT_NAMES, inside_real, manifest_path, shown, within
+from .core.types import Discovery
+from .decode import IMAGE_EXTENSIONS, file_kind, open_regular, open_text, sniff_format
 
 
 def release_unused_memory() -> None:
@@ -73,33 +68,6 @@ LAYOUTS = ("auto", "class-folders", "split-folders", "manifest", "flat", "coco",
 ITEM_COLUMNS = ["path", "abs_path", "split", "label", "ext"]
 
 
-class DatasetError(ValueError):
-    """The dataset cannot be read as asked (missing, empty, bad manifest): exit code 2."""
-
-
-@dataclass
-class Discovery:
-    """The items of a dataset and what was skipped while finding them."""
-
-    root: Path
-    layout: str
-    items: pd.DataFrame
-    skipped: Counter = field(default_factory=Counter)
-    missing: list[str] = field(default_factory=list)  # manifest rows whose file is absent
-    annotations: Any = None  # auditor.annotations.Annotations for COCO / YOLO datasets
-    # which rows of ``items`` are in ``missing`` (bool), as discovery found them; None: ask
-    # missing_mask(), which works it out from ``missing``
-    absent: np.ndarray | None = field(default=None, repr=False)
-
-    def missing_mask(self) -> np.ndarray:
-        """Which rows of :attr:`items` (bool, one per row) name a file that does not exist."""
-        if self.absent is not None and len(self.absent) == len(self.items):
-            return self.absent
-        if not self.missing:
-            return np.zeros(len(self.items), bool)
-        return self.items["path"].isin(self.missing).to_numpy(bool)
-
-
 def _utf8(name: str) -> bool:
     """Whether a file name decoded from the file system is valid UTF-8 (Python keeps the
     bytes of one that is not as lone surrogates, which JSON and Parquet cannot hold)."""
@@ -112,20 +80,6 @@ def _utf8(name: str) -> bool:
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
-
-
-def within(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
-
-
-def shown(text: str, limit: int = 80) -> str:
-    """``repr`` of at most ``limit`` characters of ``text`` (a path or value from a file the
-    user gave us goes into a one-line error message: it must stay one short line)."""
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -231,45 +185,10 @@ def _row(root: Path, f: Path, split: str | None, label: str | None) -> dict:
     }
 
 
-def manifest_path(rel: str) -> str:
-    """The POSIX form of a manifest path (``a\\b/./c.jpg`` -> ``a/b/c.jpg``, as
-    ``PurePosixPath`` normalises it), checked on the string alone: empty, absolute, a drive
-    (``C:``) or a ``..`` part raise :class:`DatasetError`, and so does a NUL character (no
-    file system accepts one; ``os.stat`` raises ``ValueError``)."""
-    if not rel or rel.strip() != rel or "\x00" in rel:
-        raise DatasetError(f"invalid path {shown(rel)} in manifest")
-    # The common case, already normal (no "\\", empty, "." or ".." part, no drive), costs a
-    # few substring tests instead of a split: a manifest can have a million rows.
-    if not (rel[0] in "./" or rel[-1] == "/" or "\\" in rel or "//" in rel or "/." in rel
-            or ":" in rel.partition("/")[0]):  # fmt: skip
-        return rel
-    text = rel.replace("\\", "/")
-    parts = [p for p in text.split("/") if p and p != "."]
-    if text.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
-        raise DatasetError(f"manifest path {shown(rel)} escapes the dataset root")
-    if not parts:
-        raise DatasetError(f"invalid path {shown(rel)} in manifest")
-    return "/".join(parts)
-
-
 def _suffix(name: str) -> str:
     """``PurePath.suffix`` of a file name, lower case, without building a path object."""
     i = name.rfind(".")
     return name[i:].lower() if 0 < i < len(name) - 1 else ""
-
-
-def inside_real(path: str, real_root: str) -> bool:
-    """``path`` (already resolved) is ``real_root`` or under it, compared as strings."""
-    return path == real_root or path.startswith(real_root.rstrip(os.sep) + os.sep)
-
-
-def open_text(path: Path, what: str, **kwargs) -> io.TextIOWrapper:
-    """A regular file opened as text, or :class:`DatasetError` naming it (a FIFO, socket or
-    device is refused without blocking). ``kwargs`` go to :class:`io.TextIOWrapper`."""
-    try:
-        return io.TextIOWrapper(open_regular(path), **kwargs)
-    except OSError as exc:
-        raise DatasetError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def _manifest_files(root: Path, paths: list[str], lines: Sequence[int], follow_symlinks: bool) -> list[bool]:

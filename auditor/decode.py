@@ -29,6 +29,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .core.errors import DatasetError
+
 # Truncated files must fail loudly, never decode half an image silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -341,3 +343,12 @@ def file_digest(path: str | os.PathLike, digest_size: int = 16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def open_text(path: os.PathLike, what: str, **kwargs) -> io.TextIOWrapper:
+    """A regular file opened as text, or :class:`DatasetError` naming it (a FIFO, socket or
+    device is refused without blocking). ``kwargs`` go to :class:`io.TextIOWrapper`."""
+    try:
+        return io.TextIOWrapper(open_regular(path), **kwargs)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} {path}: {exc.strerror or exc}") from None

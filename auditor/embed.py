@@ -217,7 +217,7 @@ def save_embeddings(path: str | os.PathLike, items, embeddings: Embeddings) -> i
     import json
     from pathlib import Path
 
-    from .report import atomic_write_bytes
+    from .fsutil import atomic_write_bytes
 
     path = Path(path)
     vectors, mask = embeddings.rows(items["content_hash"])

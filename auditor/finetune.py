@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import quiet_tensorflow
-from .dataset import EVAL_SPLITS
+from .core.paths import EVAL_SPLITS
 
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
 #: Always on when augmenting; the photometric ones are added when the audit asks for them.
@@ -384,7 +384,7 @@ def finetune(
     tmp = out_dir / f".model.{os.getpid()}.keras"
     model.save(tmp)
     os.replace(tmp, files["model"])
-    from .report import atomic_write_bytes
+    from .fsutil import atomic_write_bytes
 
     atomic_write_bytes(files["history"], (json.dumps(history, indent=2) + "\n").encode())
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()}

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks import Finding, jsonable
+from .core.findings import Finding, jsonable
 from .fsutil import printable
-from .rules import SEVERITIES, Rules, RulesError, apply_severities, judge, load_rules, short_repr
+from .rules import SEVERITIES, Rules, RulesError, apply_severities, judge, short_repr
 
 
 class GateFailed(RuntimeError):
@@ -54,7 +54,7 @@ def _example(f: dict, paths: int = 3) -> str:
     return f["message"] + (f": {', '.join(shown)}{more}" if shown else "")
 
 
-def _result(report: dict, report_path: Path | None, scan: Any = None, examples: int = 3) -> GateResult:
+def gate_result(report: dict, report_path: Path | None, scan: Any = None, examples: int = 3) -> GateResult:
     by_check: dict[str, list[dict]] = {}
     for f in report["findings"]:
         by_check.setdefault(f["check"], []).append(f)
@@ -228,43 +228,6 @@ def check_report(report: dict) -> str | None:
     return None
 
 
-def gate(
-    dataset: str | os.PathLike | None = None,
-    *,
-    rules: str | os.PathLike | Rules | None = None,
-    source: str | os.PathLike | None = None,
-    from_report: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    raise_on_fail: bool = False,
-    **scan_options: Any,
-) -> GateResult:
-    """Judge a dataset against ``rules`` (a preset name, a file, or :class:`Rules`; default
-    ``default``) and return a :class:`GateResult` (truthy when it passed).
-
-    With ``dataset``: scans it (:func:`auditor.scan`: cached, and reused whole when nothing
-    changed; ``source`` and every scan option pass through) and writes the report to ``out`` (default
-    ``reports/<dataset-name>/``). With ``from_report``: judges that report.json without
-    scanning (under ``rules`` if given, else as recorded). ``raise_on_fail=True`` raises
-    :class:`GateFailed` instead of returning a failed result.
-    """
-    if (dataset is None) == (from_report is None):
-        raise ValueError("give either a dataset to scan or from_report=report.json")
-    if from_report is not None:
-        report = load_report(from_report)
-        if rules is not None:
-            report = rejudge(report, rules if isinstance(rules, Rules) else load_rules(rules))
-        result = _result(report, Path(from_report))
-    else:
-        from .pipeline.scan import scan
-
-        # a rules name or path, not the loaded object: the scan is reused when nothing changed
-        scanned = scan(dataset, out, rules=rules, source=source, **scan_options)
-        result = _result(scanned.report, scanned.files.get("json"), scanned)
-    if raise_on_fail and not result.passed:
-        raise GateFailed(result)
-    return result
-
-
 def _describe(entry: dict) -> str:
     allowed = []
     if entry.get("threshold") is not None:
@@ -352,5 +315,5 @@ def github_annotations(result: GateResult, limit: int = MAX_ANNOTATIONS) -> list
     return lines
 
 
-__all__ = ["GateFailed", "GateResult", "ReportError", "gate", "github_annotations", "junit_xml", "rejudge",
+__all__ = ["GateFailed", "GateResult", "ReportError", "github_annotations", "junit_xml", "rejudge",
            "RulesError"]  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .checks import CheckContext
+from .checks.context import CheckContext
 
 #: Points per group (source/dataset, or split) drawn into the projection.
 MAX_PER_GROUP = 1500

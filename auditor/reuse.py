@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fsutil import readable
-from .rules import rules_files
 from .store import CacheWarning, Store
 
 #: Bump when the record format changes.
@@ -112,12 +111,13 @@ def _tree(h, root: Path, follow_symlinks: bool) -> bool:
 def _auditor_state(h) -> None:
     """The running auditor: who runs it, its version, its source files, the Python, the
     installed packages."""
-    from . import __version__
+    from .core import version
+    from .core.version import __version__
 
     h.update(f"auditor {__version__} format {_FORMAT} python {sys.version}\n".encode())
     if hasattr(os, "geteuid"):
         h.update(f"user {os.geteuid()} {os.getegid()} {sorted(os.getgroups())}\n".encode())
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(version.__file__).resolve().parents[1]  # the package root, wherever this module lives
     for dirpath, dirnames, filenames in os.walk(pkg):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
@@ -203,22 +203,26 @@ def prepare(
     options: dict,
     cache_dir: str | os.PathLike | None = None,
     rules: str | None = None,
+    rules_files: Iterable[str | os.PathLike] = (),
     extra_trees: Iterable[str | os.PathLike | None] = (),
     extra_files: Iterable[str | os.PathLike | None] = (),
     follow_symlinks: bool = False,
 ) -> Reuse | None:
     """Fingerprint a scan of ``dataset`` with ``options`` (JSON-able, everything that changes
-    the outputs). ``extra_trees``: other folders it reads (the source set, COCO images);
-    ``extra_files``: single files (manifests, COCO JSON, weights, a model file). None when the
-    dataset is not a folder, a path cannot be resolved (the scan reports those) or the tree
-    is too large to fingerprint."""
+    the outputs) under ``rules`` (its name or path) whose files are ``rules_files`` (the file
+    and every file it extends: :func:`auditor.rules.rules_files`). ``extra_trees``: other
+    folders it reads (the source set, COCO images); ``extra_files``: single files (manifests,
+    COCO JSON, weights, a model file). None when the dataset is not a folder, a path cannot
+    be resolved (the scan reports those) or the tree is too large to fingerprint."""
     try:
-        return _prepare(dataset, options, cache_dir, rules, extra_trees, extra_files, follow_symlinks)
-    except (OSError, RuntimeError, ValueError):  # a link loop in a path, invalid rules: the scan reports it
+        return _prepare(dataset, options, cache_dir, rules, rules_files, extra_trees, extra_files, follow_symlinks)
+    except (OSError, RuntimeError, ValueError):  # a link loop in a path: the scan reports it
         return None
 
 
-def _prepare(dataset, options, cache_dir, rules, extra_trees, extra_files, follow_symlinks) -> Reuse | None:
+def _prepare(
+    dataset, options, cache_dir, rules, rules_files, extra_trees, extra_files, follow_symlinks
+) -> Reuse | None:
     root = Path(dataset)
     if not root.is_dir():
         return None
@@ -235,7 +239,7 @@ def _prepare(dataset, options, cache_dir, rules, extra_trees, extra_files, follo
             h.update(f"tree {Path(tree).resolve()}\n".encode("utf-8", "surrogateescape"))
             if not _tree(h, Path(tree), follow_symlinks):
                 return None
-    for f in (*extra_files, *rules_files(rules)):  # RulesError: no reuse; the scan says why
+    for f in (*extra_files, *rules_files):
         if f is not None:
             h.update(f"file {_stat_line(str(Path(f).absolute()))}\n".encode("utf-8", "surrogateescape"))
     return Reuse(store_path, key, h.hexdigest())

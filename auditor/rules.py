@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import reprlib
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,12 +33,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .constraints import BOOLEAN, COUNT, FRACTION, Int, choices
+from .core.types import CheckRule, Rules, RulesError
 
 #: libyaml's safe loader when PyYAML was built with it (5x faster), else the Python one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 if TYPE_CHECKING:  # the checks (and pandas) load when rules are validated, not on import
-    from .checks import Finding
+    from .core.findings import Finding
 
 
 SCHEMA = "auditor.rules/1"
@@ -68,28 +68,6 @@ def short_repr(value: Any, limit: int = 120) -> str:
     any size."""
     text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class RulesError(ValueError):
-    """An invalid rules file (exit code 2)."""
-
-
-@dataclass
-class CheckRule:
-    name: str
-    severity: str
-    params: dict[str, Any]
-    enabled: bool = True
-    max_count: int | None = None
-    max_fraction: float | None = None
-
-
-@dataclass
-class Rules:
-    source: str
-    settings: dict[str, Any]
-    checks: dict[str, CheckRule] = field(default_factory=dict)
-    clean: dict[str, Any] = field(default_factory=dict)  # filled by validate()
 
 
 def preset_path(name: str) -> Path:
@@ -184,7 +162,7 @@ def _check_type(src: str, key: str, value: Any, expected) -> None:
 
 def validate(data: dict, src: str) -> Rules:
     """Turn a parsed (and merged) rules mapping into :class:`Rules`, or raise RulesError."""
-    from .checks import load_all
+    from .checks.catalog import load_all
 
     registry = load_all()
     unknown = set(data) - _TOP_KEYS

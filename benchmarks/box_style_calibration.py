@@ -73,8 +73,8 @@ def per_box_alarm(boxes: pd.DataFrame, alpha: float = 0.05, min_rel: float = 0.1
 
 def check_alarm(boxes: pd.DataFrame, images: pd.DataFrame) -> bool:
     from auditor.annotations import Annotations
-    from auditor.checks import CheckContext
     from auditor.checks.boxes import box_style_shift
+    from auditor.checks.context import CheckContext
     from auditor.rules import load_rules
 
     ann = Annotations("yolo", [], boxes, images, {"a": "a", "b": "b"})

@@ -26,7 +26,9 @@ from PIL import Image
 
 from auditor.annotations import BOX_COLUMNS, Annotations
 from auditor.api import HASH_COLUMNS, MEASURED_COLUMNS
-from auditor.checks import NO_EMBEDDINGS, CheckContext, Finding, load_all
+from auditor.checks.catalog import load_all
+from auditor.checks.context import NO_EMBEDDINGS, CheckContext
+from auditor.core.findings import Finding
 from auditor.embed import Embeddings
 from auditor.hashing import perceptual_hashes, pixel_hash
 from auditor.rules import load_rules

@@ -8,9 +8,9 @@ from conftest import tree_digest
 from typer.testing import CliRunner
 
 from auditor import synth
-from auditor.checks import Finding
 from auditor.clean import decide
 from auditor.cli import app
+from auditor.core.findings import Finding
 from auditor.rules import load_rules
 
 runner = CliRunner()

@@ -26,12 +26,15 @@ from conftest import tree_digest
 
 from auditor import synth
 from auditor.annotations import iou_matrix
-from auditor.checks import CheckContext, Finding
-from auditor.checks.boxes import MAX_BOXES_PER_IMAGE, _box, box_duplicate, box_label_conflict, valid_boxes
+from auditor.checks.boxes import _box, box_duplicate, box_label_conflict, valid_boxes
+from auditor.checks.context import CheckContext
+from auditor.core.findings import Finding
 from auditor.dataset import DatasetError, discover
 from auditor.decode import DEFAULT_MAX_FILE_BYTES, decode_file, open_regular, read_bytes
+from auditor.rules import load_rules
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+OVERLAP_RULES = load_rules().checks["box_duplicate"].params
 
 
 def _png(path: Path, seed: int = 0) -> Path:
@@ -365,7 +368,7 @@ def test_manifest_of_missing_files_costs_little_per_row(tmp_path):
 
     from auditor.api import build_report, build_table, present_paths, run_checks
     from auditor.extract import measure_all
-    from auditor.report import _report_json, image_table
+    from auditor.report.encode import image_table, report_json_view
     from auditor.rules import load_rules
     from auditor.store import Store
 
@@ -387,7 +390,7 @@ def test_manifest_of_missing_files_costs_little_per_row(tmp_path):
         report = build_report(disc, table, findings, rules)
         held = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        text = _report_json(report)  # what write_outputs writes: a view of one buffer
+        text = report_json_view(report)  # what write_outputs writes: a view of one buffer
         json_peak = tracemalloc.get_traced_memory()[1] - held
     finally:
         tracemalloc.stop()
@@ -414,7 +417,7 @@ def test_report_json_is_what_json_dumps_writes():
     what json.dumps(indent=2, ensure_ascii=False, allow_nan=False) writes, errors included."""
     import random
 
-    from auditor.report import report_json_bytes
+    from auditor.report.encode import report_json_bytes
 
     rnd = random.Random(0)
     scalars = [None, True, False, 0, -1, 2**70, 1.5, -0.0, 1e-7, 1e16, "", 'a\nb"c\\', "ünï ✓ \u2028 \x00"]
@@ -522,7 +525,7 @@ def _ctx_with_boxes(b: pd.DataFrame) -> CheckContext:
 def test_box_overlap_sweep_matches_the_quadratic_search(min_iou):
     b = _random_boxes(n_images=40, per_image=60, seed=int(min_iou * 100))
     for check, same in ((box_duplicate, True), (box_label_conflict, False)):
-        new = check(_ctx_with_boxes(b), {"min_iou": min_iou})
+        new = check(_ctx_with_boxes(b), {**OVERLAP_RULES, "min_iou": min_iou})
         old = _old_overlapping(b, min_iou, same)
         assert len(old) > 0 or min_iou >= 0.99
         assert [(f.check, f.paths, f.score, f.message, f.details) for f in new] == \
@@ -533,7 +536,7 @@ def test_box_overlap_is_linear_in_images():
     """The per-image pandas loop made a 20,000-image COCO file take minutes."""
     b = _random_boxes(n_images=5000, per_image=8, seed=3)
     t0 = time.perf_counter()
-    found = box_duplicate(_ctx_with_boxes(b), {"min_iou": 0.9})
+    found = box_duplicate(_ctx_with_boxes(b), OVERLAP_RULES)
     assert found and time.perf_counter() - t0 < 3.0
 
 
@@ -541,7 +544,7 @@ def test_image_with_too_many_boxes_is_one_finding_not_n_squared(tmp_path):
     """A label file with 1,000,000 boxes asked for a 1e6 x 1e6 IoU matrix (7.28 TiB)."""
     from auditor.api import scan
 
-    n = MAX_BOXES_PER_IMAGE + 1
+    n = OVERLAP_RULES["max_boxes_per_image"] + 1
     root = tmp_path / "ds"
     _yolo(root)
     rng = np.random.default_rng(0)
@@ -555,14 +558,14 @@ def test_image_with_too_many_boxes_is_one_finding_not_n_squared(tmp_path):
     dup = [f for f in result.findings if f.check == "box_duplicate"]
     assert sorted(f.paths[0] for f in dup) == ["images/train/x.png", "images/train/y.png"]
     crowded = next(f for f in dup if f.paths == ["images/train/x.png"])
-    assert crowded.details == {"box_count": n, "limit": MAX_BOXES_PER_IMAGE, "compared": False}
+    assert crowded.details == {"box_count": n, "limit": OVERLAP_RULES["max_boxes_per_image"], "compared": False}
     assert "images/train/x.png" in result.report["checks"]["box_label_conflict"]["note"]
 
 
 def test_sweep_handles_a_dense_image_below_the_bound():
     """10,000 boxes on one image: the IoU matrix needed about 6 GB of temporaries."""
     rng = np.random.default_rng(1)
-    n = MAX_BOXES_PER_IMAGE - 5
+    n = OVERLAP_RULES["max_boxes_per_image"] - 5
     x0, y0 = rng.uniform(0, 0.95, n), rng.uniform(0, 0.95, n)
     w, h = rng.uniform(0.01, 0.05, n), rng.uniform(0.01, 0.05, n)
     b = pd.DataFrame({"box_id": np.arange(n).astype(str), "path": "a.jpg", "split": None, "category": "a",
@@ -570,7 +573,7 @@ def test_sweep_handles_a_dense_image_below_the_bound():
                       "crowd": False})  # fmt: skip
     b = pd.concat([b, b.iloc[:5]], ignore_index=True)  # 5 exact duplicates
     t0 = time.perf_counter()
-    found = box_duplicate(_ctx_with_boxes(b), {"min_iou": 0.9})
+    found = box_duplicate(_ctx_with_boxes(b), OVERLAP_RULES)
     assert len(found) >= 5 and time.perf_counter() - t0 < 3.0
 
 

@@ -1,11 +1,11 @@
 import pytest
 
-from auditor.checks import Finding
+from auditor.core.findings import Finding
 from auditor.rules import RulesError, judge, load_rules
 
 
 def test_default_rules_cover_every_check():
-    from auditor.checks import load_all
+    from auditor.checks.catalog import load_all
 
     rules = load_rules()
     assert set(rules.checks) == set(load_all())
@@ -93,7 +93,7 @@ def test_invalid_rules_name_file_key_and_expectation(tmp_path, text, match):
 
 def test_every_check_parameter_declares_its_range_or_choices():
     """The schema: no bare types; every default value lies inside its own constraint."""
-    from auditor.checks import load_all
+    from auditor.checks.catalog import load_all
     from auditor.constraints import Boolean, Interval, Options
 
     rules = load_rules()
@@ -104,7 +104,7 @@ def test_every_check_parameter_declares_its_range_or_choices():
 
 
 def test_a_check_without_a_constraint_cannot_register():
-    from auditor.checks import register
+    from auditor.checks.registry import register
 
     with pytest.raises(TypeError, match="needs a constraint"):
         register("loose_check_for_test", "quality", {"threshold": float})(lambda ctx, params: [])

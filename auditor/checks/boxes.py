@@ -17,7 +17,9 @@ import pandas as pd
 
 from ..annotations import geometry, overlapping_pairs
 from ..constraints import COUNT, FRACTION, NON_NEGATIVE, PIXELS, PROBABILITY_LEVEL, Int, Real
-from . import CheckContext, Finding, register
+from ..core.findings import Finding
+from .context import CheckContext
+from .registry import register
 
 NOT_DETECTION = "not a detection dataset (no COCO or YOLO box annotations)"
 #: Box geometry compared by ``box_style_shift``: name -> (kind, description). "size"
@@ -109,8 +111,6 @@ def box_tiny(ctx: CheckContext, params: dict) -> list[Finding]:
     return [_box_finding("box_tiny", r, float(1 - s / params["min_side_px"]),
                          f"{r.pw:.1f} x {r.ph:.1f} px", width_px=float(r.pw), height_px=float(r.ph))
             for r, s in zip(b[m].itertuples(), side[m], strict=True)]  # fmt: skip
-
-
 
 
 def _overlapping(ctx: CheckContext, b: pd.DataFrame, params: dict, same_class: bool) -> list[Finding]:

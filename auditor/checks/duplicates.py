@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from ..constraints import AT_LEAST_ONE, NON_NEGATIVE, Int, Real
+from ..core.findings import Finding
 from ..hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
 from ..neighbors import similar_pairs
 from ..verify import ALIGNED, typical_difference, verify_pairs
-from . import CheckContext, Finding, register
+from .context import CheckContext
+from .registry import register
 
 
 def _split_key(split) -> str:

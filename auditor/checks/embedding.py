@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 
 from ..constraints import AT_LEAST_ONE, POSITIVE, Real
+from ..core.findings import Finding
 from ..neighbors import knn
-from . import NO_EMBEDDINGS, CheckContext, Finding, register
+from .context import NO_EMBEDDINGS, CheckContext
 from .quality import _relative_ok, robust_z
+from .registry import register
 
 
 def _class_distance(vectors: np.ndarray, labels: pd.Series, k: int) -> np.ndarray:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..core.findings import Finding
 from ..decode import FORMAT_EXTENSIONS
-from . import CheckContext, Finding, register
+from .context import CheckContext
+from .registry import register
 
 _REASONS = {
     "empty": "file is empty",

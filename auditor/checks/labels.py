@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ..constraints import AT_LEAST_ONE, COUNT, FRACTION, POSITIVE, Int, Real, choices
+from ..core.findings import Finding
 from ..dataset import labeled
-from . import NO_EMBEDDINGS, CheckContext, Finding, register
+from .context import NO_EMBEDDINGS, CheckContext
 from .duplicates import NEAR_PARAMS, closest_evidence, evidence_text, kind_key, near_graph
+from .registry import register
 
 UNLABELED = "the dataset is unlabeled (no class folders or label column)"
 

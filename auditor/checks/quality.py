@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 
 from ..constraints import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Int, Real
-from . import CheckContext, Finding, register
+from ..core.findings import Finding
+from .context import CheckContext
+from .registry import register
 
 _MAD_TO_SIGMA = 1.4826
 

@@ -19,9 +19,11 @@ import pandas as pd
 
 from .. import drift
 from ..constraints import FRACTION, NON_NEGATIVE, PROBABILITY_LEVEL, Int, Real
-from ..dataset import EVAL_SPLITS
+from ..core.findings import Finding
+from ..core.paths import EVAL_SPLITS
 from ..explain import compare_labels, compare_properties
-from . import NO_EMBEDDINGS, CheckContext, Finding, register
+from .context import NO_EMBEDDINGS, CheckContext
+from .registry import register
 
 #: Rows per side for FID (covariances are O(n d^2)).
 FID_CAP = 10_000
@@ -250,15 +252,14 @@ def split_shift(ctx: CheckContext, params: dict) -> list[Finding]:
     return _shift_findings(ctx, params, "split", "split_shift")
 
 
-def rule_params(ctx: CheckContext | None, name: str) -> dict:
+def rule_params(ctx: CheckContext, name: str) -> dict:
     """The params of rule ``name`` for this scan (also when the rule is disabled: the
-    comparisons still run for the report), or the bundled default rules' when the context
-    was built without rules. No threshold lives in this module."""
-    if ctx is not None and name in ctx.shift_params:
-        return ctx.shift_params[name]
-    from ..rules import load_rules
-
-    return load_rules().checks[name].params
+    comparisons still run for the report), from ``ctx.shift_params`` (filled from the rules by
+    :func:`auditor.api.check_context`). No threshold lives in this module, and it never
+    loads rules itself."""
+    if name not in ctx.shift_params:
+        raise KeyError(f"the check context carries no params of rule {name!r} (shift_params; see check_context)")
+    return ctx.shift_params[name]
 
 
 def _analysis_params(ctx: CheckContext, kind: str) -> dict:

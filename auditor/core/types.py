@@ -3,19 +3,70 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: a reused scan never imports pandas until its table is read
+    import numpy as np
     import pandas as pd
 
-    from ..checks import Finding
-    from ..dataset import Discovery
-    from ..rules import Rules
+    from .findings import Finding
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, advance, total)
+
+
+class RulesError(ValueError):
+    """An invalid rules file (exit code 2)."""
+
+
+@dataclass
+class CheckRule:
+    """One check's entry in a rules file, validated (:func:`auditor.rules.load_rules`)."""
+
+    name: str
+    severity: str
+    params: dict[str, Any]
+    enabled: bool = True
+    max_count: int | None = None
+    max_fraction: float | None = None
+
+
+@dataclass
+class Rules:
+    """A validated rules file: settings, one :class:`CheckRule` per check, the clean policy."""
+
+    source: str
+    settings: dict[str, Any]
+    checks: dict[str, CheckRule] = field(default_factory=dict)
+    clean: dict[str, Any] = field(default_factory=dict)  # filled by validate()
+
+
+@dataclass
+class Discovery:
+    """The items of a dataset and what was skipped while finding them."""
+
+    root: Path
+    layout: str
+    items: pd.DataFrame
+    skipped: Counter = field(default_factory=Counter)
+    missing: list[str] = field(default_factory=list)  # manifest rows whose file is absent
+    annotations: Any = None  # auditor.annotations.Annotations for COCO / YOLO datasets
+    # which rows of ``items`` are in ``missing`` (bool), as discovery found them; None: ask
+    # missing_mask(), which works it out from ``missing``
+    absent: np.ndarray | None = field(default=None, repr=False)
+
+    def missing_mask(self) -> np.ndarray:
+        """Which rows of :attr:`items` (bool, one per row) name a file that does not exist."""
+        import numpy as np
+
+        if self.absent is not None and len(self.absent) == len(self.items):
+            return self.absent
+        if not self.missing:
+            return np.zeros(len(self.items), bool)
+        return self.items["path"].isin(self.missing).to_numpy(bool)
 
 
 @dataclass
@@ -68,7 +119,7 @@ class ScanResult:
             return pd.read_parquet(files["table"]) if "table" in files else None
 
         def findings():
-            from ..checks import Finding
+            from .findings import Finding
 
             return [Finding(f["check"], list(f["paths"]), f["score"], f["message"], dict(f.get("details") or {}),
                             f["severity"]) for f in report.get("findings", [])]  # fmt: skip

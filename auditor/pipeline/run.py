@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checks import jsonable
+from ..core.findings import jsonable
 
 
 @dataclass

@@ -48,6 +48,12 @@ def _fingerprintable(rules: Any, options: dict[str, Any]) -> bool:
 
 def _prepare(dataset, options: dict, rules, cache_dir):
     from ..reuse import prepare
+    from ..rules import RulesError, rules_files
+
+    try:
+        files_of_rules = rules_files(rules)
+    except (RulesError, OSError):  # no reuse: the scan says what is wrong with the rules
+        return None
 
     trees, files = [], []
     for key in _READS:
@@ -60,7 +66,8 @@ def _prepare(dataset, options: dict, rules, cache_dir):
                 trees.append(path.parent)
     key_options = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in options.items()}
     return prepare(dataset, options=key_options, cache_dir=cache_dir, rules=None if rules is None else str(rules),
-                   follow_symlinks=options["follow_symlinks"], extra_trees=trees, extra_files=files)  # fmt: skip
+                   rules_files=files_of_rules, follow_symlinks=options["follow_symlinks"], extra_trees=trees,
+                   extra_files=files)  # fmt: skip
 
 
 def scan(

@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemBytecodeCache, PackageLoader, select_a
 
 from ..dataset import labeled as labeled_rows
 from ..measure import MEASURE_VERSION
-from . import rows_named
+from .encode import rows_named
 
 if TYPE_CHECKING:
     from ..store import Store
