@@ -48,14 +48,15 @@ COPY_DEFECTS = ("exact_duplicate", "leakage", "near_duplicate", "crop_copy", "mi
 QUALITY_DEFECTS = ("corrupt", "dark", "bright", "low_resolution", "noisy", "blurry")
 
 
-def _rgb(img: np.ndarray) -> np.ndarray:
+def as_rgb(img: np.ndarray) -> np.ndarray:
+    """``img`` (gray or RGB[A], any integer type) as contiguous RGB uint8."""
     img = np.asarray(img)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3]).astype(np.uint8)
 
 
-def _encode(rgb: np.ndarray, fmt: str, quality: int = 90) -> bytes:
+def encode_image(rgb: np.ndarray, fmt: str, quality: int = 90) -> bytes:
     """``rgb`` stored as the domain stores its images: ``png`` (lossless; a grayscale image as
     an L-mode PNG) or ``jpg``."""
     img = Image.fromarray(rgb)
@@ -88,19 +89,19 @@ def blur_radius(rgb: np.ndarray, strength: int) -> float:
 def make_defect(defect: str, strength: int, rgb: np.ndarray, fmt: str, seed: int) -> bytes:
     """The bytes of one injected quality defect made from ``rgb`` (``strength`` 1 or 2)."""
     if defect == "corrupt":
-        data = _encode(rgb, fmt)
+        data = encode_image(rgb, fmt)
         return data[: max(16, len(data) // 2)] if strength == 1 else synth.random_bytes(2048, seed)
     if defect == "dark":  # two and three stops under
-        return _encode(synth.darken(rgb, 0.25 if strength == 1 else 0.125), fmt)
+        return encode_image(synth.darken(rgb, 0.25 if strength == 1 else 0.125), fmt)
     if defect == "bright":
-        return _encode(synth.overexpose(rgb, 0.25 if strength == 1 else 0.125), fmt)
+        return encode_image(synth.overexpose(rgb, 0.25 if strength == 1 else 0.125), fmt)
     if defect == "low_resolution":
-        return _encode(synth.downscale(rgb, 3 if strength == 1 else 5), fmt)
+        return encode_image(synth.downscale(rgb, 3 if strength == 1 else 5), fmt)
     if defect == "noisy":  # PNG: a JPEG would smooth the noise away
-        return _encode(synth.add_noise(rgb, 15.0 if strength == 1 else 30.0, seed), "png")
+        return encode_image(synth.add_noise(rgb, 15.0 if strength == 1 else 30.0, seed), "png")
     if defect == "blurry":
         out = np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(blur_radius(rgb, strength))))
-        return _encode(out, fmt)
+        return encode_image(out, fmt)
     raise ValueError(f"not a quality defect: {defect}")
 
 
@@ -160,10 +161,10 @@ def build_versions(
     dirs = {v: out / v for v in ("clean", "injected", "flipped")}
     for k, i in enumerate(clean_idx):
         label, img = images[i]
-        rgb = _rgb(img)
+        rgb = as_rgb(img)
         split = "val" if k % 5 == 4 else "train"
         rel = f"{split}/{_safe_label(label)}/img_{k:05d}{ext}"
-        data = _encode(rgb, fmt)
+        data = encode_image(rgb, fmt)
         for d in dirs.values():
             synth.write(d / rel, data)
         clean.append((rel, split, _safe_label(label), rgb))
@@ -180,7 +181,7 @@ def build_versions(
                 if defect in QUALITY_DEFECTS:
                     label, img = images[spare_idx.pop()]
                     split = "val" if j % 5 == 4 else "train"
-                    data = make_defect(defect, strength, _rgb(img), fmt, seed * 1000 + len(truth))
+                    data = make_defect(defect, strength, as_rgb(img), fmt, seed * 1000 + len(truth))
                     rel = f"{split}/{_safe_label(label)}/{name}{ext}"
                     synth.write(inj / rel, data)
                     truth.append({"path": rel, "defect": defect, "strength": strength, "original": ""})

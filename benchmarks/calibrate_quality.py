@@ -32,7 +32,7 @@ from validate import JPEG_DOMAINS, part_images  # noqa: E402
 
 from auditor.extract import measure_file  # noqa: E402
 from auditor.rules import load_rules  # noqa: E402
-from auditor.validation import _encode, _rgb, make_defect  # noqa: E402
+from auditor.validation import as_rgb, encode_image, make_defect  # noqa: E402
 
 VARIANTS = [("clean", 0), ("blurry", 1), ("blurry", 2), ("noisy", 1), ("noisy", 2)]
 _MAD = 1.4826
@@ -43,9 +43,12 @@ def measure_domain(domain: str, part: str, n: int, seed: int) -> pd.DataFrame:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, img) in enumerate(part_images(domain, part, n, seed)):
-            rgb = _rgb(img)
+            rgb = as_rgb(img)
             for variant, strength in VARIANTS:
-                data = _encode(rgb, fmt) if variant == "clean" else make_defect(variant, strength, rgb, fmt, seed=i)
+                if variant == "clean":
+                    data = encode_image(rgb, fmt)
+                else:
+                    data = make_defect(variant, strength, rgb, fmt, seed=i)
                 path = Path(tmp) / f"x.{'png' if variant == 'noisy' else fmt}"
                 path.write_bytes(data)
                 _, props, _ = measure_file(str(path))
