@@ -4,15 +4,15 @@
 training scripts (imported lazily: ``import auditor`` stays cheap).
 """
 
-from .core.version import __version__
+from auditor.core.version import __version__
 
 __all__ = ["__version__", "scan", "gate", "GateFailed", "GateResult"]
 
 _LAZY = {
     "scan": ("auditor.pipeline.scan", "scan"),
     "gate": ("auditor.pipeline.gate", "gate"),
-    "GateFailed": ("auditor.gating", "GateFailed"),
-    "GateResult": ("auditor.gating", "GateResult"),
+    "GateFailed": ("auditor.policy.gate", "GateFailed"),
+    "GateResult": ("auditor.policy.gate", "GateResult"),
 }
 
 

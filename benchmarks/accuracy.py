@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from auditor.api import scan
+from auditor.pipeline.api import scan
 
 GOALS = {"corrupt": 0.95, "exact_duplicate": 0.95, "leakage": 0.95, "dark": 0.95, "low_resolution": 0.95,
          "near_duplicate": 0.9, "blurry": 0.85, "noisy": 0.85}  # fmt: skip

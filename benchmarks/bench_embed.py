@@ -7,7 +7,7 @@ shipped in scikit-image/scikit-learn), then, alternating to even out machine noi
 
 * bare: ``model.predict`` at batch 32 on tensors decoded and resized beforehand (the
   model's ceiling: no file I/O, no decoding);
-* end to end: :func:`auditor.api.embed` on the folder with an empty cache (hash files,
+* end to end: :func:`auditor.pipeline.api.embed` on the folder with an empty cache (hash files,
   decode + resize in threads overlapped with inference, store float16 vectors), model
   already loaded (the one-off model load is timed separately);
 * cached rescan: the same call again on the unchanged folder, and in a fresh process
@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_folder(root: Path, n: int, seed: int = 0) -> Path:
-    from auditor import synth
+    from auditor.demo import synth
 
     if root.exists() and len(list(root.glob("*.jpg"))) == n:
         return root
@@ -56,9 +56,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "auditor-bench-embed")
     args = ap.parse_args()
 
-    from auditor.api import embed
-    from auditor.backbones import get_backbone
-    from auditor.embed import prepare_image
+    from auditor.embed.backbones import get_backbone
+    from auditor.embed.features import prepare_image
+    from auditor.pipeline.api import embed
 
     folder = build_folder(args.data, args.images)
     files = sorted(str(p) for p in folder.glob("*.jpg"))
@@ -87,7 +87,7 @@ def main() -> None:
             # a fresh process, as a user reruns `audit embed`
             env = {**os.environ, "AUDITOR_CACHE_DIR": cache}
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "auditor.cli", "embed", str(folder), "--out",
+            subprocess.run([sys.executable, "-m", "auditor.cli.app", "embed", str(folder), "--out",
                             str(Path(cache) / "e.npz")], env=env, check=True, capture_output=True)  # fmt: skip
             cold_rescan = time.perf_counter() - t
 

@@ -36,7 +36,7 @@ def build(root: Path, size: int, seed: int = 0) -> dict:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from auditor import synth
+    from auditor.demo import synth
 
     y = load_digits().target
     idx = np.arange(len(y))
@@ -72,8 +72,8 @@ def correct(model_path: Path, folder: Path, classes: list[str], size: int) -> tu
     """(relative paths, whether the model gets each right) for a split/class folder."""
     import keras
 
-    from auditor.dataset import discover
-    from auditor.finetune import _load_images
+    from auditor.io.dataset import discover
+    from auditor.pipeline.finetune import _load_images
 
     model = keras.saving.load_model(model_path, safe_mode=True)
     items = discover(folder).items
@@ -84,7 +84,7 @@ def correct(model_path: Path, folder: Path, classes: list[str], size: int) -> tu
 
 
 def one_seed(args, seed: int) -> list[str]:
-    from auditor.finetune import FinetuneOptions, finetune
+    from auditor.pipeline.finetune import FinetuneOptions, finetune
     from auditor.pipeline.run import run
 
     work = args.work / f"seed{seed}"

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_speed import machine, make_images  # noqa: E402
 
-SCAN = "from auditor.cli import main; main()"
+SCAN = "from auditor.cli.app import main; main()"
 
 
 def run(pythonpath: str | None, folder: Path, out: Path, workers: int) -> float:

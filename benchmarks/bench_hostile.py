@@ -21,7 +21,7 @@ Cases (what each input is, honestly):
 * ``yolo``: one 640 x 480 image whose label file holds 1,000,000 random boxes (sides 1% to
   10% of the image, inside it; 80 classes named in ``data.yaml``).
 
-Discovery alone (``auditor.dataset.discover`` in its own subprocess) is timed for the
+Discovery alone (``auditor.io.dataset.discover`` in its own subprocess) is timed for the
 manifest case as well. Nothing is cached between runs (a fresh ``AUDITOR_CACHE_DIR``).
 """
 
@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DISCOVER_CHILD = """
 import sys, time
-from auditor.dataset import discover
+from auditor.io.dataset import discover
 t0 = time.perf_counter()
 d = discover(sys.argv[1], manifest=sys.argv[2])
 print(f"{len(d.items)} rows, {len(d.missing)} missing, {time.perf_counter() - t0:.1f} s")
@@ -55,7 +55,7 @@ def run_measured(cmd: list[str], env: dict, timeout: float, cwd: Path) -> dict:
     A command that runs past ``timeout`` seconds is killed (exit code None)."""
     with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
         t0 = time.perf_counter()
-        # cwd: not the checkout, so that `-m auditor.cli` imports the auditor that PYTHONPATH
+        # cwd: not the checkout, so that `-m auditor.cli.app` imports the auditor that PYTHONPATH
         # (or the installed package) names: the benchmark can time another version
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True, cwd=cwd)
         rc, usage = None, None
@@ -82,7 +82,7 @@ def run_measured(cmd: list[str], env: dict, timeout: float, cwd: Path) -> dict:
 def _tiny_images(folder: Path, names: list[str], side: tuple[int, int], seed: int) -> None:
     """Small real-photo crops (``side`` = width, height), one per name (relative to
     ``folder``; PNG or JPEG by its extension)."""
-    from auditor import synth
+    from auditor.demo import synth
 
     rng = np.random.default_rng(seed)
     photo = np.tile(synth.load_photo("astronaut"), (2, 2, 1))  # 1024 px: room for a 640 x 480 crop
@@ -206,7 +206,7 @@ def main() -> None:
                 rows.append((f"{case} (discover only)", what, d))
                 print(f"  discover: {d['wall_s']:.1f} s, {d['rss_mib']:.0f} MiB, {d['stdout'] or d['stderr']}",
                       flush=True)  # fmt: skip
-            cmd = [sys.executable, "-m", "auditor.cli", "scan", str(root), "--no-embed",
+            cmd = [sys.executable, "-m", "auditor.cli.app", "scan", str(root), "--no-embed",
                    "--out", str(tmp / f"out_{case}"), "--workers", str(args.workers), *extra]  # fmt: skip
             r = run_measured(cmd, env, args.timeout, tmp)
             rows.append((case, what, r))

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOAD_CHILD = """
 import time
 t0 = time.perf_counter()
-from auditor import kernels
+from auditor.measure import kernels
 t1 = time.perf_counter()
 kernels.warm()
 print(f"{t1 - t0:.3f} {time.perf_counter() - t1:.3f}")
@@ -38,9 +38,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "data" / "speed")
     args = ap.parse_args()
-    from auditor import decode as dec
-    from auditor import extract, kernels, measure
-    from auditor.hashing import perceptual_hashes, pixel_hash
+    from auditor.io import decode as dec
+    from auditor.measure import batch as extract
+    from auditor.measure import kernels
+    from auditor.measure import pixels as measure
+    from auditor.measure.hashing import perceptual_hashes, pixel_hash
 
     files = sorted(str(p) for p in args.data.glob("*.jpg"))[: args.images]
     if not files:

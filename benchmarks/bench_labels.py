@@ -4,7 +4,7 @@ and the time of all label checks on 10,000 cached embeddings.
     python benchmarks/bench_labels.py [--seeds 5] [--images 10000] [--work DIR]
 
 Accuracy: scikit-learn's 1,797 digits (upscaled to 64 px) as class folders, 5% of them filed
-under a wrong class (``auditor.synth.digits_dataset``, one seed per run); the scan's own
+under a wrong class (``auditor.demo.synth.digits_dataset``, one seed per run); the scan's own
 ``label_issue`` findings are compared with the flipped files.
 
 Speed: 10,000 photo crops (96 px JPEG; the same folder as ``bench_shift.py``'s source,
@@ -28,7 +28,8 @@ LABEL_CHECKS = ("label_conflict", "label_issue", "class_name_inconsistency", "cl
 
 
 def accuracy(work: Path, seeds: int) -> None:
-    from auditor import api, synth
+    from auditor.demo import synth
+    from auditor.pipeline import api
 
     print("| seed | flipped | flagged | recall | precision | suggested = true digit |")
     print("|---|---|---|---|---|---|")
@@ -56,9 +57,10 @@ def accuracy(work: Path, seeds: int) -> None:
 
 
 def speed(work: Path, n: int) -> None:
-    from auditor import api, synth
-    from auditor.api import check_context, run_checks
-    from auditor.rules import load_rules
+    from auditor.demo import synth
+    from auditor.pipeline import api
+    from auditor.pipeline.api import check_context, run_checks
+    from auditor.policy.rules import load_rules
 
     folder = work / "crops"
     if not folder.exists() or len(list(folder.glob("*.jpg"))) != n:

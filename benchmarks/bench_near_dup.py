@@ -1,4 +1,4 @@
-"""Benchmark ``auditor.hashing.near_pairs`` on a million random 64-bit hashes.
+"""Benchmark ``auditor.measure.hashing.near_pairs`` on a million random 64-bit hashes.
 
 Plants ``--pairs`` near pairs (copy a random hash, flip k random distinct bits, k uniform
 in 0..radius) among ``--n`` uniformly random uint64 hashes, then times ``near_pairs`` at
@@ -56,7 +56,7 @@ def maxrss_bytes() -> int:
 
 def run_one(n: int, n_pairs: int, radius: int, seed: int) -> dict:
     """Build the data, time one ``near_pairs`` call; returns the measurements."""
-    from auditor.hashing import _plan, near_pairs
+    from auditor.measure.hashing import _plan, near_pairs
 
     h, planted = make_hashes(n, n_pairs, radius, seed)
     base = maxrss_bytes()

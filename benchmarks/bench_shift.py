@@ -7,7 +7,7 @@ shipped in scikit-image/scikit-learn): a source, and a target in which 30% of th
 are darkened (a real, partial shift). Scans both once to fill the cache (measurements and
 embeddings), then times, with everything cached:
 
-* the whole shift analysis: :func:`auditor.checks.shift.shift_section` (MMD^2 with 500
+* the whole shift analysis: :func:`auditor.report.build.shift_section` (MMD^2 with 500
   permutations and the classifier test on 2,000 per side, FID on all, KID, the support
   distances of all 10,000 target images to all 10,000 source images, property and label
   comparisons, class-conditional shift), the shift checks, the pretraining gap, and the
@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build(folder: Path, n: int, seed: int, dark_share: float) -> Path:
-    from auditor import synth
+    from auditor.demo import synth
 
     if folder.exists() and len(list(folder.glob("*.jpg"))) == n:
         return folder
@@ -47,10 +47,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/shift"))
     args = ap.parse_args()
-    from auditor import api
-    from auditor.checks import shift
-    from auditor.projection import project_pairs
-    from auditor.rules import load_rules
+    from auditor.analysis.projection import project_pairs
+    from auditor.pipeline import api
+    from auditor.policy.rules import load_rules
+    from auditor.report import build as shift
 
     cache = args.work / "cache"
     src = build(args.work / "source", args.images, 1, 0.0)

@@ -6,7 +6,7 @@ Setup (once; CleanVision lives in its own venv so it cannot disturb the dev venv
     python3 -m venv /work/main/.venv-bench
     /work/main/.venv-bench/bin/pip install cleanvision
 
-Run from the repository root, with the dev venv (it provides ``auditor.synth`` for the
+Run from the repository root, with the dev venv (it provides ``auditor.demo.synth`` for the
 images and the ``audit`` CLI):
 
     /work/main/.venv/bin/python benchmarks/bench_speed.py
@@ -31,7 +31,7 @@ How it is measured
 * Rescan: per repeat, a fresh empty ``--cache-dir`` and three runs of
   ``audit scan DIR --no-embed --rules R --cache-dir CACHE --out TMP -q`` (default worker
   count): R = default (first scan), default again (unchanged: the recorded outputs are
-  reused, see ``auditor/reuse.py``), then lenient (other rules: no reuse, but every
+  reused, see ``auditor/io/reuse.py``), then lenient (other rules: no reuse, but every
   measurement comes from the cache; the checks and the report run again). The speed-up is
   first / second; the third column shows the measurement cache alone.
 * Default-scan rescan (``--embed-rescan-repeats``, default 1): the same images hard-linked
@@ -75,7 +75,7 @@ print(f"CV_TIMES {t1 - t0:.4f} {t2 - t1:.4f} {int(lab.issue_summary['num_images'
 
 def make_images(folder: Path, n: int, seed: int) -> list[Path]:
     """Write ``n`` JPEGs (random crops/resizes of the shipped photos) into ``folder``."""
-    from auditor import synth
+    from auditor.demo import synth
 
     expected = [folder / f"img_{i:05d}.jpg" for i in range(n)]
     if folder.is_dir() and sorted(folder.iterdir()) == expected:

@@ -50,8 +50,8 @@ def per_box_alarm(boxes: pd.DataFrame, alpha: float = 0.05, min_rel: float = 0.1
     """The naive variant: KS on all boxes, same properties, classes, Bonferroni, effect rule."""
     from scipy.stats import ks_2samp
 
-    from auditor.annotations import geometry
     from auditor.checks.boxes import STYLE_PROPERTIES, style_values
+    from auditor.io.annotations import geometry
 
     sizes = boxes.groupby("path").size().rename("n").reset_index().assign(width=640.0, height=480.0)
     b = geometry(boxes, sizes)
@@ -72,10 +72,10 @@ def per_box_alarm(boxes: pd.DataFrame, alpha: float = 0.05, min_rel: float = 0.1
 
 
 def check_alarm(boxes: pd.DataFrame, images: pd.DataFrame) -> bool:
-    from auditor.annotations import Annotations
     from auditor.checks.boxes import box_style_shift
-    from auditor.checks.context import CheckContext
-    from auditor.rules import load_rules
+    from auditor.core.context import CheckContext
+    from auditor.io.annotations import Annotations
+    from auditor.policy.rules import load_rules
 
     ann = Annotations("yolo", [], boxes, images, {"a": "a", "b": "b"})
     table = images[["path", "split", "width", "height"]].assign(ok=True)

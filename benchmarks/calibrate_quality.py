@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from domains import DOMAINS  # noqa: E402
 from validate import JPEG_DOMAINS, part_images  # noqa: E402
 
-from auditor.extract import measure_file  # noqa: E402
-from auditor.rules import load_rules  # noqa: E402
-from auditor.validation import as_rgb, encode_image, make_defect  # noqa: E402
+from auditor.demo.validation import as_rgb, encode_image, make_defect  # noqa: E402
+from auditor.measure.batch import measure_file  # noqa: E402
+from auditor.policy.rules import load_rules  # noqa: E402
 
 VARIANTS = [("clean", 0), ("blurry", 1), ("blurry", 2), ("noisy", 1), ("noisy", 2)]
 _MAD = 1.4826

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor import synth
+from auditor.demo import synth
 
 DEFECTS = ("corrupt", "exact_duplicate", "leakage", "near_duplicate", "dark", "low_resolution", "blurry", "noisy")
 

@@ -7,7 +7,7 @@ Sets (photo crops of the images shipped in scikit-image/scikit-learn, 160 px JPE
 a pool of 1,000 crops; 400 other crops each with one change (blur radius 2, noise sigma 20,
 grayscale, darkened to 60%, downscaled 2x, JPEG quality 20, saved as PNG); 8x8 digits
 upscaled; grayscale photos; rendered stripes; uniform noise. Every set is scanned once
-(cached). The decision is exactly the scan's: :func:`auditor.checks.shift.verdict` under the
+(cached). The decision is exactly the scan's: :func:`auditor.analysis.shift.verdict` under the
 default rules, on the MMD permutation p-value and the classifier's drift magnitude.
 """
 
@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_sets(work: Path) -> dict[str, Path]:
-    from auditor import synth
+    from auditor.demo import synth
 
     rng = np.random.default_rng(0)
     pool = synth.random_crops(1000, 160, seed=1)
@@ -69,10 +69,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/shift_calibration"))
     args = ap.parse_args()
-    from auditor import api, drift, synth
-    from auditor.checks.shift import gap_level, verdict
-    from auditor.pretraining import pretraining_gap
-    from auditor.rules import load_rules
+    from auditor.analysis import drift
+    from auditor.analysis.pretraining import pretraining_gap
+    from auditor.analysis.shift import gap_level, verdict
+    from auditor.demo import synth
+    from auditor.pipeline import api
+    from auditor.policy.rules import load_rules
 
     rules = load_rules()
     shift_p, gap_p = rules.checks["domain_shift"].params, rules.checks["pretraining_gap"].params

@@ -5,7 +5,7 @@
     python benchmarks/validate.py --domains digits,products --no-embed
 
 For each domain of ``benchmarks/domains.py`` (real images shipped inside pip packages) it
-builds three versions with :func:`auditor.validation.build_versions`: the clean set, the set
+builds three versions with :func:`auditor.demo.validation.build_versions`: the clean set, the set
 with every defect injected at two strengths (truth recorded), and the set with 5% of its
 labels flipped. It scans each with the default rules and prints:
 
@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from domains import DOMAINS  # noqa: E402
 
-from auditor.api import scan  # noqa: E402
-from auditor.validation import (  # noqa: E402
+from auditor.demo.validation import (  # noqa: E402
     DEFECTS,
     build_versions,
     clean_summary,
@@ -42,6 +41,7 @@ from auditor.validation import (  # noqa: E402
     score_injected,
     score_labels,
 )
+from auditor.pipeline.api import scan  # noqa: E402
 
 #: Domains whose images are stored as JPEG (photographs); the rest as PNG, as they ship.
 JPEG_DOMAINS = {"photos"}

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditor import synth
+from auditor.demo import synth
 
 
 @pytest.fixture(autouse=True)

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from auditor import synth
-from auditor.api import scan
-from auditor.backbones import BackboneError, get_backbone
-from auditor.backbones import efficientnet_lite as lite
-from auditor.backbones.torch_state import ModelFileError, UnsafeModelFile, load_state_dict
-from auditor.cli import app
-from auditor.decode import file_hash
-from auditor.embed import embed_files, prepare_image
-from auditor.store import Store
+from auditor.cli.app import app
+from auditor.demo import synth
+from auditor.embed.backbones import BackboneError, get_backbone
+from auditor.embed.backbones import efficientnet_lite as lite
+from auditor.embed.backbones.torch_state import ModelFileError, UnsafeModelFile, load_state_dict
+from auditor.embed.features import embed_files, prepare_image
+from auditor.io.decode import file_hash
+from auditor.io.store import Store
+from auditor.pipeline.api import scan
 
 runner = CliRunner()
 
@@ -157,7 +157,7 @@ def test_unchanged_rescan_computes_nothing_and_imports_no_tensorflow(tmp_path, t
     assert first.returncode == 0, first.stderr
     code = (
         "import sys\n"
-        "from auditor.api import embed\n"
+        "from auditor.pipeline.api import embed\n"
         f"r = embed({str(tmp_path / 'ds')!r})\n"
         "assert r.embeddings.computed == 0 and r.embeddings.cached == 12, (r.embeddings.computed,)\n"
         "assert 'tensorflow' not in sys.modules\n"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from auditor import synth
-from auditor.demo import NAMES, SIZE, make_coco, make_yolo  # shared with audit demo
+from auditor.demo import synth
+from auditor.demo.build import NAMES, SIZE, make_coco, make_yolo  # shared with audit demo
 
 
 def _by_check(result):
@@ -43,7 +43,7 @@ def _assert_box_defects(found, fmt):
 
 def _scan_injected(tmp_path, fmt):
     """Build the ``fmt`` dataset with every defect, scan it, check the common defects."""
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     root = tmp_path / fmt
     (make_coco if fmt == "coco" else make_yolo)(root)
@@ -82,7 +82,7 @@ def test_yolo_box_checks_find_every_injected_defect(tmp_path):
 
 
 def test_no_style_shift_without_padding(tmp_path):
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     root = tmp_path / "coco"
     make_coco(root, pad_val=0.0)
@@ -93,7 +93,7 @@ def test_no_style_shift_without_padding(tmp_path):
 def test_malformed_annotation_files_are_input_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from auditor.cli import app
+    from auditor.cli.app import app
 
     root = tmp_path / "y"
     synth.write(root / "images" / "a.jpg", synth.jpeg_bytes(synth.detection_scenes(1, 64)[0][0]))
@@ -120,7 +120,7 @@ def test_malformed_annotation_files_are_input_errors(tmp_path):
 
 
 def test_box_checks_skip_on_classification_data(tmp_path):
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     for i, (_n, rgb) in enumerate(synth.random_crops(6, 64, seed=3)):
         synth.write(tmp_path / "d" / "cat" / f"{i}.jpg", synth.jpeg_bytes(rgb))
@@ -131,7 +131,7 @@ def test_box_checks_skip_on_classification_data(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_clean_writes_annotations_without_invalid_boxes(tmp_path, fmt):
-    from auditor.clean import clean
+    from auditor.pipeline.clean import clean
 
     root = tmp_path / fmt
     (make_coco if fmt == "coco" else make_yolo)(root)
@@ -151,7 +151,7 @@ def test_clean_writes_annotations_without_invalid_boxes(tmp_path, fmt):
     assert len(clipped) == 1 and "box_out_of_bounds" in clipped["reason"].iloc[0]
     out = tmp_path / "clean"
     assert (out / "boxes.csv").exists() and (out / "manifest.csv").exists()
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     again = scan(out, tmp_path / "r2", embed=False, cache_dir=tmp_path / "c")
     left = {f.check for f in again.findings}
@@ -171,8 +171,8 @@ def test_coco_quirks_become_findings_not_crashes(tmp_path):
     """Repeated annotation ids, crowd regions, polygon-only annotations, float category ids,
     a zero declared width, backslash paths, an image listed in train and val, and an image
     resized after annotation."""
-    from auditor.api import scan
-    from auditor.clean import clean
+    from auditor.pipeline.api import scan
+    from auditor.pipeline.clean import clean
 
     root = tmp_path / "c"
     scenes_ = synth.detection_scenes(4, SIZE, seed=5)
@@ -219,7 +219,7 @@ def test_coco_quirks_become_findings_not_crashes(tmp_path):
 def test_yolo_quirks(tmp_path):
     """A BOM, classes.txt inside labels/ (LabelImg), a root whose name contains 'test', two
     images sharing one label file, a polygon line, and a label file linked from outside."""
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     root = tmp_path / "my_test_yolo"
     img = synth.detection_scenes(1, 64, seed=3)[0][0]
@@ -246,7 +246,7 @@ def test_yolo_quirks(tmp_path):
 def test_cli_clean_prints_box_decisions(tmp_path):
     from typer.testing import CliRunner
 
-    from auditor.cli import app
+    from auditor.cli.app import app
 
     make_coco(tmp_path / "coco")
     res = CliRunner().invoke(app, ["clean", str(tmp_path / "coco"), "--out", str(tmp_path / "clean"), "--no-embed",

@@ -1,15 +1,15 @@
 """Unit tests per check family: each builds a small :class:`CheckContext` directly.
 
 The tables are made by hand, one row per image with the columns a real scan gives
-(:func:`auditor.api.build_table`: the items columns, :data:`auditor.api.MEASURED_COLUMNS`,
-:data:`auditor.api.HASH_COLUMNS`, ``pixel_hash``, ``ok`` ...), with plausible measurement
+(:func:`auditor.pipeline.api.build_table`: the items columns, :data:`auditor.pipeline.api.MEASURED_COLUMNS`,
+:data:`auditor.pipeline.api.HASH_COLUMNS`, ``pixel_hash``, ``ok`` ...), with plausible measurement
 values drawn from narrow *uniform* ranges (seeded): a uniform sample has no tail, so no clean
 row can sit more than about 1.4 robust SDs from its peers and every flag is the planted row's.
 Checks run with the bundled default rules' params and settings, as a scan runs them.
 
 Duplicates are verified at the pixel level on real JPEG thumbnails of small synthetic
 images (``ctx.thumbnails``), with real perceptual hashes; embedding checks get an
-:class:`auditor.embed.Embeddings` of hand-made numpy vectors (no TensorFlow).
+:class:`auditor.embed.features.Embeddings` of hand-made numpy vectors (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from auditor.annotations import BOX_COLUMNS, Annotations
-from auditor.api import HASH_COLUMNS, MEASURED_COLUMNS
 from auditor.checks.catalog import load_all
-from auditor.checks.context import NO_EMBEDDINGS, CheckContext
+from auditor.core.context import NO_EMBEDDINGS, CheckContext
 from auditor.core.findings import Finding
-from auditor.embed import Embeddings
-from auditor.hashing import perceptual_hashes, pixel_hash
-from auditor.rules import load_rules
+from auditor.embed.features import Embeddings
+from auditor.io.annotations import BOX_COLUMNS, Annotations
+from auditor.measure.hashing import perceptual_hashes, pixel_hash
+from auditor.pipeline.api import HASH_COLUMNS, MEASURED_COLUMNS
+from auditor.policy.rules import load_rules
 
 RULES = load_rules()
 REGISTRY = load_all()
@@ -55,7 +55,7 @@ def run(name: str, ctx: CheckContext, **override) -> list[Finding]:
 
 
 def context(table: pd.DataFrame, **kw) -> CheckContext:
-    """A context as :func:`auditor.api.check_context` fills it: the default rules' settings
+    """A context as :func:`auditor.pipeline.api.check_context` fills it: the default rules' settings
     and shift params."""
     shift_params = {n: params(n) for n in ("domain_shift", "split_shift", "property_shift")}
     return CheckContext(table=table, settings=dict(RULES.settings), shift_params=shift_params, **kw)

@@ -7,11 +7,11 @@ import pytest
 from conftest import tree_digest
 from typer.testing import CliRunner
 
-from auditor import synth
-from auditor.clean import decide
-from auditor.cli import app
+from auditor.cli.app import app
 from auditor.core.findings import Finding
-from auditor.rules import load_rules
+from auditor.demo import synth
+from auditor.pipeline.clean import decide
+from auditor.policy.rules import load_rules
 
 runner = CliRunner()
 

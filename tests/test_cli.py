@@ -11,8 +11,8 @@ import pytest
 from conftest import tree_digest
 from typer.testing import CliRunner
 
-from auditor import synth
-from auditor.cli import app
+from auditor.cli.app import app
+from auditor.demo import synth
 
 runner = CliRunner()
 
@@ -185,7 +185,7 @@ def test_help_and_no_embed_scan_do_not_import_tensorflow(tmp_path, tiles):
     synth.write(tmp_path / "ds" / "a.jpg", synth.jpeg_bytes(tiles[0][1]))
     code = (
         "import sys\n"
-        "from auditor.cli import app\n"
+        "from auditor.cli.app import app\n"
         "from typer.testing import CliRunner\n"
         "r = CliRunner()\n"
         "assert r.invoke(app, ['--help']).exit_code == 0\n"
@@ -220,11 +220,11 @@ def test_dataset_where_nothing_decodes_is_reported_not_a_crash(tmp_path):
 
 def test_scan_gate_and_run_share_one_definition_of_each_scan_option():
     """Every option that changes what a scan finds is accepted by scan, gate and run, with the
-    same flags, help, type and default (one definition each, auditor.cli.SHARED_SCAN_OPTIONS),
+    same flags, help, type and default (one definition each, auditor.cli.options.SHARED_SCAN_OPTIONS),
     and shows in each command's --help."""
     import typer.main
 
-    from auditor.cli import SHARED_SCAN_OPTIONS
+    from auditor.cli.options import SHARED_SCAN_OPTIONS
 
     group = typer.main.get_command(app)
 

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from auditor import synth
-from auditor.dataset import DatasetError, discover
+from auditor.demo import synth
+from auditor.io.dataset import DatasetError, discover
 
 
 def _img(path, tile, fmt="jpg"):

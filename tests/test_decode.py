@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from auditor import decode, synth
+from auditor.demo import synth
+from auditor.io import decode
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:

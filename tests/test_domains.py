@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from domains import DOMAINS, REQUIRES, _missing  # noqa: E402
 
-from auditor.api import scan  # noqa: E402
-from auditor.validation import build_versions, clean_summary, read_truth, score_injected  # noqa: E402
+from auditor.demo.validation import build_versions, clean_summary, read_truth, score_injected  # noqa: E402
+from auditor.pipeline.api import scan  # noqa: E402
 
 #: Domains with the format their images ship in.
 FORMATS = {"photos": "jpg", "digits": "png", "products": "png", "textures": "png", "documents": "png",

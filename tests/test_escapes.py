@@ -22,11 +22,12 @@ from conftest import tree_digest
 from typer.testing import CliRunner
 
 import auditor
-from auditor import api, synth
-from auditor.cli import app
+from auditor.cli.app import app
+from auditor.demo import synth
+from auditor.pipeline import api
 
 runner = CliRunner()
-CLI = [sys.executable, "-c", "from auditor.cli import main; main()"]
+CLI = [sys.executable, "-c", "from auditor.cli.app import main; main()"]
 #: what must never reach a terminal raw: C0 (but newline), DEL, C1, bidirectional controls
 RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -133,7 +134,7 @@ def test_cache_folder_inside_the_dataset_is_refused(tmp_path, small, command):
 
 
 def test_api_scan_refuses_a_cache_folder_inside_the_dataset(tmp_path, small):
-    from auditor.fsutil import OutputError
+    from auditor.core.fsutil import OutputError
 
     before = tree_digest(small)
     with pytest.raises(OutputError, match="inside the dataset"):
@@ -206,7 +207,7 @@ def test_no_runtime_cache_is_written_into_the_installed_package(tmp_path, small)
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "AUDITOR_NO_JIT")}
     env.update(PYTHONPATH=str(site), AUDITOR_CACHE_DIR=str(cache), PYTHONDONTWRITEBYTECODE="1")
     code = (f"import auditor; assert auditor.__file__.startswith({str(site)!r}), auditor.__file__\n"
-            "from auditor.cli import main; main()")  # fmt: skip
+            "from auditor.cli.app import main; main()")  # fmt: skip
     for extra in ([], ["--no-cache"]):  # no store: the compiled-code caches still go to the cache folder
         done = subprocess.run([sys.executable, "-c", code, "scan", str(small), "--no-embed", "--workers", "2",
                                "--out", str(tmp_path / "out"), *extra], env=env, cwd=tmp_path,
@@ -470,7 +471,7 @@ def test_rules_alias_bomb_is_refused_quickly(tmp_path, small):
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("extends: default\nsettings:\n  min_images_for_relative: [" + ", ".join(levels) + "]\n")
     code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
-            "from auditor.cli import main; main()")  # fmt: skip
+            "from auditor.cli.app import main; main()")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code, "scan", str(small), "--no-embed", "--rules", str(bomb),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)  # fmt: skip
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
@@ -573,8 +574,8 @@ def test_demo_over_a_folder_it_did_not_build_is_one_line(tmp_path):
 
 
 def test_full_disk_while_building_the_detection_demo_leaves_nothing(tmp_path, monkeypatch):
-    from auditor.demo import make_coco
-    from auditor.fsutil import OutputError
+    from auditor.core.fsutil import OutputError
+    from auditor.demo.build import make_coco
 
     def write(path, data):
         raise OSError(28, "No space left on device", str(path))

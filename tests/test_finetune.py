@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from auditor import synth
+from auditor.demo import synth
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 def test_tiny_finetune_end_to_end_and_batchnorm_frozen(tiny, tmp_path):
     import keras
 
-    from auditor.finetune import FinetuneOptions, build, finetune, unfreeze_top
+    from auditor.pipeline.finetune import FinetuneOptions, build, finetune, unfreeze_top
 
     opts = FinetuneOptions(epochs=1, unfreeze=2, image_size=96, batch_size=8, augment=("flip", "brightness"))
     result = finetune(tiny, tmp_path / "model", opts)
@@ -45,7 +45,7 @@ def test_tiny_finetune_end_to_end_and_batchnorm_frozen(tiny, tmp_path):
 def test_cli_finetune_and_input_errors(tiny, tmp_path):
     from typer.testing import CliRunner
 
-    from auditor.cli import app
+    from auditor.cli.app import app
 
     runner = CliRunner()
     out = tmp_path / "m"
@@ -65,7 +65,7 @@ def test_audit_run_stops_at_a_failed_gate_unless_forced(tiny, tmp_path):
 
     from typer.testing import CliRunner
 
-    from auditor.cli import app
+    from auditor.cli.app import app
 
     data = tmp_path / "data"
     shutil.copytree(tiny, data)
@@ -91,7 +91,7 @@ def test_audit_run_stops_at_a_failed_gate_unless_forced(tiny, tmp_path):
 
 
 def test_augmentations_chosen_from_the_audit():
-    from auditor.finetune import BASE_AUGMENTATIONS, augmentations_from_audit
+    from auditor.pipeline.finetune import BASE_AUGMENTATIONS, augmentations_from_audit
 
     darker = "val images are darker than train images"
     report = {"findings": [
@@ -105,7 +105,7 @@ def test_augmentations_chosen_from_the_audit():
 
 
 def test_block_names_of_common_backbones():
-    from auditor.finetune import block_of
+    from auditor.pipeline.finetune import block_of
 
     assert block_of("block7a_project_conv") == "block7a"
     assert block_of("block15_dw_bn") == "block15"
@@ -122,8 +122,8 @@ def test_frozen_phase_trains_on_features_and_reuses_cached_embeddings(tiny, tmp_
     scan's cached embeddings are those features, and the saved model agrees with the head."""
     import numpy as np
 
-    from auditor.api import scan
-    from auditor.finetune import FinetuneOptions, _items, _load_images, finetune, head_features
+    from auditor.pipeline.api import scan
+    from auditor.pipeline.finetune import FinetuneOptions, _items, _load_images, finetune, head_features
 
     cache = tmp_path / "cache"
     scan(tiny, tmp_path / "scan", cache_dir=cache)  # embeds every image into the cache
@@ -159,7 +159,7 @@ def test_frozen_phase_trains_on_features_and_reuses_cached_embeddings(tiny, tmp_
 
 
 def test_keras_applications_backbone_and_offline_weights_error(tiny, tmp_path):
-    from auditor.finetune import FinetuneError, FinetuneOptions, build, finetune, unfreeze_top
+    from auditor.pipeline.finetune import FinetuneError, FinetuneOptions, build, finetune, unfreeze_top
 
     opts = FinetuneOptions(epochs=1, unfreeze=1, image_size=64, batch_size=8, augment=(), backbone="MobileNetV2",
                            weights="none")  # fmt: skip

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 import auditor
-from auditor import synth
-from auditor.cli import app
-from auditor.gating import GateFailed, _escape_data, github_annotations, junit_xml
+from auditor.cli.app import app
+from auditor.demo import synth
+from auditor.policy.gate import GateFailed, _escape_data, github_annotations, junit_xml
 
 runner = CliRunner()
 
@@ -111,7 +111,7 @@ def test_python_api(clean, leaky, tmp_path):
 
 
 def test_lenient_fails_only_on_leakage_and_an_unreadable_dataset(tmp_path, tiles, leaky):
-    from auditor.rules import load_rules
+    from auditor.policy.rules import load_rules
 
     lenient = load_rules("lenient")
     errors = sorted(n for n, r in lenient.checks.items() if r.enabled and r.severity == "error")

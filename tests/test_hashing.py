@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from auditor import hashing, synth
-from auditor.decode import decode_bytes
-from auditor.measure import luminance
+from auditor.demo import synth
+from auditor.io.decode import decode_bytes
+from auditor.measure import hashing
+from auditor.measure.pixels import luminance
 
 
 def _brute(h, r):

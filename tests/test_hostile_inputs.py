@@ -24,14 +24,14 @@ import pandas as pd
 import pytest
 from conftest import tree_digest
 
-from auditor import synth
-from auditor.annotations import iou_matrix
 from auditor.checks.boxes import _box, box_duplicate, box_label_conflict, valid_boxes
-from auditor.checks.context import CheckContext
+from auditor.core.context import CheckContext
 from auditor.core.findings import Finding
-from auditor.dataset import DatasetError, discover
-from auditor.decode import DEFAULT_MAX_FILE_BYTES, decode_file, open_regular, read_bytes
-from auditor.rules import load_rules
+from auditor.demo import synth
+from auditor.io.annotations import iou_matrix
+from auditor.io.dataset import DatasetError, discover
+from auditor.io.decode import DEFAULT_MAX_FILE_BYTES, decode_file, open_regular, read_bytes
+from auditor.policy.rules import load_rules
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 OVERLAP_RULES = load_rules().checks["box_duplicate"].params
@@ -186,7 +186,7 @@ def test_cli_fifo_annotation_file_is_one_line_exit_2(tmp_path):
 
 
 def test_manifest_row_naming_a_fifo_is_a_corrupt_finding(tmp_path, fifos):
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     root = tmp_path / "ds"
     for i in range(3):
@@ -273,7 +273,7 @@ def test_manifest_path_string_rules_equal_purepath_rules():
     from itertools import product
     from pathlib import PurePosixPath
 
-    from auditor.dataset import manifest_path
+    from auditor.io.dataset import manifest_path
 
     def by_purepath(rel: str) -> str:
         pure = PurePosixPath(rel.replace("\\", "/"))
@@ -298,7 +298,7 @@ def test_manifest_path_string_rules_equal_purepath_rules():
 def _rowwise_table(disc, measured: dict) -> pd.DataFrame:
     """The per-image table as build_table made it before it was built by columns (one dict
     per item): the reference for its columns, their order, dtypes and values."""
-    from auditor.api import HASH_COLUMNS, MEASURED_COLUMNS
+    from auditor.pipeline.api import HASH_COLUMNS, MEASURED_COLUMNS
 
     rows, missing = [], set(disc.missing)
     for item in disc.items.to_dict("records"):
@@ -327,9 +327,9 @@ def test_table_by_columns_equals_the_row_by_row_table(tmp_path):
     and the 64-bit hashes as Python ints included)."""
     import itertools
 
-    from auditor.api import HASH_COLUMNS, build_table
-    from auditor.extract import measure_all
-    from auditor.store import Store
+    from auditor.io.store import Store
+    from auditor.measure.batch import measure_all
+    from auditor.pipeline.api import HASH_COLUMNS, build_table
 
     files = {f"ok{i}.png": synth.png_bytes((np.random.default_rng(i).random((20 + i, 30, 3)) * 255).astype(np.uint8))
              for i in range(3)}  # fmt: skip
@@ -366,11 +366,12 @@ def test_manifest_of_missing_files_costs_little_per_row(tmp_path):
     writes it. A 1,000,000-row manifest took 94 s and 4.7 GB (audit scan --no-embed)."""
     import tracemalloc
 
-    from auditor.api import build_report, build_table, present_paths, run_checks
-    from auditor.extract import measure_all
+    from auditor.io.store import Store
+    from auditor.measure.batch import measure_all
+    from auditor.pipeline.api import build_table, present_paths, run_checks
+    from auditor.policy.rules import load_rules
+    from auditor.report.build import build_report
     from auditor.report.encode import image_table, report_json_view
-    from auditor.rules import load_rules
-    from auditor.store import Store
 
     n = 100_000
     for k in range(3):
@@ -447,7 +448,7 @@ def test_report_json_is_what_json_dumps_writes():
 def test_store_takes_a_result_in_chunks(tmp_path):
     """A scan's recorded outputs go into the store a chunk at a time (a bound INSERT value
     is copied twice by SQLite); chunks that do not add up to the size given store nothing."""
-    from auditor.store import Store
+    from auditor.io.store import Store
 
     big = os.urandom(9_000_001)
     with Store(tmp_path / "s.sqlite3") as store:
@@ -517,7 +518,7 @@ def _random_boxes(n_images: int, per_image: int, seed: int) -> pd.DataFrame:
 def _ctx_with_boxes(b: pd.DataFrame) -> CheckContext:
     ctx = CheckContext(table=pd.DataFrame({"path": []}))
     ctx.annotations = object()  # boxes_of reads the cache below
-    ctx._cache["boxes"] = b
+    ctx.analyses.boxes = b
     return ctx
 
 
@@ -542,7 +543,7 @@ def test_box_overlap_is_linear_in_images():
 
 def test_image_with_too_many_boxes_is_one_finding_not_n_squared(tmp_path):
     """A label file with 1,000,000 boxes asked for a 1e6 x 1e6 IoU matrix (7.28 TiB)."""
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     n = OVERLAP_RULES["max_boxes_per_image"] + 1
     root = tmp_path / "ds"
@@ -579,7 +580,7 @@ def test_sweep_handles_a_dense_image_below_the_bound():
 
 def test_coco_missing_images_resolved_in_one_pass(tmp_path):
     """Missing-image resolution compared every box's path once per missing image."""
-    from auditor.annotations import Annotations, _resolve_problems
+    from auditor.io.annotations import Annotations, _resolve_problems
 
     n_images, per_image = 10_000, 10
     paths = [f"images/{i}.png" for i in range(n_images)]
@@ -694,13 +695,13 @@ def test_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
         fh.write(synth.png_bytes(np.zeros((8, 8, 3), np.uint8)))
         fh.truncate(DEFAULT_MAX_FILE_BYTES + 1)
     # peak memory of a fresh process (VmHWM; ru_maxrss would carry over pytest's, across exec)
-    code = ("import re, sys; from auditor.decode import read_bytes; r = read_bytes(sys.argv[1]); "
+    code = ("import re, sys; from auditor.io.decode import read_bytes; r = read_bytes(sys.argv[1]); "
             "print(r.kind, re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1])")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, timeout=60)
     kind, peak_kib = out.stdout.split()
     assert kind == "too_large" and int(peak_kib) < 300_000, out.stdout + out.stderr  # reading it costs 1 GiB
 
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     _png(root / "ok.png")
     stat_before = big.stat()
@@ -725,7 +726,7 @@ def test_clean_shortens_over_long_names_and_keeps_the_full_label(tmp_path):
     never collide, manifest.csv keeps the full labels, and a rerun writes the same paths."""
     from typer.testing import CliRunner
 
-    from auditor.cli import app
+    from auditor.cli.app import app
 
     root = tmp_path / "ds"
     long_file = "f" * 250 + ".png"
@@ -756,7 +757,7 @@ def test_clean_shortens_over_long_names_and_keeps_the_full_label(tmp_path):
 
 
 def test_shortened_names_fit_keep_the_extension_and_never_meet():
-    from auditor.clean import MAX_NAME_BYTES, _fit_name
+    from auditor.pipeline.clean import MAX_NAME_BYTES, _fit_name
 
     a, b = "x" * 300 + "a.jpeg", "x" * 300 + "b.jpeg"
     fa, fb = _fit_name(a, is_file=True), _fit_name(b, is_file=True)

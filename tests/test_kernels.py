@@ -1,13 +1,15 @@
-"""The compiled pixel measurements (auditor.kernels) against the numpy reference
-(auditor.measure.measure_pixels): same numbers on real photos and on odd shapes, the same
+"""The compiled pixel measurements (auditor.measure.kernels) against the numpy reference
+(auditor.measure.pixels.measure_pixels): same numbers on real photos and on odd shapes, the same
 luminance bits (so the same perceptual hashes), and the numpy fallback when asked for."""
 
 import numpy as np
 import pytest
 
-from auditor import extract, measure, synth
+from auditor.demo import synth
+from auditor.measure import batch as extract
+from auditor.measure import pixels as measure
 
-kernels = pytest.importorskip("auditor.kernels")
+kernels = pytest.importorskip("auditor.measure.kernels")
 
 
 def _reference(rgb):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from auditor import api, synth
 from auditor.checks.labels import _normal_name, _one_edit, _tokens, _typo_of
+from auditor.demo import synth
+from auditor.pipeline import api
 
 
 def _findings(result, check: str):

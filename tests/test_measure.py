@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from auditor import measure, synth
+from auditor.demo import synth
+from auditor.measure import pixels as measure
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "camera"])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from auditor import neighbors
+from auditor.embed import neighbors
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:

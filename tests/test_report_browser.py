@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from auditor import api, synth
+from auditor.demo import synth
+from auditor.pipeline import api
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 EVIL = "<img src=x onerror=alert(1)>.png"
@@ -90,7 +91,7 @@ def test_detection_report_draws_boxes_without_errors(tmp_path):
     """A COCO dataset with every box defect: the Boxes table and the flagged boxes drawn
     over their thumbnails render with no console errors (degenerate boxes included)."""
     sync_playwright = _need_browser()
-    from auditor.demo import make_coco
+    from auditor.demo.build import make_coco
 
     make_coco(tmp_path / "coco")
     html = api.scan(tmp_path / "coco", tmp_path / "out", embed=False, cache_dir=tmp_path / "c").files["html"]
@@ -117,11 +118,12 @@ def test_report_size_is_bounded_for_a_huge_dataset(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from auditor.api import build_report, check_context, run_checks
-    from auditor.dataset import Discovery
+    from auditor.io.dataset import Discovery
+    from auditor.io.store import Store
+    from auditor.pipeline.api import check_context, run_checks
+    from auditor.policy.rules import load_rules
+    from auditor.report.build import build_report
     from auditor.report.html import render_html
-    from auditor.rules import load_rules
-    from auditor.store import Store
 
     n = 100_000
     rng = np.random.default_rng(0)

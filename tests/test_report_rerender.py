@@ -7,8 +7,8 @@ import json
 
 from typer.testing import CliRunner
 
-from auditor import synth
-from auditor.cli import app
+from auditor.cli.app import app
+from auditor.demo import synth
 
 runner = CliRunner()
 

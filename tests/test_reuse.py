@@ -8,10 +8,12 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from auditor import api, reuse, synth
-from auditor.cli import app
-from auditor.rules import rules_files
-from auditor.store import Store
+from auditor.cli.app import app
+from auditor.demo import synth
+from auditor.io import reuse
+from auditor.io.store import Store
+from auditor.pipeline import api
+from auditor.policy.rules import rules_files
 
 runner = CliRunner()
 
@@ -107,7 +109,7 @@ def test_any_change_scans_again(tmp_path, dataset, full_scans, tiles, monkeypatc
 
 
 def test_rules_extends_chain_is_part_of_the_fingerprint(tmp_path, dataset, full_scans):
-    from auditor.rules import preset_path
+    from auditor.policy.rules import preset_path
 
     base = tmp_path / "base.yaml"
     base.write_text("extends: default\n")
@@ -133,7 +135,7 @@ def test_files_the_next_scan_retries_are_not_recorded(tmp_path, dataset, full_sc
     """A file that could not be read (permission denied; root reads everything, so open()
     is made to fail) or that killed a decoder worker is tried again by the next scan, so
     that scan's outputs must not be reused."""
-    from auditor import extract
+    from auditor.measure import batch as extract
 
     victim = str(next(dataset.rglob("1.jpg")))
     target = (builtins, "open") if failure == "permission denied" else (extract, "measure_file")
@@ -209,7 +211,7 @@ def test_a_source_manifest_and_its_images_are_part_of_the_fingerprint(tmp_path, 
 
 
 def test_presets_and_model_files_are_part_of_the_fingerprint(tmp_path, dataset):
-    from auditor.rules import preset_path
+    from auditor.policy.rules import preset_path
 
     assert rules_files(None) == [preset_path("default")]
     child = tmp_path / "child.yaml"
@@ -277,7 +279,7 @@ def test_the_api_reuses_an_unchanged_scan_as_the_cli_does(tmp_path, dataset, ful
 
 
 def test_scan_options_are_defined_once():
-    """The reuse key's defaults are auditor.api.scan's own (one definition, held by this test)."""
+    """The reuse key's defaults are auditor.pipeline.api.scan's own (one definition, held by this test)."""
     import inspect
 
     from auditor.pipeline.scan import SCAN_OPTIONS

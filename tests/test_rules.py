@@ -1,7 +1,7 @@
 import pytest
 
 from auditor.core.findings import Finding
-from auditor.rules import RulesError, judge, load_rules
+from auditor.policy.rules import RulesError, judge, load_rules
 
 
 def test_default_rules_cover_every_check():
@@ -94,7 +94,7 @@ def test_invalid_rules_name_file_key_and_expectation(tmp_path, text, match):
 def test_every_check_parameter_declares_its_range_or_choices():
     """The schema: no bare types; every default value lies inside its own constraint."""
     from auditor.checks.catalog import load_all
-    from auditor.constraints import Boolean, Interval, Options
+    from auditor.core.constraints import Boolean, Interval, Options
 
     rules = load_rules()
     for name, spec in load_all().items():
@@ -113,8 +113,8 @@ def test_a_check_without_a_constraint_cannot_register():
 def test_an_out_of_range_rule_is_exit_2_naming_file_and_key(tmp_path):
     from typer.testing import CliRunner
 
-    from auditor import synth
-    from auditor.cli import app
+    from auditor.cli.app import app
+    from auditor.demo import synth
 
     data = tmp_path / "ds"
     for i in range(3):
@@ -129,7 +129,7 @@ def test_an_out_of_range_rule_is_exit_2_naming_file_and_key(tmp_path):
 def test_missing_param_is_reported(tmp_path):
     import yaml
 
-    from auditor.rules import preset_path
+    from auditor.policy.rules import preset_path
 
     data = yaml.safe_load(preset_path("default").read_text())
     del data["checks"]["noisy"]["params"]["min_sigma"]

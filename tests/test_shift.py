@@ -13,12 +13,14 @@ from scipy.linalg import sqrtm
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from auditor import api, drift, synth
-from auditor.checks.shift import gap_level, verdict
-from auditor.cli import app
-from auditor.explain import compare_labels, compare_properties
-from auditor.pretraining import pretraining_gap
-from auditor.rules import load_rules
+from auditor.analysis import drift
+from auditor.analysis.explain import compare_labels, compare_properties
+from auditor.analysis.pretraining import pretraining_gap
+from auditor.analysis.shift import gap_level, verdict
+from auditor.cli.app import app
+from auditor.demo import synth
+from auditor.pipeline import api
+from auditor.policy.rules import load_rules
 
 N = 200  # images per side in the calibration and power tests (the n)
 SEEDS = 20

@@ -3,9 +3,10 @@ import os
 
 import pytest
 
-from auditor import extract, synth
-from auditor.measure import MEASURE_VERSION
-from auditor.store import Store
+from auditor.demo import synth
+from auditor.io.store import Store
+from auditor.measure import batch as extract
+from auditor.measure.pixels import MEASURE_VERSION
 
 
 def _files(tmp_path, tiles, n=6):
@@ -93,8 +94,8 @@ def test_projection_is_cached_by_its_input(tmp_path, monkeypatch):
     seed comes from the store; other vectors or another seed are computed."""
     import numpy as np
 
-    from auditor import projection
-    from auditor.store import Store
+    from auditor.analysis import projection
+    from auditor.io.store import Store
 
     calls = []
     real = projection.project

@@ -1,4 +1,4 @@
-"""Pixel verification of copy candidates (auditor.verify) and the copy checks resting on it."""
+"""Pixel verification of copy candidates (auditor.measure.verify) and the copy checks resting on it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from auditor import synth, verify
-from auditor.api import build_table
-from auditor.dataset import Discovery
-from auditor.validation import make_copy
+from auditor.demo import synth
+from auditor.demo.validation import make_copy
+from auditor.io.dataset import Discovery
+from auditor.measure import verify
+from auditor.pipeline.api import build_table
 
 
 def _thumb(rgb: np.ndarray) -> bytes:
@@ -79,7 +80,7 @@ def test_hash_columns_keep_all_64_bits_next_to_an_unreadable_file():
 def test_copies_are_found_when_most_images_have_one(tmp_path):
     """The yardstick is the 5th nearest other picture: a dataset where every image has a
     re-encoded copy must not make copies look like the typical distinct pair."""
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     tiles = [t for _, t in synth.photo_tiles(96, (1.0,), synth.COLOR_PHOTOS, min_std=20, min_entropy=5)][:30]
     for i, px in enumerate(tiles):
@@ -93,7 +94,7 @@ def test_copies_are_found_when_most_images_have_one(tmp_path):
 def test_a_dataset_level_finding_does_not_fail_a_max_count_gate(tmp_path):
     """Near-binary images get one dataset-level low_information finding; strict gates
     low_information with max_count 0, which counts defects of images, not the dataset."""
-    from auditor.api import scan
+    from auditor.pipeline.api import scan
 
     for i in range(30):
         synth.write(
@@ -107,7 +108,7 @@ def test_a_dataset_level_finding_does_not_fail_a_max_count_gate(tmp_path):
 
 
 def test_a_scan_results_context_still_verifies_after_the_scan(tmp_path):
-    from auditor.api import run_checks, scan
+    from auditor.pipeline.api import run_checks, scan
 
     tiles = [t for _, t in synth.photo_tiles(96, (1.0,), synth.COLOR_PHOTOS, min_std=20, min_entropy=5)][:24]
     for i, px in enumerate(tiles):

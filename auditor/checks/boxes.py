@@ -1,6 +1,6 @@
 """Box annotations of detection datasets (COCO, YOLO): the ``box_*`` checks.
 
-Every check reads ``ctx.annotations`` (:class:`auditor.annotations.Annotations`) and skips
+Every check reads ``ctx.annotations`` (:class:`auditor.io.annotations.Annotations`) and skips
 itself on a dataset without box annotations. Geometry is normalised to the image (COCO's
 declared size, else the size the scan measured), so COCO pixels and YOLO fractions are
 judged alike. Per-box findings name the annotation (``file: annotations[i]`` or
@@ -15,11 +15,11 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from ..annotations import geometry, overlapping_pairs
-from ..constraints import COUNT, FRACTION, NON_NEGATIVE, PIXELS, PROBABILITY_LEVEL, Int, Real
-from ..core.findings import Finding
-from .context import CheckContext
-from .registry import register
+from auditor.checks.registry import register
+from auditor.core.constraints import COUNT, FRACTION, NON_NEGATIVE, PIXELS, PROBABILITY_LEVEL, Int, Real
+from auditor.core.context import CheckContext
+from auditor.core.findings import Finding
+from auditor.io.annotations import geometry, overlapping_pairs
 
 NOT_DETECTION = "not a detection dataset (no COCO or YOLO box annotations)"
 #: Box geometry compared by ``box_style_shift``: name -> (kind, description). "size"
@@ -39,15 +39,15 @@ def boxes_of(ctx: CheckContext) -> pd.DataFrame | None:
     ann = ctx.annotations
     if ann is None:
         return None
-    if "boxes" not in ctx._cache:
+    if ctx.analyses.boxes is None:
         sizes = ann.images[["path", "width", "height"]].copy()
         measured = ctx.table.set_index("path")[["width", "height"]] if "width" in ctx.table else None
         if measured is not None:
             m = sizes["path"].map(measured["width"]), sizes["path"].map(measured["height"])
             sizes["width"] = sizes["width"].fillna(m[0].astype(float))
             sizes["height"] = sizes["height"].fillna(m[1].astype(float))
-        ctx._cache["boxes"] = geometry(ann.boxes, sizes)
-    return ctx._cache["boxes"]
+        ctx.analyses.boxes = geometry(ann.boxes, sizes)
+    return ctx.analyses.boxes
 
 
 def valid_boxes(b: pd.DataFrame, pixels: bool = False) -> pd.DataFrame:

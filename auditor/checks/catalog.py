@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .registry import REGISTRY, CheckSpec
+from auditor.checks.registry import REGISTRY, CheckSpec
 
 
 def load_all() -> dict[str, CheckSpec]:
     """Import every check module (registration happens at import) and return the registry."""
-    from . import boxes, duplicates, embedding, integrity, labels, quality, shift  # noqa: F401
+    from auditor.checks import boxes, duplicates, embedding, integrity, labels, quality, shift  # noqa: F401
 
     return REGISTRY

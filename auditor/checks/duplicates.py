@@ -1,7 +1,7 @@
 """Duplicates and leakage: ``exact_duplicate``, ``near_duplicate``, ``leakage``.
 
 Exact copies share decoded pixels (so a PNG and a BMP of the same picture match). Near
-copies are found by multi-index hashing on the 64-bit pHash (:func:`auditor.hashing.near_pairs`,
+copies are found by multi-index hashing on the 64-bit pHash (:func:`auditor.measure.hashing.near_pairs`,
 sub-quadratic) and confirmed by the dHash, then joined into groups (connected components).
 Within a split a group is a duplicate; a group that spans splits is ``leakage``: the same
 picture in train and in val makes validation accuracy a lie.
@@ -14,13 +14,13 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from ..constraints import AT_LEAST_ONE, NON_NEGATIVE, Int, Real
-from ..core.findings import Finding
-from ..hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
-from ..neighbors import similar_pairs
-from ..verify import ALIGNED, typical_difference, verify_pairs
-from .context import CheckContext
-from .registry import register
+from auditor.checks.registry import register
+from auditor.core.constraints import AT_LEAST_ONE, NON_NEGATIVE, Int, Real
+from auditor.core.context import CheckContext
+from auditor.core.findings import Finding
+from auditor.embed.neighbors import ok_knn, similar_pairs
+from auditor.measure.hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
+from auditor.measure.verify import ALIGNED, typical_difference, verify_pairs
 
 
 def _split_key(split) -> str:
@@ -40,7 +40,7 @@ NEAR_PARAMS = {"max_phash_distance": Int(0, 64), "max_dhash_distance": Int(0, 64
 def phash_radius(hashes: np.ndarray, params: dict) -> int:
     """The pHash distance a near duplicate may have: at most ``max_phash_distance`` bits, and
     at most ``max_relative_phash_distance`` times the dataset's typical distance from an
-    image to its 5th nearest other hash (:func:`auditor.hashing.typical_nearest_distance`).
+    image to its 5th nearest other hash (:func:`auditor.measure.hashing.typical_nearest_distance`).
     On photos (typical ~24 bits) the absolute limit decides; on upscaled 8x8 digits (typical
     14 bits, distinct digits often 4-6 apart) only copies within 3 bits count; a dataset made
     mostly of near copies keeps its radius (the 5th neighbour is another picture)."""
@@ -97,9 +97,10 @@ def near_graph(
     left and a right arrow; an I cut from an l), so they are no evidence that two labels
     conflict."""
     key = ("near_edges", *(params[k] for k in sorted(NEAR_PARAMS)))
-    if key not in ctx._cache:
-        ctx._cache[key] = _near_edges(ctx, t, params)
-    pairs, evidence, how = ctx._cache[key]
+    edges = ctx.analyses.near_edges
+    if key not in edges:
+        edges[key] = _near_edges(ctx, t, params)
+    pairs, evidence, how = edges[key]
     if aligned_only:
         pairs = pairs[how == ALIGNED]
         evidence = {k: v for k, v in evidence.items() if v[3] == ALIGNED}
@@ -114,10 +115,10 @@ def near_graph(
 
 
 def pixel_thresholds(ctx: CheckContext, t: pd.DataFrame, ph: np.ndarray, params: dict) -> tuple[float, float, float]:
-    """(typical difference, aligned limit, crop limit) for :func:`auditor.verify.verify_pairs`:
+    """(typical difference, aligned limit, crop limit) for :func:`auditor.measure.verify.verify_pairs`:
     ``max_pixel_difference`` and ``max_crop_difference``, each at most its relative share of
     the dataset's typical difference between close distinct pictures
-    (:func:`auditor.verify.typical_difference`: on glyphs or silhouettes, distinct images
+    (:func:`auditor.measure.verify.typical_difference`: on glyphs or silhouettes, distinct images
     differ far less than photos do) and at least ``min_pixel_difference``."""
 
     codes = pd.factorize(t["pixel_hash"])[0]
@@ -156,7 +157,7 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
     and pairs of backbone neighbours at least :func:`embedding_threshold` similar whose pHashes
     (mirror allowed) are within ``max_mirror_phash_distance`` bits; at most
     ``max_candidates_per_image`` per image. A candidate is a copy only when its pixels agree
-    (:func:`auditor.verify.verify_pairs` with :func:`pixel_thresholds`). Evidence kinds:
+    (:func:`auditor.measure.verify.verify_pairs` with :func:`pixel_thresholds`). Evidence kinds:
     ``"phash"`` (value: bits) or ``"embedding"`` (value: cosine). Pairs of identical pixels
     are not listed (:func:`near_graph` joins them)."""
 
@@ -176,7 +177,7 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         pairs, dist = np.concatenate([pairs, m_pairs]), np.concatenate([dist, m_dist[cross]])
     kinds = np.zeros(len(pairs), np.int8)  # 0 phash, 1 embedding
     values = dist.astype(np.float64)
-    graph = ctx.ok_knn(EMBEDDING_NEIGHBOURS)
+    graph = ok_knn(ctx, EMBEDDING_NEIGHBOURS)
     if graph is not None:
         e_pairs, e_sims = similar_pairs(*graph, embedding_threshold(graph[1], params))
         keep = corroborated(t, ph, e_pairs, params)

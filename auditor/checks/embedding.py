@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..constraints import AT_LEAST_ONE, POSITIVE, Real
-from ..core.findings import Finding
-from ..neighbors import knn
-from .context import NO_EMBEDDINGS, CheckContext
-from .quality import _relative_ok, robust_z
-from .registry import register
+from auditor.checks.quality import robust_z
+from auditor.checks.registry import register
+from auditor.core.constraints import AT_LEAST_ONE, POSITIVE, Real
+from auditor.core.context import NO_EMBEDDINGS, CheckContext
+from auditor.core.findings import Finding
+from auditor.embed.neighbors import knn, ok_knn
 
 
 def _class_distance(vectors: np.ndarray, labels: pd.Series, k: int) -> np.ndarray:
@@ -42,9 +42,9 @@ def outlier(ctx: CheckContext, params: dict) -> list[Finding]:
     t = ctx.ok.reset_index(drop=True)
     vectors, mask = got
     k = params["neighbours"]
-    if not _relative_ok(ctx, int(mask.sum())) or mask.sum() <= k:
+    if not ctx.relative_ok(int(mask.sum())) or mask.sum() <= k:
         return ctx.skip("outlier", f"too few embedded images ({int(mask.sum())}) to say what is typical")
-    _, sims = ctx.ok_knn(k)
+    _, sims = ok_knn(ctx, k)
     dist = pd.Series(np.where(mask, 1.0 - sims.mean(axis=1), np.nan))
     z = robust_z(dist)
     class_dist = pd.Series(_class_distance(vectors, t["label"].where(mask), k))

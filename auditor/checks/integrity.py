@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..core.findings import Finding
-from ..decode import FORMAT_EXTENSIONS
-from .context import CheckContext
-from .registry import register
+from auditor.checks.registry import register
+from auditor.core.context import CheckContext
+from auditor.core.findings import Finding
+from auditor.io.decode import FORMAT_EXTENSIONS
 
 _REASONS = {
     "empty": "file is empty",

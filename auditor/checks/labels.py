@@ -14,12 +14,12 @@ from collections import Counter, defaultdict
 import numpy as np
 import pandas as pd
 
-from ..constraints import AT_LEAST_ONE, COUNT, FRACTION, POSITIVE, Int, Real, choices
-from ..core.findings import Finding
-from ..dataset import labeled
-from .context import NO_EMBEDDINGS, CheckContext
-from .duplicates import NEAR_PARAMS, closest_evidence, evidence_text, kind_key, near_graph
-from .registry import register
+from auditor.checks.duplicates import NEAR_PARAMS, closest_evidence, evidence_text, kind_key, near_graph
+from auditor.checks.registry import register
+from auditor.core.constraints import AT_LEAST_ONE, COUNT, FRACTION, POSITIVE, Int, Real, choices
+from auditor.core.context import NO_EMBEDDINGS, CheckContext
+from auditor.core.findings import Finding
+from auditor.io.dataset import labeled
 
 UNLABELED = "the dataset is unlabeled (no class folders or label column)"
 
@@ -72,7 +72,7 @@ def out_of_fold_probabilities(
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
-    from ..neighbors import normalize
+    from auditor.embed.neighbors import normalize
 
     z = StandardScaler().fit_transform(normalize(vectors).astype(np.float64))
     n_classes = int(labels.max()) + 1
@@ -89,7 +89,7 @@ def knn_vote_probabilities(vectors: np.ndarray, labels: np.ndarray, k: int = 10,
     pseudo-vote spread over the classes in proportion to their frequency (so that a row with
     unanimous neighbours is not certain). Where frozen ImageNet features are weak as a
     linear basis (silhouettes, glyphs), the nearest neighbours still agree with the label."""
-    from ..neighbors import knn
+    from auditor.embed.neighbors import knn
 
     n_classes = int(labels.max()) + 1
     idx, sims = knn(vectors, min(k, len(vectors) - 1), seed=seed)

@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..constraints import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Int, Real
-from ..core.findings import Finding
-from .context import CheckContext
-from .registry import register
+from auditor.checks.registry import register
+from auditor.core.constraints import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Int, Real
+from auditor.core.context import CheckContext
+from auditor.core.findings import Finding
 
 _MAD_TO_SIGMA = 1.4826
 
@@ -33,10 +33,6 @@ def robust_z(values: pd.Series) -> pd.Series:
     if not np.isfinite(mad) or mad <= 1e-12:
         return pd.Series(0.0, index=v.index)
     return (v - med) / mad
-
-
-def _relative_ok(ctx: CheckContext, n: int) -> bool:
-    return n >= int(ctx.settings["min_images_for_relative"])
 
 
 def peer_stats(ctx: CheckContext, t: pd.DataFrame, values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -125,7 +121,7 @@ def low_resolution(ctx: CheckContext, params: dict) -> list[Finding]:
     med = float(side.median())
     small_dataset = med < params["min_side_px"]
     flag = (side < params["min_side_px"]) & (side * params["floor_relative_factor"] < med) & ~small_dataset
-    if _relative_ok(ctx, len(t)):
+    if ctx.relative_ok(len(t)):
         flag |= side * params["relative_factor"] < med
     score = med / side.clip(lower=1)
     out = _findings(
@@ -151,7 +147,7 @@ def odd_size(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images more than ``relative_factor`` times larger (square root of area) than the
     dataset median; smaller ones are ``low_resolution``. Score: size ratio."""
     t = ctx.ok
-    if not _relative_ok(ctx, len(t)):
+    if not ctx.relative_ok(len(t)):
         return []
     size = np.sqrt(t["width"].astype(float) * t["height"].astype(float))
     med = float(size.median())
@@ -176,7 +172,7 @@ def odd_aspect_ratio(ctx: CheckContext, params: dict) -> list[Finding]:
     med = float(aspect.median())
     rel = np.exp(np.abs(np.log(aspect / med)))
     flag = elong > params["max_ratio"]
-    if _relative_ok(ctx, len(t)):
+    if ctx.relative_ok(len(t)):
         flag |= rel > params["relative_factor"]
     score = np.maximum(elong, rel)
     return _findings(
@@ -222,7 +218,7 @@ def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
     fine = t["fine_sharpness"].astype(float)
     med = float(s.median())
     flag = (s < params["always_below"]) & (med >= params["dataset_soft_below"])
-    if _relative_ok(ctx, len(t)):
+    if ctx.relative_ok(len(t)):
         flag |= (peer_z(ctx, t, fine) < -params["robust_z"]) & (peer_z(ctx, t, s) < -params["confirm_z"])
     fine_med = float(fine.median())
     out = _findings(
@@ -274,7 +270,7 @@ def noisy(ctx: CheckContext, params: dict) -> list[Finding]:
     logs = np.log1p(sigma)
     center = peer_center(ctx, t, logs)
     flag = (sigma > params["always_above"]) & (np.expm1(center) <= params["always_above"])
-    if _relative_ok(ctx, len(t)):
+    if ctx.relative_ok(len(t)):
         flag |= (peer_z(ctx, t, logs, min_spread=0.1) > params["robust_z"]) & (sigma > params["min_sigma"])
     out = _findings(
         "noisy", t[flag], sigma,
@@ -311,7 +307,7 @@ def _exposure(
         return []
     flag = flag_abs.copy()
     score = pd.Series(1.0, index=t.index)
-    if _relative_ok(ctx, len(t)):
+    if ctx.relative_ok(len(t)):
         center = peer_center(ctx, t, value)
         # the pooled spread: a class made mostly of defects would hide one by its own spread
         z = peer_z(ctx, t, np.log1p(value.clip(lower=0.0)), local=False)
@@ -423,7 +419,7 @@ def low_information(ctx: CheckContext, params: dict) -> list[Finding]:
     # on near-binary data (most images under the bound) entropy measures the share of ink,
     # not information: a thin digit is not blank; only blank images are flagged there
     flag = (e < lim) & (share <= 0.5)
-    if _relative_ok(ctx, len(t)):
+    if ctx.relative_ok(len(t)):
         z = peer_z(ctx, t, np.log1p(e), local=False)
         flag &= (e < params["relative_factor"] * peer_center(ctx, t, e)) & (z < -params["robust_z"])
     flag |= blank

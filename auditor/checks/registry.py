@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..constraints import Boolean, Constraint, Interval, Options
-from ..core.findings import Finding
-from .context import CheckContext
+from auditor.core.constraints import Boolean, Constraint, Interval, Options
+from auditor.core.context import CheckContext
+from auditor.core.findings import Finding
 
 CheckFn = Callable[[CheckContext, dict[str, Any]], list[Finding]]
 
@@ -27,7 +27,7 @@ REGISTRY: dict[str, CheckSpec] = {}
 
 def register(name: str, family: str, params: dict[str, Constraint] | None = None):
     """Decorator: register a check under a stable ``name`` with its parameter schema: each
-    parameter's type with its range or choices (:mod:`auditor.constraints`), which the rules
+    parameter's type with its range or choices (:mod:`auditor.core.constraints`), which the rules
     loader enforces."""
 
     def deco(fn: CheckFn) -> CheckFn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DatasetError
+from auditor.core.errors import DatasetError
 
 #: Split folder names (any case), in pipeline order: training, then validation-like, then test.
 SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test")

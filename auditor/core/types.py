@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # annotations only: a reused scan never imports pandas until 
     import numpy as np
     import pandas as pd
 
-    from .findings import Finding
+    from auditor.core.findings import Finding
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, advance, total)
 
@@ -24,7 +24,7 @@ class RulesError(ValueError):
 
 @dataclass
 class CheckRule:
-    """One check's entry in a rules file, validated (:func:`auditor.rules.load_rules`)."""
+    """One check's entry in a rules file, validated (:func:`auditor.policy.rules.load_rules`)."""
 
     name: str
     severity: str
@@ -53,7 +53,7 @@ class Discovery:
     items: pd.DataFrame
     skipped: Counter = field(default_factory=Counter)
     missing: list[str] = field(default_factory=list)  # manifest rows whose file is absent
-    annotations: Any = None  # auditor.annotations.Annotations for COCO / YOLO datasets
+    annotations: Any = None  # auditor.io.annotations.Annotations for COCO / YOLO datasets
     # which rows of ``items`` are in ``missing`` (bool), as discovery found them; None: ask
     # missing_mask(), which works it out from ``missing``
     absent: np.ndarray | None = field(default=None, repr=False)
@@ -84,9 +84,9 @@ class ScanResult:
     rules: Rules | None
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
-    embeddings: Any = None  # auditor.embed.Embeddings when the scan embedded
+    embeddings: Any = None  # auditor.embed.features.Embeddings when the scan embedded
     source_table: pd.DataFrame | None = None  # the --source set's per-image table
-    projection: pd.DataFrame | None = None  # 2-D UMAP of the compared sets (see auditor.projection)
+    projection: pd.DataFrame | None = None  # 2-D UMAP of the compared sets (see auditor.analysis.projection)
     context: Any = field(default=None, repr=False)  # the CheckContext the checks read (for the report)
     reused: bool = False
 
@@ -119,7 +119,7 @@ class ScanResult:
             return pd.read_parquet(files["table"]) if "table" in files else None
 
         def findings():
-            from .findings import Finding
+            from auditor.core.findings import Finding
 
             return [Finding(f["check"], list(f["paths"]), f["score"], f["message"], dict(f.get("details") or {}),
                             f["severity"]) for f in report.get("findings", [])]  # fmt: skip

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..gating import GateFailed, GateResult, gate_result, load_report, rejudge
-from ..rules import Rules, load_rules
-from .scan import scan
+from auditor.pipeline.scan import scan
+from auditor.policy.gate import GateFailed, GateResult, gate_result, load_report, rejudge
+from auditor.policy.rules import Rules, load_rules
 
 
 def gate(

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.findings import jsonable
+from auditor.core.findings import jsonable
 
 
 @dataclass
 class RunResult:
-    scan: Any  # auditor.api.ScanResult
+    scan: Any  # auditor.pipeline.api.ScanResult
     passed: bool
     stopped: bool  # True when the failed gate stopped the run
-    clean: Any = None  # auditor.clean.CleanResult
-    finetune: Any = None  # auditor.finetune.FinetuneResult
+    clean: Any = None  # auditor.pipeline.clean.CleanResult
+    finetune: Any = None  # auditor.pipeline.finetune.FinetuneResult
     report_path: Path | None = None
     skipped: str | None = None  # why fine-tuning did not run (detection datasets)
 
@@ -45,12 +45,12 @@ def run(
     ``augment_from_audit``: pick the augmentation layers from the findings (geometric always;
     brightness/contrast when ``property_shift`` found that difference) instead of
     ``finetune_options.augment``; recorded with the reasons in the report."""
-    from ..api import scan
-    from ..clean import clean
-    from ..finetune import FinetuneOptions, augmentations_from_audit, finetune
-    from ..report import write_outputs
-    from ..rules import Rules, load_rules
-    from ..store import Store
+    from auditor.io.store import Store
+    from auditor.pipeline.api import scan
+    from auditor.pipeline.clean import clean
+    from auditor.pipeline.finetune import FinetuneOptions, augmentations_from_audit, finetune
+    from auditor.policy.rules import Rules, load_rules
+    from auditor.report import write_outputs
 
     out = Path(out)
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)

@@ -3,8 +3,8 @@ API and the CLI alike (``audit scan`` and ``audit gate`` are this function and a
 
 On a hit the outputs of the earlier scan are written into ``out`` again and a
 :class:`~auditor.core.types.ScanResult` with ``reused=True`` is returned without importing
-numpy, pandas or the checks; on a miss :func:`auditor.api.scan` runs and its outputs are
-recorded (:mod:`auditor.reuse` says what the fingerprint covers).
+numpy, pandas or the checks; on a miss :func:`auditor.pipeline.api.scan` runs and its outputs are
+recorded (:mod:`auditor.io.reuse` says what the fingerprint covers).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.types import ProgressFn, ScanResult
-from ..fsutil import check_cache_dir, output_folder
+from auditor.core.fsutil import check_cache_dir, output_folder
+from auditor.core.types import ProgressFn, ScanResult
 
 if TYPE_CHECKING:
-    from ..rules import Rules
+    from auditor.policy.rules import Rules
 
-#: Every option of :func:`auditor.api.scan` that changes its outputs, with its default there
+#: Every option of :func:`auditor.pipeline.api.scan` that changes its outputs, with its default there
 #: (a test holds the two to one definition): two scans with the same options share one
 #: reuse record, whichever command or call made them.
 SCAN_OPTIONS: dict[str, Any] = dict(
@@ -47,8 +47,8 @@ def _fingerprintable(rules: Any, options: dict[str, Any]) -> bool:
 
 
 def _prepare(dataset, options: dict, rules, cache_dir):
-    from ..reuse import prepare
-    from ..rules import RulesError, rules_files
+    from auditor.io.reuse import prepare
+    from auditor.policy.rules import RulesError, rules_files
 
     try:
         files_of_rules = rules_files(rules)
@@ -82,12 +82,12 @@ def scan(
     progress: ProgressFn | None = None,
     **options: Any,
 ) -> ScanResult:
-    """Audit an image dataset (:func:`auditor.api.scan`, whose options ``options`` are), reusing
+    """Audit an image dataset (:func:`auditor.pipeline.api.scan`, whose options ``options`` are), reusing
     the outputs of an earlier scan with the same options and rules when nothing it reads has
     changed: the dataset's files, the source set, manifests, COCO files, model files, the
     rules files, the auditor itself and the environment that changes results. Only when it
     writes (``write``) and uses the cache (``use_cache``), and ``rules`` and ``backbone`` are
-    names or paths (a :class:`~auditor.rules.Rules` or backbone object cannot be
+    names or paths (a :class:`~auditor.policy.rules.Rules` or backbone object cannot be
     fingerprinted). Input and output errors are raised before any work, as a full scan
     raises them."""
     options = scan_options(**options)
@@ -100,7 +100,7 @@ def scan(
         if files is not None:
             return ScanResult.reused_from(files)
         out = out_dir
-    from .. import api  # after the reuse check (a hit never imports it); looked up at call time
+    from auditor.pipeline import api  # after the reuse check (a hit never imports it); looked up at call time
 
     result = api.scan(dataset, out, rules=rules, workers=workers, cache_dir=cache_dir, use_cache=use_cache,
                       write=write, progress=progress, **options)  # fmt: skip

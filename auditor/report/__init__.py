@@ -1,6 +1,6 @@
 """Outputs of a scan: ``report.json`` (the contract), the per-image table, ``report.html``.
 
-The files are written together or not at all (:func:`auditor.fsutil.write_files`: each to a
+The files are written together or not at all (:func:`auditor.core.fsutil.write_files`: each to a
 temporary file beside it, fsync, then all renamed), so a reader never sees half a report, an
 interrupted write leaves the previous one intact, and a full disk leaves nothing behind.
 :mod:`.encode` makes the bytes, :mod:`.html` the page.
@@ -14,20 +14,20 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..dataset import release_unused_memory
-from ..fsutil import write_files
-from .encode import image_table, parquet_bytes, report_json_view
+from auditor.core.fsutil import write_files
+from auditor.io.dataset import release_unused_memory
+from auditor.report.encode import image_table, parquet_bytes, report_json_view
 
 if TYPE_CHECKING:
-    from ..core.types import ScanResult
-    from ..store import Store
+    from auditor.core.types import ScanResult
+    from auditor.io.store import Store
 
 
 def write_outputs(result: ScanResult, store: Store) -> dict[str, Path]:
     """Write images.parquet, report.html (and projection.parquet when the scan compared sets)
-    and report.json into ``result.out_dir``, all or none (:class:`auditor.fsutil.OutputError`
+    and report.json into ``result.out_dir``, all or none (:class:`auditor.core.fsutil.OutputError`
     says why none)."""
-    from .html import render_html
+    from auditor.report.html import render_html
 
     out = Path(result.out_dir)
     files = {"table": out / "images.parquet", "html": out / "report.html", "json": out / "report.json"}
@@ -54,10 +54,10 @@ def render_again(report_path: str | os.PathLike, out_dir: str | os.PathLike, sto
     (report.json), the ``images.parquet`` beside it, ``projection.parquet`` when the report
     has a projection, and the thumbnails in ``store`` (the cache the scan filled: without
     them the same page, with fewer pictures). The same bytes as the scan's own report.html.
-    :class:`FileNotFoundError` naming a missing file; :class:`auditor.fsutil.OutputError`
+    :class:`FileNotFoundError` naming a missing file; :class:`auditor.core.fsutil.OutputError`
     when ``out_dir`` cannot be written."""
-    from ..gating import load_report
-    from .html import render_html
+    from auditor.policy.gate import load_report
+    from auditor.report.html import render_html
 
     report_path = Path(report_path)
     report = load_report(report_path)

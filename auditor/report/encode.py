@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..dataset import release_unused_memory
+from auditor.io.dataset import release_unused_memory
 
 if TYPE_CHECKING:
-    from ..core.types import ScanResult
+    from auditor.core.types import ScanResult
 
 
 def report_json_bytes(report: dict) -> bytes:

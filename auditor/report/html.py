@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from jinja2 import Environment, FileSystemBytecodeCache, PackageLoader, select_autoescape
 
-from ..dataset import labeled as labeled_rows
-from ..measure import MEASURE_VERSION
-from .encode import rows_named
+from auditor.io.dataset import labeled as labeled_rows
+from auditor.measure.pixels import MEASURE_VERSION
+from auditor.report.encode import rows_named
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from auditor.io.store import Store
 
 #: Findings shown per check section, and thumbnails per finding, to bound the file size.
 MAX_FINDINGS_PER_SECTION = 60

@@ -51,7 +51,7 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
 
 
 def _textured(tile: np.ndarray, min_std: float, min_entropy: float) -> bool:
-    from .measure import entropy_bits
+    from auditor.measure.pixels import entropy_bits
 
     g = _gray(tile)
     return float(g.std()) >= min_std and entropy_bits(g) >= min_entropy

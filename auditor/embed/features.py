@@ -24,9 +24,9 @@ from itertools import islice
 
 import numpy as np
 
-from . import decode as dec
-from .backbones import CROP_FRACTION, Backbone, Embedder
-from .store import Store
+from auditor.embed.backbones import CROP_FRACTION, Backbone, Embedder
+from auditor.io import decode as dec
+from auditor.io.store import Store
 
 
 @dataclass
@@ -198,7 +198,7 @@ def _bn_layout(backbone: Backbone, embedder: Embedder | None):
     weights without building the network when nothing had to be computed."""
     if embedder is not None:
         return embedder.stat_layers, embedder.bn_reference
-    from .backbones import efficientnet_lite as lite
+    from auditor.embed.backbones import efficientnet_lite as lite
 
     return lite.reference_statistics()
 
@@ -217,7 +217,7 @@ def save_embeddings(path: str | os.PathLike, items, embeddings: Embeddings) -> i
     import json
     from pathlib import Path
 
-    from .fsutil import atomic_write_bytes
+    from auditor.core.fsutil import atomic_write_bytes
 
     path = Path(path)
     vectors, mask = embeddings.rows(items["content_hash"])

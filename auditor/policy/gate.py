@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.findings import Finding, jsonable
-from .fsutil import printable
-from .rules import SEVERITIES, Rules, RulesError, apply_severities, judge, short_repr
+from auditor.core.findings import Finding, jsonable
+from auditor.core.fsutil import printable
+from auditor.policy.rules import SEVERITIES, Rules, RulesError, apply_severities, judge, short_repr
 
 
 class GateFailed(RuntimeError):
@@ -41,7 +41,7 @@ class GateResult:
     warnings: list[dict]
     report: dict
     report_path: Path | None = None
-    scan: Any = field(default=None, repr=False)  # auditor.api.ScanResult when the gate scanned
+    scan: Any = field(default=None, repr=False)  # auditor.pipeline.api.ScanResult when the gate scanned
 
     def __bool__(self) -> bool:
         return self.passed

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from auditor.core.context import CheckContext
+
 EXACT_LIMIT = 20_000
 BLOCK = 2048
 
@@ -98,3 +100,26 @@ def similar_pairs(indices: np.ndarray, sims: np.ndarray, min_similarity: float) 
     pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
     pairs, first = np.unique(pairs, axis=0, return_index=True)
     return pairs, s[first]
+
+
+def ok_knn(ctx: CheckContext, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cosine kNN graph over the ``ctx.ok`` rows that have an embedding: ``(indices, sims)``
+    (n_ok, k), indices positional into ``ctx.ok``; rows without an embedding have no
+    neighbours (similarity -inf). Computed once per context (for the largest k asked) and
+    kept in ``ctx.analyses.knn``."""
+    got = ctx.ok_vectors()
+    if got is None:
+        return None
+    cached = ctx.analyses.knn
+    if cached is None or cached[0].shape[1] < k:
+        vectors, mask = got
+        have = np.flatnonzero(mask)
+        kk = max(k, 10)
+        sub_i, sub_s = knn(vectors[have], kk)
+        width = sub_i.shape[1]
+        idx = np.zeros((len(mask), width), np.int64)
+        sims = np.full((len(mask), width), -np.inf, np.float32)
+        idx[have] = have[sub_i]
+        sims[have] = sub_s
+        cached = ctx.analyses.knn = (idx, sims)
+    return cached[0][:, :k], cached[1][:, :k]

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core.paths import EVAL_SPLITS, SPLIT_NAMES
-from .fsutil import OutputError, check_output, make_dirs, remove_dirs
+from auditor.core.fsutil import OutputError, check_output, make_dirs, remove_dirs
+from auditor.core.paths import EVAL_SPLITS, SPLIT_NAMES
 
 #: Strength of each action: the strongest decision for an image wins.
 STRENGTH = {"keep": 0, "relabel": 1, "quarantine": 2, "drop": 3}
@@ -321,7 +321,7 @@ def _write_annotations(ann: Any, boxes: pd.DataFrame, manifest: pd.DataFrame, ro
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(json.dumps(data) + "\n", encoding="utf-8")
     else:
-        from .annotations import find_yolo, yolo_label_file
+        from auditor.io.annotations import find_yolo, yolo_label_file
 
         pairs = find_yolo(root)
         for extra in ("data.yaml", "dataset.yaml", "data.yml", "classes.txt"):
@@ -399,10 +399,10 @@ def clean(
     image from its findings under the rules' ``clean`` policy; unless ``dry_run``, write
     ``out/manifest.csv``, ``out/clean.json`` and the cleaned dataset (split/class layout,
     hard links where possible). ``scan_out``: where the scan's report goes (default: not
-    written). ``scan_result``: an :class:`auditor.api.ScanResult` to decide from instead of
+    written). ``scan_result``: an :class:`auditor.pipeline.api.ScanResult` to decide from instead of
     scanning again."""
-    from .api import scan
-    from .rules import Rules, load_rules
+    from auditor.pipeline.api import scan
+    from auditor.policy.rules import Rules, load_rules
 
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
     if not dry_run and out is None:
@@ -421,7 +421,7 @@ def clean(
                "relabel": relabel, "policy": rules_obj.clean}  # fmt: skip
     boxes, extra = None, None
     if ann is not None:
-        from .checks.boxes import boxes_of
+        from auditor.checks.boxes import boxes_of
 
         image_action = dict(zip(manifest["source_path"], manifest["action"], strict=True))
         boxes = decide_boxes(boxes_of(result.context), result.findings, rules_obj.clean, image_action)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import synth
+from auditor.demo import synth
 
 #: defect -> the check that must find it.
 DEFECTS: dict[str, str] = {

@@ -124,7 +124,7 @@ def quiet_tensorflow():
 
 
 def _digest(path: Path) -> str:
-    from ..decode import file_digest
+    from auditor.io.decode import file_digest
 
     return file_digest(path, digest_size=8)
 
@@ -135,7 +135,7 @@ def _digest(path: Path) -> str:
 def _load_lite0(backbone: Backbone, cache_dir: str | None) -> Embedder:
     import keras
 
-    from . import efficientnet_lite as lite
+    from auditor.embed.backbones import efficientnet_lite as lite
 
     model = lite.load_model(cache_dir=cache_dir)
     stats, layers_info, reference = [], [], {}

@@ -15,19 +15,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .backbones import Backbone, get_backbone
-from .checks.boxes import box_summary
-from .checks.catalog import load_all
-from .checks.context import CheckContext
-from .checks.shift import dataset_gap, gap_level, shift_section
-from .core.findings import Finding, jsonable
-from .core.types import ProgressFn, ScanResult
-from .core.version import __version__
-from .dataset import Discovery, discover, release_unused_memory
-from .extract import ExtractOptions, measure_all
-from .fsutil import check_cache_dir, check_output, output_folder
-from .rules import Rules, apply_severities, judge, load_rules
-from .store import Store
+from auditor.checks.catalog import load_all
+from auditor.core.context import CheckContext
+from auditor.core.findings import Finding
+from auditor.core.fsutil import check_cache_dir, check_output, output_folder
+from auditor.core.types import ProgressFn, ScanResult
+from auditor.embed.backbones import Backbone, get_backbone
+from auditor.io.dataset import Discovery, discover, release_unused_memory
+from auditor.io.store import Store
+from auditor.measure.batch import ExtractOptions, measure_all
+from auditor.policy.rules import Rules, apply_severities, load_rules
+from auditor.report.build import build_report
 
 
 def present_paths(disc: Discovery) -> list[str]:
@@ -111,7 +109,7 @@ def check_context(
     shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift", "property_shift")}
     thumbnails = None
     if store is not None:
-        from .measure import MEASURE_VERSION
+        from auditor.measure.pixels import MEASURE_VERSION
 
         def thumbnails(hashes):
             if not store.closed:
@@ -140,119 +138,6 @@ def run_checks(
     return apply_severities(findings, rules)
 
 
-def dataset_summary(disc: Discovery, table: pd.DataFrame) -> dict:
-    labels = sorted({x for x in table["label"] if isinstance(x, str)})
-    splits = {str(k): int(v) for k, v in table["split"].dropna().value_counts().sort_index().items()}
-    return {
-        "root": str(disc.root.resolve()),
-        "images": int(len(table)),
-        "unreadable": int((~table["ok"]).sum()),
-        "classes": labels,
-        "splits": splits,
-        "layout": disc.layout,
-        "skipped": dict(sorted(disc.skipped.items())),
-    }
-
-
-def backbone_summary(embeddings: Any) -> dict | None:
-    """The report's ``backbone`` section: what embedded the images (no run-dependent counts,
-    so a cached rescan writes the same report)."""
-    if embeddings is None:
-        return None
-    return {**embeddings.backbone, "embedded": len(embeddings.hashes), "failed": len(embeddings.failures)}
-
-
-def build_report(
-    disc: Discovery,
-    table: pd.DataFrame,
-    findings: list[Finding],
-    rules: Rules,
-    embeddings: Any = None,
-    ctx: CheckContext | None = None,
-    source: Discovery | None = None,
-) -> dict:
-    registry = load_all()
-    counts: dict[str, int] = {}
-    for f in findings:
-        counts[f.check] = counts.get(f.check, 0) + 1
-    return {
-        "schema": "auditor.report/1",
-        "tool": {"name": "image-auditor", "version": __version__},
-        "dataset": dataset_summary(disc, table),
-        "backbone": backbone_summary(embeddings),
-        "rules": {"source": rules.source},
-        "checks": {
-            name: {
-                "enabled": rules.checks[name].enabled,
-                "severity": rules.checks[name].severity,
-                "findings": counts.get(name, 0),
-                "skipped": ctx.skipped.get(name) if ctx is not None else None,
-                "note": ctx.notes.get(name) if ctx is not None else None,
-                "params": jsonable(rules.checks[name].params),
-            }
-            for name in registry
-        },  # fmt: skip
-        "findings": finding_dicts(findings),
-        "source": dataset_summary(source, ctx.reference) if source is not None and ctx is not None else None,
-        "shift": jsonable(shift_section(ctx)) if ctx is not None else [],
-        "pretraining_gap": jsonable(pretraining_section(ctx, rules)) if ctx is not None else None,
-        "projection": None,
-        "boxes": jsonable(box_summary(ctx)) if ctx is not None else None,
-        "gate": judge(findings, rules, int(len(table))),
-    }
-
-
-class _FindingEntry:
-    """Holds one finding's report entry as attributes; the entry is its ``__dict__``.
-
-    CPython keeps the attribute dicts of one class's instances with one key table shared by
-    all of them (PEP 412): 144 bytes a finding instead of 272 for a dict of six keys of its
-    own, 130 MB less for a million findings. The dict is an ordinary ``dict`` in every way
-    (its keys in this order, JSON, equality, copies); elsewhere it only costs the usual size.
-    """
-
-
-def finding_dicts(findings: list[Finding]) -> list[dict]:
-    """``[f.to_dict() for f in findings]``, the report's ``findings``, at less memory: each
-    entry shares its key table with the others (:class:`_FindingEntry`) and holds its
-    finding's list of paths (not a copy); the findings that share a ``details`` dict (a
-    million missing manifest rows share one) share its JSON-plain copy, and equal scores
-    share one float."""
-    details_of: dict[int, tuple[dict, dict]] = {}  # id(details) -> (details, its plain copy), a few recent
-    score_of: dict[float, float] = {}
-    out = []
-    for f in findings:
-        got = details_of.get(id(f.details))
-        if got is None or got[0] is not f.details:
-            if len(details_of) >= 64:
-                details_of.clear()
-            got = details_of[id(f.details)] = (f.details, jsonable(f.details))
-        score = float(round(float(f.score), 6))
-        if score:  # not 0.0 and -0.0, which are equal but written apart
-            if len(score_of) >= 64:
-                score_of.clear()
-            score = score_of.setdefault(score, score)
-        entry = _FindingEntry()
-        entry.check = f.check  # in to_dict's order: the report's key order
-        entry.severity = f.severity
-        entry.paths = f.paths if type(f.paths) is list else list(f.paths)  # the finding's own list: not copied
-        entry.score = score
-        entry.message = f.message
-        entry.details = got[1]
-        out.append(entry.__dict__)
-    return out
-
-
-def pretraining_section(ctx: CheckContext, rules: Rules) -> dict | None:
-    """The report's ``pretraining_gap`` section: the measures and the level under the rule's
-    bands (None without embeddings that record them)."""
-    gap = dataset_gap(ctx)
-    if gap is None:
-        return None
-    rule = rules.checks["pretraining_gap"]
-    return {**gap, "level": gap_level(gap, rule.params) if gap["images"] >= rule.params["min_images"] else None}
-
-
 def embed_table(
     table: pd.DataFrame,
     backbone: Backbone,
@@ -265,7 +150,7 @@ def embed_table(
 ):
     """Embed every decodable row (``ok``, with a ``content_hash``) of an items table, each
     distinct content once; ``workers`` decoding threads."""
-    from .embed import embed_files
+    from auditor.embed.features import embed_files
 
     ok = table[table["ok"] & table["content_hash"].notna()]
     files: dict[str, str] = {}
@@ -309,15 +194,15 @@ def scan(
 ) -> ScanResult:
     """Audit an image dataset.
 
-    Raises :class:`auditor.dataset.DatasetError`, :class:`auditor.rules.RulesError` or
-    :class:`auditor.backbones.BackboneError` for input errors, and
-    :class:`auditor.fsutil.OutputError` (before any work) for an ``out`` inside the dataset,
+    Raises :class:`auditor.io.dataset.DatasetError`, :class:`auditor.policy.rules.RulesError` or
+    :class:`auditor.embed.backbones.BackboneError` for input errors, and
+    :class:`auditor.core.fsutil.OutputError` (before any work) for an ``out`` inside the dataset,
     naming a file, or in a folder that cannot be written. Writes ``report.json``,
     ``images.parquet`` and ``report.html`` into ``out`` (default ``reports/<dataset-name>/``;
     refused where that lies inside the dataset) unless ``write=False``. ``embed=False`` skips
     the backbone (no TensorFlow import) and the checks that need it;
     ``backbone``/``weights``/``layer``/``preprocess`` choose it (see
-    :func:`auditor.backbones.get_backbone`; default EfficientNet-Lite0).
+    :func:`auditor.embed.backbones.get_backbone`; default EfficientNet-Lite0).
 
     ``source``: a source-like reference set (a folder in any supported layout, see
     ``source_layout`` / ``source_manifest``; or a CSV manifest, whose folder is the root) the
@@ -363,14 +248,14 @@ def scan(
         result = ScanResult(report, table, findings, disc, rules_obj, embeddings=embeddings, source_table=src_table,
                             context=ctx)  # fmt: skip
         if projection and embeddings is not None:
-            from .projection import project_pairs
+            from auditor.analysis.projection import project_pairs
 
             result.projection = project_pairs(ctx, store=store if use_cache else None)
             if result.projection is not None:
                 report["projection"] = {"file": "projection.parquet", "method": result.projection.attrs["method"],
                                         "points": len(result.projection)}  # fmt: skip
         if write:
-            from .report import write_outputs
+            from auditor.report import write_outputs
 
             result.out_dir = out_dir
             result.files = write_outputs(result, store)
@@ -420,11 +305,11 @@ def embed(
     progress: ProgressFn | None = None,
 ) -> EmbedResult:
     """Embed every decodable image of a dataset (through the cache) and, with ``out``,
-    write them to a ``.npz`` or ``.parquet`` file (see :func:`auditor.embed.save_embeddings`).
+    write them to a ``.npz`` or ``.parquet`` file (see :func:`auditor.embed.features.save_embeddings`).
     Files are hashed, not measured (the quality properties are the scan's job); unreadable
     or undecodable images are skipped and counted."""
-    from .embed import save_embeddings
-    from .extract import hash_all
+    from auditor.embed.features import save_embeddings
+    from auditor.measure.batch import hash_all
 
     if out is not None:
         check_output(out, dataset, folder=False)  # before the backbone loads

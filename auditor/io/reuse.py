@@ -39,8 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import readable
-from .store import CacheWarning, Store
+from auditor.core.fsutil import readable
+from auditor.io.store import CacheWarning, Store
 
 #: Bump when the record format changes.
 _FORMAT = 1
@@ -111,8 +111,8 @@ def _tree(h, root: Path, follow_symlinks: bool) -> bool:
 def _auditor_state(h) -> None:
     """The running auditor: who runs it, its version, its source files, the Python, the
     installed packages."""
-    from .core import version
-    from .core.version import __version__
+    from auditor.core import version
+    from auditor.core.version import __version__
 
     h.update(f"auditor {__version__} format {_FORMAT} python {sys.version}\n".encode())
     if hasattr(os, "geteuid"):
@@ -142,8 +142,8 @@ class Reuse:
     def restore(self, out_dir: Path) -> dict[str, Path] | None:
         """Write the recorded outputs into ``out_dir`` (all or none, as a full scan does) and
         return them by role (``json``, ``table``, ``html``, ...); None when there is no
-        matching record. :class:`auditor.fsutil.OutputError` when they cannot be written."""
-        from .fsutil import write_files
+        matching record. :class:`auditor.core.fsutil.OutputError` when they cannot be written."""
+        from auditor.core.fsutil import write_files
 
         if not self.store_path.exists():
             return None
@@ -210,7 +210,7 @@ def prepare(
 ) -> Reuse | None:
     """Fingerprint a scan of ``dataset`` with ``options`` (JSON-able, everything that changes
     the outputs) under ``rules`` (its name or path) whose files are ``rules_files`` (the file
-    and every file it extends: :func:`auditor.rules.rules_files`). ``extra_trees``: other
+    and every file it extends: :func:`auditor.policy.rules.rules_files`). ``extra_trees``: other
     folders it reads (the source set, COCO images); ``extra_files``: single files (manifests,
     COCO JSON, weights, a model file). None when the dataset is not a folder, a path cannot
     be resolved (the scan reports those) or the tree is too large to fingerprint."""

@@ -1,8 +1,8 @@
-"""The ``audit`` command: thin. Parses arguments, calls :mod:`auditor.api`, prints with rich.
+"""The ``audit`` command: thin. Parses arguments, calls :mod:`auditor.pipeline.api`, prints with rich.
 
 Exit codes: 0 success (or gate passed), 1 gate failed, 2 usage or input error (one-line
 reason on stderr). Everything that comes from the data (file and class names, messages,
-paths) is printed through :func:`_term`: as text, never as rich markup or terminal control.
+paths) is printed through :func:`term`: as text, never as rich markup or terminal control.
 """
 
 from __future__ import annotations
@@ -16,10 +16,38 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from .fsutil import check_cache_dir, check_output, printable
+from auditor.cli.options import (
+    AugmentOpt,
+    BackboneOpt,
+    BatchOpt,
+    CacheDirOpt,
+    CocoOpt,
+    EpochsOpt,
+    FollowSymlinksOpt,
+    ImageSizeOpt,
+    ImagesOpt,
+    LayerOpt,
+    LayoutOpt,
+    LearningRateOpt,
+    ManifestOpt,
+    MaxPixelsOpt,
+    NoCacheOpt,
+    NoEmbedOpt,
+    NoProjectionOpt,
+    PreprocessOpt,
+    RulesOpt,
+    SeedOpt,
+    SourceLayoutOpt,
+    SourceManifestOpt,
+    SourceOpt,
+    UnfreezeOpt,
+    WeightsOpt,
+    WorkersOpt,
+    scan_options,
+)
+from auditor.cli.render import err_console, out_console, print_gate, print_summary, term
+from auditor.core.fsutil import check_cache_dir, check_output
 
 app = typer.Typer(
     name="audit",
@@ -28,23 +56,12 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-out_console = Console()
-err_console = Console(stderr=True)
-
-_SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-
-
-def _term(text: object) -> str:
-    """``text`` safe to print with rich: control characters written out (an escape sequence in
-    a file name must not recolour, move or clear the screen; see
-    :func:`auditor.fsutil.printable`) and rich markup escaped."""
-    return escape(printable(text))
 
 
 def _fail(message: str, code: int = 2) -> None:
     """One line on stderr (a multi-line reason, such as a YAML error, is joined) and exit."""
     one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    err_console.print(f"error: {_term(one_line)}", style="red", highlight=False, soft_wrap=True)
+    err_console.print(f"error: {term(one_line)}", style="red", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -73,178 +90,6 @@ def _progress():
         bar.update(tasks[stage], advance=advance, rate=f"{speed:.0f} img/s" if speed else "")
 
     return bar, update
-
-
-def print_summary(result, console: Console = out_console, examples: int = 2) -> None:
-    """A table of checks with counts and the worst examples, then the verdict."""
-    from rich.table import Table
-
-    report = result.report
-    ds = report["dataset"]
-    splits = _term(", ".join(f"{k} {v}" for k, v in ds["splits"].items()) or "no splits")
-    bx = report.get("boxes")
-    classes = "" if bx else f"{len(ds['classes'])} classes, "
-    skipped = ", ".join(f"{k} {v}" for k, v in (ds.get("skipped") or {}).items())
-    console.print(
-        f"[bold]{ds['images']}[/] images ({ds['unreadable']} unreadable), {classes}{splits}; "
-        f"layout [bold]{_term(ds['layout'])}[/]" + (f"; skipped: {_term(skipped)}" if skipped else ""),
-        highlight=False,
-    )
-    if bx:
-        per = ", ".join(f"{_term(c)} {v['boxes']}" for c, v in list(bx["classes"].items())[:8])
-        console.print(f"boxes ({_term(bx['format'].upper())}): [bold]{bx['boxes']}[/] on {bx['annotated_images']} of "
-                      f"{bx['images']} images; {per}", highlight=False)  # fmt: skip
-    emb = getattr(result, "embeddings", None)
-    if getattr(result, "reused", False):
-        bb = report.get("backbone")
-        what = f"embeddings from {_term(bb['id'])}, " if bb else ""
-        console.print(f"unchanged since the last scan with these options: {what}checks and report reused from the "
-                      "cache (--no-cache runs everything)", style="dim", highlight=False)  # fmt: skip
-    if emb is None and not report.get("backbone"):
-        console.print("embeddings: skipped (--no-embed); outlier and embedding near-duplicate checks did not run",
-                      style="dim", highlight=False)  # fmt: skip
-    elif emb is not None:
-        fresh = f"{emb.computed} computed, {emb.cached} from cache"
-        failed = f", {len(emb.failures)} failed" if emb.failures else ""
-        console.print(f"embeddings: [bold]{_term(emb.backbone['id'])}[/] ({emb.backbone['dims']}-d; {fresh}{failed})",
-                      highlight=False)  # fmt: skip
-    print_shift(report, console)
-    by_check: dict[str, list[dict]] = {}
-    for f in report["findings"]:
-        by_check.setdefault(f["check"], []).append(f)
-    table = Table(title="Findings", show_lines=False)
-    table.add_column("check")
-    table.add_column("severity")
-    table.add_column("findings", justify="right")
-    table.add_column("worst examples", overflow="fold")
-    gate = {r["rule"]: r for r in report["gate"]["rules"]}
-    for name, info in report["checks"].items():
-        fs = by_check.get(name, [])
-        if not info["enabled"] or not fs:
-            continue
-        worst = sorted(fs, key=lambda f: -f["score"])[:examples]
-        ex = "; ".join(
-            (", ".join(f["paths"][:3]) + (" ..." if len(f["paths"]) > 3 else "")) or f["message"] for f in worst
-        )
-        status = gate.get(name, {}).get("status", "pass")
-        mark = {"fail": " [bold red]FAIL[/]", "warn": " [yellow]over limit[/]"}.get(status, "")
-        sev = info["severity"]
-        table.add_row(_term(name), f"[{_SEV_STYLE[sev]}]{sev}[/]", str(len(fs)) + mark, _term(ex))
-    skipped: dict[str, list[str]] = {}
-    for name, info in report["checks"].items():
-        if name.startswith("box_") and not report.get("boxes"):
-            continue  # box checks on a classification dataset: nothing to say
-        if info["enabled"] and info.get("skipped") and not by_check.get(name):
-            skipped.setdefault(info["skipped"], []).append(name)
-    if skipped:
-        lines = "; ".join(f"{', '.join(names)} ({why})" for why, names in skipped.items())
-        console.print(f"not run: {_term(lines)}", style="dim", highlight=False)
-    if table.row_count:
-        console.print(table)
-    else:
-        console.print("[green]No findings.[/]")
-    if report["gate"]["passed"]:
-        console.print("[bold green]Gate: passed[/]")
-    else:
-        failed = [r["rule"] for r in report["gate"]["rules"] if r["status"] == "fail"]
-        console.print(f"[bold red]Gate: failed[/] ({_term(', '.join(failed))})")
-
-
-_VERDICT_STYLE = {"shift": "bold yellow", "minor": "cyan", "none": "green", "skipped": "dim"}
-
-
-def print_shift(report: dict, console: Console = out_console, explanations: int = 3) -> None:
-    """One block per comparison (verdict, effect size, what differs) and the pretraining gap."""
-    for s in report.get("shift") or []:
-        head = _term(f"shift {s['reference']} -> {s['target']}: ")
-        style = _VERDICT_STYLE.get(s["verdict"], "")
-        if s["verdict"] == "skipped" or s.get("auc") is None:
-            console.print(head + f"[{style}]skipped[/] ({_term(str(s['skipped']))})", highlight=False)
-        else:
-            lo, hi = s["auc_ci"]
-            p = "p<0.001" if s["p_value"] < 0.001 else f"p={s['p_value']:.3f}"
-            console.print(
-                head + f"[{style}]{_term(s['verdict'])}[/] (drift {s['magnitude']:.2f}, "
-                f"AUC {s['auc']:.2f} [{lo:.2f}, {hi:.2f}], "
-                f"{p}; MMD² {s['mmd2']:.4f}, FID {s['fid']:.1f}; n = {s['n_sampled'][0]} vs {s['n_sampled'][1]})",
-                highlight=False,
-            )  # fmt: skip
-        for line in s["explanations"][:explanations]:
-            console.print(f"  - {_term(line)}", highlight=False)
-    gap = report.get("pretraining_gap")
-    if gap and gap.get("level"):
-        parts = []
-        if gap["feature_gap"] is not None:
-            parts.append(f"feature gap {gap['feature_gap']:.2f}")
-        if gap["head_confidence"] is not None:
-            parts.append(f"ImageNet head confidence {gap['head_confidence']:.2f}")
-        console.print(f"pretraining gap: [bold]{_term(gap['level'])}[/] ({', '.join(parts)})", highlight=False)
-
-
-BackboneOpt = Annotated[
-    str | None,
-    typer.Option(help="efficientnet-lite0 (default, offline), a keras.applications name (ResNet50, ...), "
-                 "or a .keras model file."),
-]  # fmt: skip
-WeightsOpt = Annotated[
-    str | None, typer.Option(help="For keras.applications backbones: imagenet (downloads once), none, or a file.")
-]
-LayerOpt = Annotated[str | None, typer.Option(help="For a .keras backbone: the feature layer [default: the "
-                                              "input of the last layer].")]  # fmt: skip
-PreprocessOpt = Annotated[
-    str, typer.Option(help="For a .keras backbone: raw (0..255), unit (0..1), tf (-1..1), torch or caffe.")
-]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference batch.")]
-CacheDirOpt = Annotated[Path | None, typer.Option(help="Cache folder [default: ~/.cache/image-auditor].")]
-WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", "-j", min=1, help="Worker processes [default: CPU count].")
-]
-LayoutOpt = Annotated[str, typer.Option(help="auto, class-folders, split-folders, manifest, flat, coco or yolo.")]
-CocoOpt = Annotated[Path | None, typer.Option(help="COCO instances JSON (detection) [default: instances_*.json].")]
-ImagesOpt = Annotated[Path | None, typer.Option(help="Folder the COCO file_name paths are relative to.")]
-ManifestOpt = Annotated[
-    Path | None, typer.Option(help="CSV with columns path,label[,split], paths relative to DATASET.")
-]
-SourceOpt = Annotated[
-    Path | None,
-    typer.Option(
-        help="A source-like reference set to compare the dataset with (domain shift): a folder, "
-        "or a CSV manifest (path,label[,split]) whose paths are relative to its folder."
-    ),
-]
-SourceLayoutOpt = Annotated[str, typer.Option(help="Layout of --source (as --layout).")]
-SourceManifestOpt = Annotated[Path | None, typer.Option(help="CSV manifest of --source.")]
-NoProjectionOpt = Annotated[
-    bool, typer.Option("--no-projection", help="Skip the 2-D UMAP map of the compared sets (saves seconds).")
-]
-NoEmbedOpt = Annotated[bool, typer.Option("--no-embed", help="Skip the backbone embeddings (no TensorFlow).")]
-RulesOpt = Annotated[str | None, typer.Option(help="Rules file, or a preset: default, strict, lenient.")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
-FollowSymlinksOpt = Annotated[bool, typer.Option(help="Follow symbolic links that leave the dataset folder.")]
-MaxPixelsOpt = Annotated[int | None, typer.Option(help="Refuse images larger than this many pixels [default: 100M].")]
-# fine-tuning (audit finetune, audit run)
-EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs per phase (early stopping may end sooner).")]
-UnfreezeOpt = Annotated[int, typer.Option(min=0, help="Top blocks trained in phase 2 (0: head only).")]
-LearningRateOpt = Annotated[float, typer.Option(min=0.0, help="Phase 1 learning rate; phase 2 uses a tenth.")]
-ImageSizeOpt = Annotated[int, typer.Option(min=32, help="Input size in pixels.")]
-AugmentOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Keras augmentation layers.")]
-SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
-#: The options every command that scans takes, each defined once above (a test compares the
-#: --help of scan, gate and run on them).
-SHARED_SCAN_OPTIONS = (
-    "--no-embed", "--backbone", "--weights", "--layer", "--preprocess", "--batch-size", "--workers", "--layout",
-    "--manifest", "--coco", "--images", "--source", "--source-layout", "--source-manifest", "--no-projection",
-    "--rules", "--cache-dir", "--no-cache", "--follow-symlinks", "--max-pixels",
-)  # fmt: skip
-
-
-def _scan_options(params: dict) -> dict:
-    """The options of :data:`auditor.pipeline.scan.SCAN_OPTIONS` from a command's parameters
-    (its ``locals()``): the shared options, negated flags turned round."""
-    from .pipeline.scan import SCAN_OPTIONS
-
-    negated = {"embed": "no_embed", "projection": "no_projection"}
-    return {k: (not params[negated[k]]) if k in negated else params[k] for k in SCAN_OPTIONS}
 
 
 @app.command()
@@ -279,8 +124,8 @@ def scan(
 
     With --source, the dataset is compared with a source-like set (domain_shift); without,
     its splits are compared with train (split_shift)."""
-    options = _scan_options(locals())
-    from .pipeline.scan import scan as run_scan
+    options = scan_options(locals())
+    from auditor.pipeline.scan import scan as run_scan
 
     bar, update = _progress()
     with _input_errors(), bar:
@@ -288,7 +133,7 @@ def scan(
                           progress=update, **options)  # fmt: skip
     if not quiet:
         print_summary(result)
-    out_console.print(f"Report: {_term(str(result.files['html']))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {term(str(result.files['html']))}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -296,13 +141,13 @@ def _input_errors():
     """Input errors (a missing or invalid input, an output that cannot be written) -> one
     line on stderr and exit 2; Ctrl-C -> exit 130, cache kept; a cache that cannot be used
     -> one ``warning:`` line, and the command goes on."""
-    from .backbones import BackboneError
-    from .backbones.torch_state import ModelFileError
-    from .dataset import DatasetError
-    from .fsutil import OutputError
-    from .gating import ReportError
-    from .rules import RulesError
-    from .store import CacheWarning
+    from auditor.core.fsutil import OutputError
+    from auditor.embed.backbones import BackboneError
+    from auditor.embed.backbones.torch_state import ModelFileError
+    from auditor.io.dataset import DatasetError
+    from auditor.io.store import CacheWarning
+    from auditor.policy.gate import ReportError
+    from auditor.policy.rules import RulesError
 
     shown: set[str] = set()
     default_show = warnings.showwarning
@@ -312,7 +157,7 @@ def _input_errors():
             return default_show(message, category, *args, **kwargs)
         if str(message) not in shown:  # each store warns once; several stores, one line
             shown.add(str(message))
-            err_console.print(f"warning: {_term(message)}", style="yellow", highlight=False, soft_wrap=True)
+            err_console.print(f"warning: {term(message)}", style="yellow", highlight=False, soft_wrap=True)
 
     try:
         with warnings.catch_warnings():
@@ -338,8 +183,8 @@ def report(
     """Draw report.html again from a scan's report.json and images.parquet (and
     projection.parquet): the same bytes as the scan's own page while the cache still holds
     the thumbnails (without them, the same page with fewer pictures)."""
-    from .report import render_again
-    from .store import Store
+    from auditor.io.store import Store
+    from auditor.report import render_again
 
     with _input_errors():
         folder = check_output(out, folder=True) if out is not None else report_json.parent
@@ -350,7 +195,7 @@ def report(
             _fail(f"{report_json.parent}: cannot read the scan's files ({exc})")
         finally:
             store.close()
-    out_console.print(f"Report: {_term(str(written))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {term(str(written))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -388,9 +233,9 @@ def gate(
     """Pass or fail DATASET against the rules: exit 0 when every error-level rule passes,
     1 when one fails, 2 on a usage or input error. Failing rules are printed first. With
     GITHUB_ACTIONS set, also prints ::error/::warning annotations."""
-    from .fsutil import OutputError, atomic_write_bytes
-    from .gating import github_annotations, junit_xml
-    from .pipeline.gate import gate as run_gate
+    from auditor.core.fsutil import OutputError, atomic_write_bytes
+    from auditor.pipeline.gate import gate as run_gate
+    from auditor.policy.gate import github_annotations, junit_xml
 
     if (dataset is None) == (from_report is None):
         _fail("give a DATASET to scan, or --from-report report.json (not both)")
@@ -402,7 +247,7 @@ def gate(
         if from_report is not None:
             result = run_gate(from_report=from_report, rules=rules)
         else:  # a reused scan was judged under these rules (their files are fingerprinted)
-            options = _scan_options(locals())
+            options = scan_options(locals())
             result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir,
                               use_cache=not no_cache, progress=update, **options)  # fmt: skip
     if junit is not None:
@@ -416,30 +261,9 @@ def gate(
     if not quiet:
         print_gate(result)
     verdict = "[bold green]Gate: passed[/]" if result.passed else "[bold red]Gate: failed[/]"
-    where = _term(f" (report: {result.report_path})") if result.report_path else ""
+    where = term(f" (report: {result.report_path})") if result.report_path else ""
     out_console.print(verdict + where, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if result.passed else 1)
-
-
-def print_gate(result, console: Console = out_console) -> None:
-    """Failing rules first (with their first findings), then those over a warning limit."""
-    from rich.table import Table
-
-    table = Table(title="Gate", show_lines=False)
-    for col in ("rule", "status", "findings", "allowed", "flagged", "first findings"):
-        table.add_column(col, overflow="fold")
-    for e in result.failures + result.warnings:
-        allowed = " / ".join(x for x in (
-            f"{e['threshold']}" if e["threshold"] is not None else "",
-            f"{e['max_fraction']:.1%}" if e["max_fraction"] is not None else "") if x)  # fmt: skip
-        style = "bold red" if e["status"] == "fail" else "yellow"
-        table.add_row(_term(e["rule"]), f"[{style}]{e['status']}[/]", str(e["value"]), allowed or "-",
-                      f"{e['fraction']:.1%}", _term("; ".join(e["examples"][:2])))  # fmt: skip
-    passed = sum(r["status"] == "pass" for r in result.report["gate"]["rules"])
-    if table.row_count:
-        console.print(table)
-    console.print(f"{passed} rules passed, {len(result.warnings)} over a warning limit, {len(result.failures)} failed",
-                  highlight=False)  # fmt: skip
 
 
 @app.command()
@@ -471,8 +295,8 @@ def clean(
     where possible). Rerunning gives the same result."""
     from rich.table import Table
 
-    from .clean import CleanError
-    from .clean import clean as run_clean
+    from auditor.pipeline.clean import CleanError
+    from auditor.pipeline.clean import clean as run_clean
 
     if out is None and not dry_run:
         _fail("give --out CLEAN_DIR, or --dry-run")
@@ -495,16 +319,16 @@ def clean(
         rows = m[m["action"] == action]
         if len(rows):
             why = "; ".join(sorted({r.split(":")[0] for r in rows["reason"] if r})[:6])
-            table.add_row(action, str(len(rows)), _term(why or "-"))
+            table.add_row(action, str(len(rows)), term(why or "-"))
     out_console.print(table)
     if result.boxes is not None:
         b = result.boxes
         counts = ", ".join(f"{a} {int((b['action'] == a).sum())}" for a in ("keep", "clip", "drop"))
         why = "; ".join(sorted({r.split(":")[0] for r in b.loc[b["action"] != "keep", "reason"] if r})[:6])
-        out_console.print(f"Boxes: {counts} ({_term(why or 'nothing to fix')}); one row per box in boxes.csv",
+        out_console.print(f"Boxes: {counts} ({term(why or 'nothing to fix')}); one row per box in boxes.csv",
                           highlight=False)  # fmt: skip
     if result.out_dir is not None:
-        out_console.print(f"Cleaned dataset: {_term(str(result.out_dir))} (manifest.csv)", highlight=False,
+        out_console.print(f"Cleaned dataset: {term(str(result.out_dir))} (manifest.csv)", highlight=False,
                           soft_wrap=True)  # fmt: skip
     else:
         out_console.print("Dry run: nothing written.")
@@ -537,8 +361,8 @@ def finetune(
     weights when imbalanced. Writes OUT/model.keras, history.json, evaluation.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .finetune import FinetuneError, FinetuneOptions
-    from .finetune import finetune as run_finetune
+    from auditor.pipeline.finetune import FinetuneError, FinetuneOptions
+    from auditor.pipeline.finetune import finetune as run_finetune
 
     opts = FinetuneOptions(
         epochs=epochs, unfreeze=unfreeze, learning_rate=learning_rate, image_size=image_size,
@@ -569,7 +393,7 @@ def finetune(
         out_console.print(f"{phase}: {len(rows)} epochs, val_loss {last['val_loss']:.3f}, "
                           f"val_accuracy {last['val_accuracy']:.3f}", highlight=False)  # fmt: skip
     out_console.print(f"validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} images; "
-                      f"model: {_term(str(result.model_path))}", highlight=False, soft_wrap=True)  # fmt: skip
+                      f"model: {term(str(result.model_path))}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @app.command("run")
@@ -615,9 +439,9 @@ def run_pipeline(
     """scan -> gate -> clean -> finetune, stopping at a failed gate unless --force, with one
     report (OUT/report.html) that shows what was found, what was removed and how training went.
     Exit 0 when it ran to the end, 1 when the gate stopped it, 2 on an input error."""
-    from .clean import CleanError
-    from .finetune import AUGMENTATIONS, FinetuneError, FinetuneOptions
-    from .pipeline.run import run
+    from auditor.pipeline.clean import CleanError
+    from auditor.pipeline.finetune import AUGMENTATIONS, FinetuneError, FinetuneOptions
+    from auditor.pipeline.run import run
 
     chosen = tuple(a.strip() for a in augmentations.split(",") if a.strip()) if augmentations else AUGMENTATIONS
     # a named backbone is also the base that is fine-tuned; a .keras model file only embeds for the audit
@@ -629,7 +453,7 @@ def run_pipeline(
         check_output(out, dataset, images, source)  # as scan's --out: refused before any work
         check_cache_dir(cache_dir, dataset, images, source)
         try:
-            options = _scan_options(locals())
+            options = scan_options(locals())
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
                          augment_from_audit=augment and not augmentations, progress=update, workers=workers,
                          cache_dir=cache_dir, use_cache=not no_cache, **options)  # fmt: skip
@@ -640,14 +464,14 @@ def run_pipeline(
         out_console.print("[bold red]Stopped: the gate failed[/] (use --force to clean and fine-tune anyway)")
     else:
         counts = ", ".join(f"{k} {v}" for k, v in result.clean.counts.items())
-        out_console.print(f"clean: {_term(counts)}", highlight=False)
+        out_console.print(f"clean: {term(counts)}", highlight=False)
         if result.finetune is None:
-            out_console.print(f"fine-tune: skipped ({_term(result.skipped or '')})", highlight=False)
+            out_console.print(f"fine-tune: skipped ({term(result.skipped or '')})", highlight=False)
         else:
             ev = result.finetune.evaluation
             out_console.print(f"fine-tune: validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} "
                               "images", highlight=False)  # fmt: skip
-    out_console.print(f"Report: {_term(str(result.scan.files['html']))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {term(str(result.scan.files['html']))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if result.stopped else 0)
 
 
@@ -667,7 +491,7 @@ def embed(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Embed every decodable image of DATASET and write the vectors with their paths."""
-    from .api import embed as run_embed
+    from auditor.pipeline.api import embed as run_embed
 
     if out.suffix not in (".npz", ".parquet"):
         _fail(f"--out must end in .npz or .parquet, not {out.name!r}")
@@ -682,11 +506,11 @@ def embed(
         )  # fmt: skip
     emb = result.embeddings
     out_console.print(
-        f"{len(result.paths)} images embedded with {_term(emb.backbone['id'])} ({emb.backbone['dims']}-d; "
+        f"{len(result.paths)} images embedded with {term(emb.backbone['id'])} ({emb.backbone['dims']}-d; "
         f"{emb.computed} computed, {emb.cached} from cache; {result.skipped} unreadable skipped)",
         highlight=False,
     )
-    out_console.print(f"Embeddings: {_term(str(out))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Embeddings: {term(str(out))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -699,14 +523,14 @@ def demo(
     """Build a small labeled dataset offline from images shipped in scikit-image and
     scikit-learn, inject one or more defect of every kind, scan it, and print the report path;
     then the same for a small COCO detection dataset with every box defect."""
-    from .api import scan as run_scan
-    from .demo import build_demo, make_coco
+    from auditor.demo.build import build_demo, make_coco
+    from auditor.pipeline.api import scan as run_scan
 
     data_dir = out / "dataset"
     with _input_errors():
         check_output(out)  # the default, reports/demo, may be in a read-only folder
         injected = build_demo(data_dir)  # a full disk: one line, nothing half-built
-    err_console.print(f"demo dataset: {_term(str(data_dir))} ({injected['images']} images, "
+    err_console.print(f"demo dataset: {term(str(data_dir))} ({injected['images']} images, "
                       f"{len(injected['defects'])} injected defects)", highlight=False)  # fmt: skip
     bar, update = _progress()
     with _input_errors(), bar:
@@ -714,7 +538,7 @@ def demo(
     print_summary(result)
     hit = _injected_found(result.report, injected["defects"])
     out_console.print(f"Injected defects found: {hit}/{len(injected['defects'])}")
-    out_console.print(f"Report: {_term(str(result.files['html']))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {term(str(result.files['html']))}", highlight=False, soft_wrap=True)
 
     # the detection part: a COCO dataset with every box defect (box checks need no embeddings)
     coco_dir = out / "detection" / "dataset"
@@ -725,14 +549,14 @@ def demo(
             except OSError as exc:
                 _fail(f"cannot replace the detection demo dataset {coco_dir}: {exc.strerror or exc}")
         boxes = make_coco(coco_dir)
-    err_console.print(f"\ndetection demo (COCO): {_term(str(coco_dir))} ({len(boxes)} injected box defects)",
+    err_console.print(f"\ndetection demo (COCO): {term(str(coco_dir))} ({len(boxes)} injected box defects)",
                       highlight=False)  # fmt: skip
     bar, update = _progress()
     with _input_errors(), bar:
         det = run_scan(coco_dir, out / "detection", workers=workers, use_cache=False, embed=False, progress=update)
     print_summary(det)
     out_console.print(f"Injected box defects found: {_injected_found(det.report, boxes)}/{len(boxes)}")
-    out_console.print(f"Report: {_term(str(det.files['html']))}", highlight=False, soft_wrap=True)
+    out_console.print(f"Report: {term(str(det.files['html']))}", highlight=False, soft_wrap=True)
 
 
 def _injected_found(report: dict, injected: list[dict]) -> int:

@@ -1,6 +1,6 @@
-"""Compiled versions of :mod:`auditor.measure`'s pixel measurements (numba).
+"""Compiled versions of :mod:`auditor.measure.pixels`'s pixel measurements (numba).
 
-:func:`auditor.measure.measure_pixels` is the reference: pure numpy, documented, unit
+:func:`auditor.measure.pixels.measure_pixels` is the reference: pure numpy, documented, unit
 tested. Measured one function at a time it walks each image about thirty times (every
 plane, difference and filter is a temporary array), which made it most of a scan's time.
 :func:`measure_rgb` computes the same numbers in three passes over the pixels with
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from . import measure as m
+from auditor.measure import pixels as m
 
 # Rec. 601 luma weights as float32: numpy computes ``0.299 * r + ...`` on float32 planes in
 # float32 (NEP 50), so these give the same bits.
@@ -269,7 +269,7 @@ def _kernel(cache_dir: str | os.PathLike | None = None):
     ``cache_dir`` (default: the user cache folder)."""
     if not _COMPILED:
         if cache_dir is None:
-            from .store import default_cache_dir
+            from auditor.io.store import default_cache_dir
 
             cache_dir = default_cache_dir()
         _COMPILED.append(_jit_cached(_measure, cache_dir))
@@ -293,7 +293,7 @@ def warm(cache_dir: str | os.PathLike | None = None) -> None:
 
 
 def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-    """The properties of :func:`auditor.measure.measure_pixels` for one RGB uint8 image,
+    """The properties of :func:`auditor.measure.pixels.measure_pixels` for one RGB uint8 image,
     and its rounded luminance (uint8, for the perceptual hashes)."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]

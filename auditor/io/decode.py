@@ -29,7 +29,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from .core.errors import DatasetError
+from auditor.core.errors import DatasetError
 
 # Truncated files must fail loudly, never decode half an image silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

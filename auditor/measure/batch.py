@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import decode as dec
-from .fsutil import readable
-from .hashing import perceptual_hashes, pixel_hash
-from .measure import MEASURE_VERSION, downscale_to, luminance, measure_pixels, rgb_planes
-from .store import Store
+from auditor.core.fsutil import readable
+from auditor.io import decode as dec
+from auditor.io.store import Store
+from auditor.measure.hashing import perceptual_hashes, pixel_hash
+from auditor.measure.pixels import MEASURE_VERSION, downscale_to, luminance, measure_pixels, rgb_planes
 
 #: Longest side, in pixels, of the working copy the pixel properties are computed on.
 ANALYSIS_MAX_SIDE = 1024
@@ -63,7 +63,7 @@ _KERNELS: list = []  # [module or None], once this process has tried to load the
 
 
 def pixel_kernels(cache_dir: str | None = None):
-    """The compiled pixel measurements (:mod:`auditor.kernels`), compiled or loaded from
+    """The compiled pixel measurements (:mod:`auditor.measure.kernels`), compiled or loaded from
     their cache in ``cache_dir`` (default: the user cache folder) on first use in a process;
     None to use the numpy reference instead: ``AUDITOR_NO_JIT`` is set, or numba cannot be
     imported or compile here (the scan still works, slower)."""
@@ -71,7 +71,7 @@ def pixel_kernels(cache_dir: str | None = None):
         return None
     if not _KERNELS:
         try:
-            from . import kernels
+            from auditor.measure import kernels
 
             kernels.warm(cache_dir)
         except Exception:  # numba missing, built for another numpy, or no compiler

@@ -10,7 +10,7 @@ Layouts (auto-detected; ``layout=`` overrides):
   ``coco=FILE``), images found relative to them (or ``images=DIR``);
 * ``yolo``: object detection, ``images/`` + ``labels/*.txt`` (or ``<split>/images`` +
   ``<split>/labels``). Detection datasets carry their boxes in ``Discovery.annotations``
-  (see :mod:`auditor.annotations`); their images are unlabeled items.
+  (see :mod:`auditor.io.annotations`); their images are unlabeled items.
 
 Files are recognised by content (magic bytes) as well as by extension. Hidden files and
 folders are skipped; non-image files are skipped; both are counted. Only regular files are
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core.errors import DatasetError
-from .core.paths import SPLIT_NAMES, inside_real, manifest_path, shown, within
-from .core.types import Discovery
-from .decode import IMAGE_EXTENSIONS, file_kind, open_regular, open_text, sniff_format
+from auditor.core.errors import DatasetError
+from auditor.core.paths import SPLIT_NAMES, inside_real, manifest_path, shown, within
+from auditor.core.types import Discovery
+from auditor.io.decode import IMAGE_EXTENSIONS, file_kind, open_regular, open_text, sniff_format
 
 
 def release_unused_memory() -> None:
@@ -303,7 +303,7 @@ def discover(
         rows, absent = _rows_from_manifest(root, Path(manifest), follow_symlinks)
         layout = "manifest"
     elif coco is not None or layout == "coco" or (layout == "auto" and _has_coco(root)):
-        from . import annotations as ann
+        from auditor.io import annotations as ann
 
         files = [Path(coco)] if coco is not None else ann.find_coco(root)
         if not files:
@@ -325,7 +325,7 @@ def discover(
     else:
         files = _walk(root, follow_symlinks, skipped)
         if layout == "yolo" or (layout == "auto" and _has_yolo(root)):
-            from . import annotations as ann
+            from auditor.io import annotations as ann
 
             pairs = ann.find_yolo(root)
             if not pairs:
@@ -364,6 +364,6 @@ def _has_coco(root: Path) -> bool:
 
 
 def _has_yolo(root: Path) -> bool:
-    from .annotations import find_yolo
+    from auditor.io.annotations import find_yolo
 
     return any(any(lab.rglob("*.txt")) for _, lab in find_yolo(root))

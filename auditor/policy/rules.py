@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .constraints import BOOLEAN, COUNT, FRACTION, Int, choices
-from .core.types import CheckRule, Rules, RulesError
+from auditor.core.constraints import BOOLEAN, COUNT, FRACTION, Int, choices
+from auditor.core.types import CheckRule, Rules, RulesError
 
 #: libyaml's safe loader when PyYAML was built with it (5x faster), else the Python one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 if TYPE_CHECKING:  # the checks (and pandas) load when rules are validated, not on import
-    from .core.findings import Finding
+    from auditor.core.findings import Finding
 
 
 SCHEMA = "auditor.rules/1"
@@ -79,7 +79,7 @@ def preset_path(name: str) -> Path:
             return p
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parent.parent / "rules" / f"{name}.yaml"
+    return Path(__file__).resolve().parents[2] / "rules" / f"{name}.yaml"
 
 
 def _read_yaml(path: Path) -> dict:
@@ -154,7 +154,7 @@ def _resolve(path: Path) -> dict:
 
 def _check_type(src: str, key: str, value: Any, expected) -> None:
     """RulesError naming ``src`` and ``key`` unless ``value`` meets the constraint ``expected``
-    (:mod:`auditor.constraints`: a type with its range, or the choices)."""
+    (:mod:`auditor.core.constraints`: a type with its range, or the choices)."""
     problem = expected.problem(value)
     if problem:
         raise RulesError(f"{src}: {key}: {problem}, got {short_repr(value)}")
@@ -162,7 +162,7 @@ def _check_type(src: str, key: str, value: Any, expected) -> None:
 
 def validate(data: dict, src: str) -> Rules:
     """Turn a parsed (and merged) rules mapping into :class:`Rules`, or raise RulesError."""
-    from .checks.catalog import load_all
+    from auditor.checks.catalog import load_all
 
     registry = load_all()
     unknown = set(data) - _TOP_KEYS

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..decode import file_digest
-from .torch_state import ModelFileError, load_state_dict
+from auditor.embed.backbones.torch_state import ModelFileError, load_state_dict
+from auditor.io.decode import file_digest
 
 INPUT_SIZE = 224
 BN_EPSILON = 1e-3
@@ -166,7 +166,7 @@ def load_model(weights: str | os.PathLike | None = None, cache_dir: str | os.Pat
     ``weights``: a PyTorch state_dict file; default the one from the pip package. The
     converted Keras weights are cached as ``<cache>/weights/efficientnet-lite0-<hash>.weights.h5``.
     """
-    from ..store import default_cache_dir
+    from auditor.io.store import default_cache_dir
 
     source = Path(weights) if weights else packaged_weights_path()
     model = build_model(include_top=True)

@@ -13,7 +13,7 @@
 
 Every box keeps where it came from (``where``: ``file: annotations[i]`` or ``file:line``)
 so a finding points at the line to fix. Malformed files raise
-:class:`auditor.dataset.DatasetError` naming the file, the line or JSON path, and what was
+:class:`auditor.io.dataset.DatasetError` naming the file, the line or JSON path, and what was
 expected. Image paths cannot escape the dataset root. Geometry is kept as written (COCO
 pixels ``x, y, w, h``; YOLO normalised centre and size) and turned into normalised corners
 by :func:`geometry` once image sizes are known.
@@ -33,9 +33,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .core.errors import DatasetError
-from .core.paths import SPLIT_NAMES, inside_real, manifest_path, within
-from .decode import open_text
+from auditor.core.errors import DatasetError
+from auditor.core.paths import SPLIT_NAMES, inside_real, manifest_path, within
+from auditor.io.decode import open_text
 
 BOX_COLUMNS = ["box_id", "path", "split", "category", "category_id", "x", "y", "w", "h", "units", "source", "where",
                "crowd"]  # fmt: skip

@@ -1,7 +1,7 @@
 """``audit demo``: a small labeled dataset built offline, with every defect injected.
 
 A folder that cannot be written (a full disk, a read-only folder) is an
-:class:`auditor.fsutil.OutputError` naming it (one line and exit 2 at the command line), and
+:class:`auditor.core.fsutil.OutputError` naming it (one line and exit 2 at the command line), and
 the folders made for the demo are removed: nothing half-built is left."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import synth
-from .fsutil import OutputError, make_dirs
+from auditor.core.fsutil import OutputError, make_dirs
+from auditor.demo import synth
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .checks.context import CheckContext
+from auditor.core.context import CheckContext
 
 #: Points per group (source/dataset, or split) drawn into the projection.
 MAX_PER_GROUP = 1500
@@ -40,7 +40,7 @@ PROJECTION_VERSION = 1
 
 def project(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     """(n, 2) coordinates of the rows of ``vectors`` (cosine geometry) and the method used."""
-    from .neighbors import normalize
+    from auditor.embed.neighbors import normalize
 
     x = normalize(vectors)
     if len(x) < MIN_UMAP:
@@ -106,12 +106,12 @@ def project_pairs(
     ``x``, ``y``. Only comparisons the checks analysed on the embeddings are drawn; None
     when there are none. ``store``: reuse a cached projection of the same vectors
     (:func:`cached_project`)."""
-    from .checks.shift import pairs
+    from auditor.analysis.shift import pairs
 
     if ctx.embeddings is None:
         return None
     groups: dict[str, tuple[str, pd.DataFrame]] = {}
-    cache = ctx._cache.get("shift", {})
+    cache = ctx.analyses.shift
     for pair in pairs(ctx):
         if cache.get(pair.key, {}).get("embedding") is None:
             continue  # not compared on the embeddings (too few images): nothing to map
@@ -125,7 +125,7 @@ def project_pairs(
     for name, (which, rows) in groups.items():
         v, mask = ctx.embeddings.rows(rows["content_hash"])
         rows, v = rows[mask], v[mask]
-        from .drift import subsample
+        from auditor.analysis.drift import subsample
 
         keep = subsample(len(rows), max_per_group, rng)
         parts.append(pd.DataFrame({"set": which, "group": name, "path": rows["path"].to_numpy()[keep],

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .neighbors import cross_nearest, knn, normalize
+from auditor.embed.neighbors import cross_nearest, knn, normalize
 
 #: Permutations processed per matrix product (bounds memory at N x chunk floats).
 _PERM_CHUNK = 128

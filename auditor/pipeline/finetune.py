@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import quiet_tensorflow
-from .core.paths import EVAL_SPLITS
+from auditor.core.paths import EVAL_SPLITS
+from auditor.embed.backbones import quiet_tensorflow
 
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
 #: Always on when augmenting; the photometric ones are added when the audit asks for them.
@@ -65,6 +65,9 @@ class FinetuneOptions:
     patience: int = 3
     seed: int = 0
     val_fraction: float = 0.2  # carved from train (stratified) when there is no val split
+    #: classes are weighed equally (inverse frequency) when the largest class has more than this
+    #: many times the images of the smallest
+    balance_above: float = 1.5
     backbone: str = "efficientnet-lite0"  # or a keras.applications name (needs --weights offline)
     weights: str | None = None  # keras.applications weights: a local file, "imagenet" (download) or "none"
 
@@ -82,7 +85,7 @@ def _items(dataset: str | os.PathLike, seed: int, val_fraction: float):
     """(train paths, train labels, val paths, val labels, classes) from a split/class or
     class-folder dataset (e.g. ``audit clean``'s output). Without a val split, a stratified
     ``val_fraction`` of train is held out (seeded)."""
-    from .dataset import discover, labeled
+    from auditor.io.dataset import discover, labeled
 
     disc = discover(dataset)
     items = labeled(disc.items)
@@ -116,7 +119,7 @@ def _load_images(paths: list[str], size: int) -> np.ndarray:
     centre crop)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .embed import prepare_image
+    from auditor.embed.features import prepare_image
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         arrays = list(pool.map(lambda p: prepare_image(p, size), paths))
@@ -166,12 +169,12 @@ def _base(options: FinetuneOptions):
     """(backbone model without top, preprocessing layers to put in front of it)."""
     import keras
 
-    from .backbones import DEFAULT_BACKBONE, LITE0, BackboneError, keras_app, load_keras_app
+    from auditor.embed.backbones import DEFAULT_BACKBONE, LITE0, BackboneError, keras_app, load_keras_app
 
     name = options.backbone or DEFAULT_BACKBONE
     size = options.image_size
     if name in (DEFAULT_BACKBONE, LITE0.id):
-        from .backbones import efficientnet_lite as lite
+        from auditor.embed.backbones import efficientnet_lite as lite
 
         with quiet_tensorflow():
             pretrained = lite.load_model()
@@ -276,12 +279,12 @@ def head_features(
     where it came from. The default backbone at its native 224 px reads the scan's cached
     embeddings (the same pixels and the same pooled layer; stored as float16), computing and
     caching only the missing ones; otherwise one forward pass over ``images()``."""
-    from .backbones import DEFAULT_BACKBONE, LITE0
+    from auditor.embed.backbones import DEFAULT_BACKBONE, LITE0
 
     if use_cache and options.backbone in (DEFAULT_BACKBONE, LITE0.id) and options.image_size == LITE0.input_size:
-        from .embed import embed_files
-        from .extract import hash_all
-        from .store import Store
+        from auditor.embed.features import embed_files
+        from auditor.io.store import Store
+        from auditor.measure.batch import hash_all
 
         with Store.open_default(cache_dir) as store:
             by_path = hash_all(paths, store)  # indexed, so the next run does not read the files to hash them
@@ -335,7 +338,7 @@ def finetune(
     model, backbone = build(len(classes), opts)
     counts = np.bincount(y_train, minlength=len(classes))
     class_weight = None
-    if counts.min() > 0 and counts.max() / counts.min() > 1.5:  # imbalanced: weigh classes equally
+    if counts.min() > 0 and counts.max() / counts.min() > opts.balance_above:  # imbalanced: weigh classes equally
         class_weight = {i: float(len(y_train) / (len(classes) * c)) for i, c in enumerate(counts)}
     history: dict[str, list[dict]] = {}
 
@@ -384,7 +387,7 @@ def finetune(
     tmp = out_dir / f".model.{os.getpid()}.keras"
     model.save(tmp)
     os.replace(tmp, files["model"])
-    from .fsutil import atomic_write_bytes
+    from auditor.core.fsutil import atomic_write_bytes
 
     atomic_write_bytes(files["history"], (json.dumps(history, indent=2) + "\n").encode())
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()}

@@ -1,0 +1,5 @@
+"""``python -m auditor``: the ``audit`` command."""
+
+from auditor.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Frozen-backbone embeddings: the backbones, the cached embedding run, nearest neighbours."""

@@ -1,0 +1,1 @@
+"""The rules (schema, loading, judging) and the gate's outputs (JUnit, annotations)."""
