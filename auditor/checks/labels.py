@@ -14,19 +14,13 @@ from collections import Counter, defaultdict
 import numpy as np
 import pandas as pd
 
+from auditor.analysis.labels import UNLABELED, label_probabilities, labeled_ok
 from auditor.checks.duplicates import NEAR_PARAMS, closest_evidence, evidence_text, kind_key, near_graph
 from auditor.checks.registry import register
 from auditor.core.constraints import AT_LEAST_ONE, COUNT, FRACTION, POSITIVE, Int, Real, choices
-from auditor.core.context import NO_EMBEDDINGS, CheckContext
+from auditor.core.context import CheckContext
 from auditor.core.findings import Finding
 from auditor.io.dataset import labeled
-
-UNLABELED = "the dataset is unlabeled (no class folders or label column)"
-
-
-def _labeled(ctx: CheckContext) -> pd.DataFrame:
-    """Decoded rows with a label, positional index as in ``ctx.ok``."""
-    return labeled(ctx.ok.reset_index(drop=True))
 
 
 @register("label_conflict", "labels", NEAR_PARAMS)
@@ -35,7 +29,7 @@ def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     duplicates, as ``near_duplicate``) that carry different labels, within a split or
     across splits. Every member is listed with its split and label. Score 1 for identical
     copies, else the strength of the closest match (0..1)."""
-    with_label = _labeled(ctx)
+    with_label = labeled_ok(ctx)
     if with_label.empty:
         return ctx.skip("label_conflict", UNLABELED)
     t = ctx.ok.reset_index(drop=True)
@@ -62,43 +56,8 @@ def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     return sorted(out, key=lambda f: (-f.score, f.paths[0]))
 
 
-def out_of_fold_probabilities(
-    vectors: np.ndarray, labels: np.ndarray, folds: int = 5, c: float = 0.1, seed: int = 0
-) -> np.ndarray:
-    """Out-of-fold class probabilities (n, n_classes) of an L2-regularised logistic
-    regression on the L2-normalised, standardised rows of ``vectors`` (n, d), stratified
-    ``folds``-fold. ``labels``: ints 0..n_classes-1, every class at least ``folds`` times."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.preprocessing import StandardScaler
-
-    from auditor.embed.neighbors import normalize
-
-    z = StandardScaler().fit_transform(normalize(vectors).astype(np.float64))
-    n_classes = int(labels.max()) + 1
-    probs = np.zeros((len(z), n_classes))
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, labels):
-        clf = LogisticRegression(C=c, max_iter=2000, tol=1e-3, random_state=seed).fit(z[train], labels[train])
-        probs[np.ix_(test, clf.classes_)] = clf.predict_proba(z[test])
-    return probs
 
 
-def knn_vote_probabilities(vectors: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
-    """Leave-one-out class probabilities (n, n_classes) from the labels of each row's ``k``
-    nearest other rows (cosine similarity of ``vectors``), weighted by similarity, with one
-    pseudo-vote spread over the classes in proportion to their frequency (so that a row with
-    unanimous neighbours is not certain). Where frozen ImageNet features are weak as a
-    linear basis (silhouettes, glyphs), the nearest neighbours still agree with the label."""
-    from auditor.embed.neighbors import knn
-
-    n_classes = int(labels.max()) + 1
-    idx, sims = knn(vectors, min(k, len(vectors) - 1), seed=seed)
-    w = np.clip(np.nan_to_num(sims, nan=0.0, neginf=0.0), 0.0, None)
-    votes = np.zeros((len(vectors), n_classes))
-    np.add.at(votes, (np.repeat(np.arange(len(vectors)), idx.shape[1]), labels[idx].ravel()), w.ravel())
-    prior = np.bincount(labels, minlength=n_classes) / len(labels)
-    votes += prior[None, :]
-    return votes / votes.sum(axis=1, keepdims=True)
 
 
 FILTERS = ("both", "prune_by_noise_rate", "prune_by_class", "confident_learning", "predicted_neq_given")
@@ -113,36 +72,19 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
     with ``filter_by``) on out-of-sample class probabilities: those of a logistic regression
     on the backbone's embeddings (``folds``-fold out-of-fold, inverse regularisation
     ``regularization``) averaged with a leave-one-out vote of the ``neighbours`` nearest
-    images (:func:`knn_vote_probabilities`, weight ``neighbour_weight``), over the labeled
+    images (:func:`auditor.analysis.labels.knn_vote_probabilities`, weight ``neighbour_weight``), over the labeled
     images of all splits, and only where the given label's probability (cleanlab's
     self-confidence) is below ``max_label_quality``: a probability means the same in every
     domain, where the number of issues confident learning estimates grows with how hard the
     classes are to tell apart (ambiguous glyphs, 32-px photos). Classes with fewer than
     ``min_class_images`` images are left out. Score: 1 - cleanlab's label quality (self-confidence), 0..1,
     ranked; each finding names the given and the suggested label."""
-    with_label = _labeled(ctx)
-    if with_label.empty:
-        return ctx.skip("label_issue", UNLABELED)
-    got = ctx.ok_vectors()
-    if got is None:
-        return ctx.skip("label_issue", NO_EMBEDDINGS)
-    vectors, mask = got
-    counts = with_label["label"][mask[with_label.index]].value_counts()
-    keep_classes = sorted(c for c, n in counts.items() if n >= max(params["min_class_images"], params["folds"]))
-    rows = with_label[mask[with_label.index] & with_label["label"].isin(keep_classes)]
-    if len(keep_classes) < 2:
-        need = max(params["min_class_images"], params["folds"])
-        return ctx.skip("label_issue", f"fewer than 2 classes with at least {need} embedded images")
+    got = label_probabilities(ctx, params)
+    if isinstance(got, str):
+        return ctx.skip("label_issue", got)
+    rows, keep_classes, y, probs, quality = got.rows, got.classes, got.y, got.probs, got.quality
     from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
 
-    code = {c: i for i, c in enumerate(keep_classes)}
-    y = rows["label"].map(code).to_numpy()
-    probs = out_of_fold_probabilities(vectors[rows.index], y, params["folds"], params["regularization"])
-    if params["neighbour_weight"] > 0:
-        vote = knn_vote_probabilities(vectors[rows.index], y, params["neighbours"])
-        probs = (1.0 - params["neighbour_weight"]) * probs + params["neighbour_weight"] * vote
-    quality = get_label_quality_scores(y, probs, method="self_confidence")
     issues = find_label_issues(y, probs, filter_by=params["filter_by"], n_jobs=1) & (
         quality < params["max_label_quality"]
     )
@@ -159,9 +101,8 @@ def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
              "suggested_probability": float(probs[i].max()), "split": row["split"] if isinstance(row["split"], str)
              else None},
         ))  # fmt: skip
-    left_out = sorted(set(counts.index) - set(keep_classes))
-    if left_out:
-        ctx.notes["label_issue"] = f"classes with too few images left out: {', '.join(map(str, left_out[:10]))}"
+    if got.left_out:
+        ctx.notes["label_issue"] = f"classes with too few images left out: {', '.join(map(str, got.left_out[:10]))}"
     return sorted(out, key=lambda f: (-f.score, f.paths[0]))
 
 
@@ -279,7 +220,7 @@ def class_imbalance(ctx: CheckContext, params: dict) -> list[Finding]:
     classes with fewer than ``min_images_per_class`` images in the training split (the
     whole dataset when it has no splits): too few to learn from. Score: the ratio, or the
     missing share of the minimum for a small class."""
-    t = _labeled(ctx)
+    t = labeled_ok(ctx)
     if t.empty:
         return ctx.skip("class_imbalance", UNLABELED)
     out = []
@@ -315,7 +256,7 @@ def unseen_class(ctx: CheckContext, params: dict) -> list[Finding]:
     right), and ``train`` classes that a val/test split has no images of (their accuracy
     is never measured). Score: the share of the split's images affected (first case), 0.5
     (second)."""
-    t = _labeled(ctx)
+    t = labeled_ok(ctx)
     if t.empty:
         return ctx.skip("unseen_class", UNLABELED)
     splits = {s for s in t["split"] if isinstance(s, str)}

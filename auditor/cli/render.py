@@ -93,6 +93,7 @@ def print_summary(result, console: Console = out_console, examples: int = 2) -> 
         console.print(table)
     else:
         console.print("[green]No findings.[/]")
+    print_diagnosis(report, console)
     if report["gate"]["passed"]:
         console.print("[bold green]Gate: passed[/]")
     else:
@@ -150,3 +151,36 @@ def print_gate(result, console: Console = out_console) -> None:
         console.print(table)
     console.print(f"{passed} rules passed, {len(result.warnings)} over a warning limit, {len(result.failures)} failed",
                   highlight=False)  # fmt: skip
+
+
+CONFIDENCE_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}
+
+
+def print_diagnosis(report: dict, console: Console = out_console, top: int = 3) -> None:
+    """The ranked causes of low validation accuracy with their effect and fix (or the line that
+    says no data cause was found)."""
+    causes = report.get("diagnosis")
+    summary = report.get("diagnosis_summary")
+    if causes is None or summary is None:
+        return
+    split = summary.get("eval_split") or "validation"
+    if not causes:
+        console.print(f"[bold]Why {term(split)} accuracy may be low:[/] [green]{term(summary['verdict'])}[/]",
+                      highlight=False)  # fmt: skip
+    else:
+        console.print(f"[bold]Why {term(split)} accuracy may be low[/] (most likely first):", highlight=False)
+        for c in causes[:top]:
+            style = CONFIDENCE_STYLE[c["confidence"]]
+            console.print(f" {c['rank']}. [bold]{term(c['cause'])}[/] [{style}]{c['confidence']} confidence[/], "
+                          f"~{100 * c['effect']['points']:.0f} points: {term(c['effect']['text'])}",
+                          highlight=False)  # fmt: skip
+            fix = c["fix"]
+            what = f"[bold]{term(fix['command'])}[/]" if fix.get("command") else term(fix["text"])
+            console.print(f"    fix: {what}", highlight=False)
+        if len(causes) > top:
+            rest = ", ".join(c["cause"] for c in causes[top:])
+            console.print(f"    also: {term(rest)} (report.html and report.json: diagnosis, with the fixes)",
+                          style="dim", highlight=False)  # fmt: skip
+    if summary.get("not_assessed"):
+        lines = "; ".join(f"{k} ({v})" for k, v in summary["not_assessed"].items())
+        console.print(f"not assessed: {term(lines)}", style="dim", highlight=False)

@@ -30,6 +30,8 @@ class Analyses:
     gap_done: bool = False
     #: :func:`auditor.checks.duplicates.near_graph`: the verified copy edges per parameter set
     near_edges: dict[tuple, tuple] = field(default_factory=dict)
+    #: :func:`auditor.analysis.labels.label_probabilities`: per parameter set, the label probabilities
+    labels: dict[tuple, object] = field(default_factory=dict)
     #: :func:`auditor.checks.boxes.boxes_of`: the boxes with normalised geometry
     boxes: pd.DataFrame | None = None
 

@@ -36,12 +36,14 @@ class CheckRule:
 
 @dataclass
 class Rules:
-    """A validated rules file: settings, one :class:`CheckRule` per check, the clean policy."""
+    """A validated rules file: settings, one :class:`CheckRule` per check, the clean policy and
+    the diagnosis thresholds."""
 
     source: str
     settings: dict[str, Any]
     checks: dict[str, CheckRule] = field(default_factory=dict)
     clean: dict[str, Any] = field(default_factory=dict)  # filled by validate()
+    diagnosis: dict[str, Any] = field(default_factory=dict)  # filled by validate()
 
 
 @dataclass

@@ -47,7 +47,7 @@ SEVERITIES = ("info", "warning", "error")
 PRESETS = ("default", "strict", "lenient")
 _SETTINGS = {"min_images_for_relative": Int(2), "min_images_per_peer_class": Int(2)}
 _GATE_KEYS = {"max_count": COUNT, "max_fraction": FRACTION}
-_TOP_KEYS = {"schema", "extends", "description", "settings", "checks", "clean"}
+_TOP_KEYS = {"schema", "extends", "description", "settings", "checks", "clean", "diagnosis"}
 CLEAN_ACTIONS = ("keep", "drop", "quarantine", "keep_one", "drop_from_eval", "quarantine_confident", "clip")
 EVAL_LABEL_ISSUE_ACTIONS = ("keep", "same")
 #: The keys of the ``clean`` section; their defaults are those of ``rules/default.yaml`` (no
@@ -223,6 +223,7 @@ def validate(data: dict, src: str) -> Rules:
             name, sev, dict(params), enabled, gate.get("max_count"), gate.get("max_fraction")
         )
     rules.clean = _validate_clean(data.get("clean"), src, registry)
+    rules.diagnosis = _validate_diagnosis(data.get("diagnosis"), src)
     missing = [n for n in registry if n not in rules.checks]
     if missing:
         raise RulesError(f"{src}: checks.{missing[0]}: missing (every check needs a rule; "
@@ -260,6 +261,29 @@ def _validate_clean(section: Any, src: str, registry: dict) -> dict:
             raise RulesError(f"{src}: clean.actions.{name}: unknown check")
         _check_type(src, f"clean.actions.{short_repr(name)}", act, choices(*CLEAN_ACTIONS))
     out["actions"] = dict(actions)
+    return out
+
+
+def _validate_diagnosis(section: Any, src: str) -> dict:
+    """The ``diagnosis`` thresholds (:data:`auditor.policy.diagnosis.DIAGNOSIS_PARAMS`); what the
+    section leaves out comes from ``rules/default.yaml``."""
+    from auditor.policy.diagnosis import DIAGNOSIS_PARAMS
+
+    section = {} if section is None else section
+    if not isinstance(section, dict):
+        raise RulesError(f"{src}: diagnosis: expected a mapping of threshold -> value")
+    for key in section:
+        if key not in DIAGNOSIS_PARAMS:
+            raise RulesError(f"{src}: diagnosis.{short_repr(key)}: unknown key; expected {sorted(DIAGNOSIS_PARAMS)}")
+    out = {}
+    if not all(key in section for key in DIAGNOSIS_PARAMS):
+        default = preset_path("default")
+        out = dict(_resolve(default).get("diagnosis") or {})
+    out.update(section)
+    for key, expected in DIAGNOSIS_PARAMS.items():
+        if key not in out:
+            raise RulesError(f"{src}: diagnosis.{key}: missing (expected {expected})")
+        _check_type(src, f"diagnosis.{key}", out[key], expected)
     return out
 
 

@@ -7,11 +7,13 @@ so that ``report.html`` can be drawn again from ``report.json`` alone.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from auditor.analysis.labels import PROBABILITY_PARAMS, noise_by_split
 from auditor.analysis.shift import (
     Pair,
     analyse,
@@ -29,6 +31,7 @@ from auditor.core.context import CheckContext
 from auditor.core.findings import Finding, jsonable
 from auditor.core.types import Discovery, Rules
 from auditor.core.version import __version__
+from auditor.policy.diagnosis import diagnose
 from auditor.policy.rules import judge
 
 
@@ -67,7 +70,7 @@ def build_report(
     counts: dict[str, int] = {}
     for f in findings:
         counts[f.check] = counts.get(f.check, 0) + 1
-    return {
+    report = {
         "schema": "auditor.report/1",
         "tool": {"name": "image-auditor", "version": __version__},
         "dataset": dataset_summary(disc, table),
@@ -88,10 +91,23 @@ def build_report(
         "source": dataset_summary(source, ctx.reference) if source is not None and ctx is not None else None,
         "shift": jsonable(shift_section(ctx)) if ctx is not None else [],
         "pretraining_gap": jsonable(pretraining_section(ctx, rules)) if ctx is not None else None,
+        "label_noise": label_noise_section(ctx, rules) if ctx is not None else None,
         "projection": None,
         "boxes": jsonable(box_summary(ctx)) if ctx is not None else None,
         "gate": judge(findings, rules, int(len(table))),
     }
+    ranked, summary = diagnose(report, table, rules.diagnosis, dataset=shlex.quote(str(disc.root)))
+    report["diagnosis"] = jsonable(ranked)
+    report["diagnosis_summary"] = summary
+    return report
+
+
+def label_noise_section(ctx: CheckContext, rules: Rules) -> dict | None:
+    """The report's ``label_noise`` section (:func:`auditor.analysis.labels.noise_by_split`) when
+    ``label_issue`` computed its probabilities in this scan."""
+    params = rules.checks["label_issue"].params
+    got = ctx.analyses.labels.get(tuple(params[k] for k in PROBABILITY_PARAMS))
+    return jsonable(noise_by_split(got))
 
 
 class _FindingEntry:

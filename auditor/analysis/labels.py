@@ -1,0 +1,146 @@
+"""Class probabilities for the label checks and the label-noise estimate per split.
+
+:func:`label_probabilities` computes, once per scan and parameter set, out-of-sample class
+probabilities of every labeled, embedded image: a ``folds``-fold logistic regression on the
+frozen embeddings averaged with a leave-one-out vote of the nearest images. ``label_issue``
+(:mod:`auditor.checks.labels`) turns them into findings with cleanlab; :func:`noise_by_split`
+gives the report's ``label_noise`` section: cleanlab's estimate of the number of wrong labels
+(``cleanlab.count.num_label_issues``) per split, which the diagnosis quotes beside the count of
+flagged images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from auditor.core.context import NO_EMBEDDINGS, CheckContext
+from auditor.io.dataset import labeled
+
+UNLABELED = "the dataset is unlabeled (no class folders or label column)"
+
+
+def labeled_ok(ctx: CheckContext) -> pd.DataFrame:
+    """Decoded rows with a label, positional index as in ``ctx.ok``."""
+    return labeled(ctx.ok.reset_index(drop=True))
+
+
+@dataclass
+class LabelProbabilities:
+    rows: pd.DataFrame  # the labeled, embedded rows of the classes kept (positional index into ctx.ok)
+    classes: list[str]  # the kept classes; y codes index this list
+    y: np.ndarray  # given label codes
+    probs: np.ndarray  # (n, n_classes) out-of-sample probabilities
+    quality: np.ndarray  # cleanlab's self-confidence label quality
+    left_out: list[str]  # classes with too few images
+
+
+def out_of_fold_probabilities(
+    vectors: np.ndarray, labels: np.ndarray, folds: int = 5, c: float = 0.1, seed: int = 0
+) -> np.ndarray:
+    """Out-of-fold class probabilities (n, n_classes) of an L2-regularised logistic
+    regression on the L2-normalised, standardised rows of ``vectors`` (n, d), stratified
+    ``folds``-fold. ``labels``: ints 0..n_classes-1, every class at least ``folds`` times."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    from auditor.embed.neighbors import normalize
+
+    z = StandardScaler().fit_transform(normalize(vectors).astype(np.float64))
+    n_classes = int(labels.max()) + 1
+    probs = np.zeros((len(z), n_classes))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, labels):
+        clf = LogisticRegression(C=c, max_iter=2000, tol=1e-3, random_state=seed).fit(z[train], labels[train])
+        probs[np.ix_(test, clf.classes_)] = clf.predict_proba(z[test])
+    return probs
+
+
+def knn_vote_probabilities(vectors: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
+    """Leave-one-out class probabilities (n, n_classes) from the labels of each row's ``k``
+    nearest other rows (cosine similarity of ``vectors``), weighted by similarity, with one
+    pseudo-vote spread over the classes in proportion to their frequency (so that a row with
+    unanimous neighbours is not certain). Where frozen ImageNet features are weak as a
+    linear basis (silhouettes, glyphs), the nearest neighbours still agree with the label."""
+    from auditor.embed.neighbors import knn
+
+    n_classes = int(labels.max()) + 1
+    idx, sims = knn(vectors, min(k, len(vectors) - 1), seed=seed)
+    w = np.clip(np.nan_to_num(sims, nan=0.0, neginf=0.0), 0.0, None)
+    votes = np.zeros((len(vectors), n_classes))
+    np.add.at(votes, (np.repeat(np.arange(len(vectors)), idx.shape[1]), labels[idx].ravel()), w.ravel())
+    prior = np.bincount(labels, minlength=n_classes) / len(labels)
+    votes += prior[None, :]
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+#: The parameters of ``label_issue`` that the probabilities depend on.
+PROBABILITY_PARAMS = ("folds", "min_class_images", "regularization", "neighbours", "neighbour_weight")
+
+
+def label_probabilities(ctx: CheckContext, params: dict) -> LabelProbabilities | str:
+    """The probabilities (see the module docstring), or why there are none (unlabeled, no
+    embeddings, fewer than 2 classes with enough images). Kept in ``ctx.analyses.labels``."""
+    key = tuple(params[k] for k in PROBABILITY_PARAMS)
+    if key in ctx.analyses.labels:
+        return ctx.analyses.labels[key]
+    ctx.analyses.labels[key] = got = _label_probabilities(ctx, params)
+    return got
+
+
+def _label_probabilities(ctx: CheckContext, params: dict) -> LabelProbabilities | str:
+    with_label = labeled_ok(ctx)
+    if with_label.empty:
+        return UNLABELED
+    got = ctx.ok_vectors()
+    if got is None:
+        return NO_EMBEDDINGS
+    vectors, mask = got
+    counts = with_label["label"][mask[with_label.index]].value_counts()
+    need = max(params["min_class_images"], params["folds"])
+    keep_classes = sorted(c for c, n in counts.items() if n >= need)
+    rows = with_label[mask[with_label.index] & with_label["label"].isin(keep_classes)]
+    if len(keep_classes) < 2:
+        return f"fewer than 2 classes with at least {need} embedded images"
+    from cleanlab.rank import get_label_quality_scores
+
+    code = {c: i for i, c in enumerate(keep_classes)}
+    y = rows["label"].map(code).to_numpy()
+    probs = out_of_fold_probabilities(vectors[rows.index], y, params["folds"], params["regularization"])
+    if params["neighbour_weight"] > 0:
+        vote = knn_vote_probabilities(vectors[rows.index], y, params["neighbours"])
+        probs = (1.0 - params["neighbour_weight"]) * probs + params["neighbour_weight"] * vote
+    quality = get_label_quality_scores(y, probs, method="self_confidence")
+    left_out = sorted(set(counts.index) - set(keep_classes))
+    return LabelProbabilities(rows, keep_classes, y, probs, quality, [str(c) for c in left_out])
+
+
+def noise_by_split(got: LabelProbabilities | str | None) -> dict | None:
+    """The report's ``label_noise`` section: per split (``all`` without splits), the labeled
+    images judged and cleanlab's estimate of the share with a wrong label
+    (``num_label_issues``, the calibrated confident joint's off-diagonal mass), or None when
+    the split has too few images of two classes for an estimate."""
+    if got is None or isinstance(got, str):
+        return None
+    from cleanlab.count import num_label_issues
+
+    split = got.rows["split"] if "split" in got.rows else pd.Series(None, index=got.rows.index)
+    groups = {"all": np.ones(len(got.rows), bool)} if split.isna().all() else {
+        str(s): (split == s).to_numpy() for s in sorted(split.dropna().unique())}  # fmt: skip
+    out = {}
+    for name, m in groups.items():
+        y, probs = got.y[m], got.probs[m]
+        present = np.unique(y)
+        estimate = None
+        if len(present) >= 2 and len(y) >= 10:
+            # the split's own classes: cleanlab needs every class it scores to occur
+            remap = {c: i for i, c in enumerate(present)}
+            yy = np.array([remap[c] for c in y])
+            pp = probs[:, present]
+            pp = pp / pp.sum(axis=1, keepdims=True)
+            estimate = round(float(num_label_issues(yy, pp)) / len(y), 4)
+        out[name] = {"images": int(m.sum()), "estimated_rate": estimate}
+    return {"method": "cleanlab.count.num_label_issues on the out-of-sample probabilities of label_issue",
+            "splits": out}
