@@ -1,7 +1,8 @@
 """The HTML report in a real headless Chromium (Debian's ``chromium`` driven by Playwright;
 nothing is downloaded): it opens with no console errors and no network requests, its
-sections and the embedding map render, the hover thumbnail works, and a file named like an
-HTML tag shows as text and runs nothing.
+sections and the embedding map render, the hover thumbnail works, a file named like an
+HTML tag shows as text and runs nothing, the diagnosis renders first, and the split and
+class filters hide the findings of other splits and classes.
 
 Skipped when Chromium or Playwright is missing, unless AUDITOR_REQUIRE_BROWSER=1 (CI sets it).
 """
@@ -85,6 +86,97 @@ def test_report_opens_clean_renders_and_escapes(report, tmp_path):
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert dialogs == []
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory) -> Path:
+    """The demo dataset (findings in train and in val, a diagnosis), scanned without embeddings."""
+    from auditor.demo.build import build_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    build_demo(root / "ds")
+    return api.scan(root / "ds", root / "out", embed=False, cache_dir=root / "cache").files["html"]
+
+
+def _expected_visible(report: dict, split: str | None, label: str | None) -> int:
+    """Findings the filters should leave visible, worked out from report.json and the demo's
+    ``split/class/file`` layout alone (not from the page's data attributes): a finding matches
+    when one of its paths does; one without paths, when its details name the split or class."""
+    n = 0
+    for f in report["findings"]:
+        if f["paths"]:
+            parts = [p.split("/") for p in f["paths"]]
+            ok = any((split is None or q[0] == split) and (label is None or q[1] == label) for q in parts)
+        else:
+            d = f["details"]
+            ok = (split is None or split == d.get("split") or split in (d.get("splits") or [])) and (
+                label is None or label == d.get("label"))  # fmt: skip
+        n += ok
+    return n
+
+
+def test_demo_report_diagnosis_first_and_filters_work(demo_report):
+    sync_playwright = _need_browser()
+    report = json.loads((demo_report.parent / "report.json").read_text())
+    assert report["diagnosis"] and len(report["findings"]) < 60  # every finding is drawn (no cap)
+    visible = ".finding[data-splits]:visible"
+    console, errors, requests = [], [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: console.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(demo_report.as_uri())
+        page.wait_for_load_state("load")
+        assert not errors and not console, (errors, console)
+        assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+
+        # the diagnosis is the first thing after the verdict banner, above the rules and every finding
+        assert page.evaluate("document.querySelector('.banner').nextElementSibling.id") == "diagnosis"
+        top = page.locator("#diagnosis").bounding_box()["y"]
+        assert top < page.locator(".banner").bounding_box()["y"] + 200
+        assert top < page.locator("#fix-first").bounding_box()["y"] < page.locator("#rules").bounding_box()["y"]
+        assert all(top < box["y"] for box in (s.bounding_box() for s in page.locator("section.check").all()))
+        cards = page.locator("#diagnosis .cause")
+        assert cards.count() == len(report["diagnosis"])
+        assert cards.first.locator("b").inner_text() == report["diagnosis"][0]["cause"]
+        assert page.locator("#diagnosis .cause figure img").count() >= 1  # evidence thumbnails
+        # the sticky navigation stays on screen when the page scrolls
+        page.locator("#findings").scroll_into_view_if_needed()
+        page.mouse.wheel(0, 3000)
+        page.wait_for_timeout(100)
+        assert 0 <= page.locator("nav.top").bounding_box()["y"] <= 1
+        assert f"Findings ({len(report['findings'])})" in page.locator("nav.top").inner_text()
+
+        total = page.locator(visible).count()
+        assert total == len(report["findings"]) == _expected_visible(report, None, None)
+        val = _expected_visible(report, "val", None)
+        assert 0 < val < total and _expected_visible(report, "train", None) < total  # findings in both splits
+        page.select_option("#filter-split", label="val")
+        assert page.locator(visible).count() == val
+        assert page.locator("#filter-count").inner_text() == f"{val} of {total} findings shown"
+        for finding in page.locator(visible).all():  # each shown finding has a val image (or names val)
+            captions = finding.locator("figcaption").all_inner_texts()
+            assert not captions or any(c.startswith("val/") for c in captions), captions
+        page.select_option("#filter-split", label="train")
+        assert page.locator(visible).count() == _expected_visible(report, "train", None)
+        page.select_option("#filter-split", label="all")
+        assert page.locator(visible).count() == total
+
+        coffee = _expected_visible(report, None, "coffee")
+        assert 0 < coffee < total
+        page.select_option("#filter-class", label="coffee")
+        assert page.locator(visible).count() == coffee
+        heading = page.locator("h2#leakage .shown").inner_text()
+        assert heading.startswith("(") and heading.endswith(" shown)")
+        page.select_option("#filter-split", label="val")
+        assert page.locator(visible).count() == _expected_visible(report, "val", "coffee")
+        page.select_option("#filter-class", label="all")
+        page.select_option("#filter-split", label="all")
+        assert page.locator(visible).count() == total and page.locator("h2#leakage .shown").inner_text() == ""
+        assert not errors and not console, (errors, console)
+        browser.close()
 
 
 def test_detection_report_draws_boxes_without_errors(tmp_path):

@@ -24,6 +24,8 @@ MAX_FINDINGS_PER_SECTION = 60
 MAX_THUMBS_PER_FINDING = 6
 #: Thumbnails in the whole report (about 6 MB at most); later sections show "(no preview)".
 MAX_THUMBS_TOTAL = 1200
+#: Thumbnails per diagnosis cause (of its evidence's worst paths).
+MAX_EVIDENCE_THUMBS = 5
 
 
 class _BytecodeCache(FileSystemBytecodeCache):
@@ -193,6 +195,96 @@ def _curves(finetune: dict | None, width: int = 360, height: int = 120) -> list[
     return out
 
 
+def _fix_first(report: dict) -> list[dict]:
+    """What to fix first: the diagnosis's fixes in rank order (one item per command, naming
+    every cause it fixes; a fix with no command is its own item), then the gate's failing
+    rules."""
+    items: list[dict] = []
+    by_command: dict[str, dict] = {}
+    for d in sorted(report.get("diagnosis") or [], key=lambda d: d.get("rank", 0)):
+        fix = d.get("fix") or {}
+        command = fix.get("command")
+        if command and command in by_command:
+            by_command[command]["causes"].append(d["cause"])
+            continue
+        item = {"kind": "fix", "command": command, "text": fix.get("text") or "", "causes": [d["cause"]]}
+        items.append(item)
+        if command:
+            by_command[command] = item
+    for r in (report.get("gate") or {}).get("rules") or []:
+        if r.get("status") == "fail":
+            items.append({"kind": "rule", "rule": r["rule"], "value": r.get("value"), "threshold": r.get("threshold"),
+                          "max_fraction": r.get("max_fraction")})  # fmt: skip
+    return items
+
+
+def _rule_groups(report: dict, totals: dict[str, int]) -> dict[str, list[dict]]:
+    """The gate's rules in three groups: shown (failing, warning, or with findings), passed
+    (no findings) and box rules that cannot apply (no box annotations)."""
+    groups: dict[str, list[dict]] = {"shown": [], "passed": [], "no_boxes": []}
+    no_boxes = not report.get("boxes")
+    for r in (report.get("gate") or {}).get("rules") or []:
+        if r.get("status") in ("fail", "warn") or totals.get(r["rule"], 0) or r.get("value"):
+            groups["shown"].append(r)
+        elif no_boxes and r["rule"].startswith("box_"):
+            groups["no_boxes"].append(r)
+        else:
+            groups["passed"].append(r)
+    return groups
+
+
+def _check_groups(report: dict, totals: dict[str, int]) -> dict:
+    """The checks as the findings part draws them: sections (checks with findings, report
+    order), one line of checks that found nothing, one line per skip reason, one line of
+    disabled checks; box checks on a dataset without boxes are left to the rules' box line."""
+    out: dict = {"sections": [], "clean": [], "skipped": {}, "disabled": []}
+    for name, info in report["checks"].items():
+        if name.startswith("box_") and not report.get("boxes") and not totals.get(name):
+            continue
+        if not info.get("enabled", True):
+            out["disabled"].append(name)
+        elif totals.get(name):
+            out["sections"].append(name)
+        elif info.get("skipped"):
+            out["skipped"].setdefault(str(info["skipped"]), []).append(name)
+        else:
+            out["clean"].append(name)
+    return out
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _filter_keys(report: dict, shown: dict[str, list[dict]], table) -> tuple[list[str], list[str], dict]:
+    """The filters' options (splits, classes) and, per check, one (splits, classes) pair per
+    shown finding: the indices (space-separated) of its paths' splits and classes (from the
+    images table), or, for a finding without paths, of those its details name."""
+    paths = list(dict.fromkeys(p for fs in shown.values() for f in fs for p in f["paths"]))
+    rows = table.loc[rows_named(table["path"], paths), ["path", "split", "label"]]
+    where = {p: (_text(s), _text(lab)) for p, s, lab in zip(rows["path"], rows["split"], rows["label"], strict=True)}
+    found: list[tuple[str, set[str], set[str]]] = []
+    for check, fs in shown.items():
+        for f in fs:
+            if f["paths"]:
+                splits = {where[p][0] for p in f["paths"] if p in where} - {None}
+                labels = {where[p][1] for p in f["paths"] if p in where} - {None}
+            else:
+                d = f.get("details") or {}
+                splits = {s for s in [d.get("split"), *(d.get("splits") or [])] if _text(s)}
+                labels = {d["label"]} if _text(d.get("label")) else set()
+            found.append((check, splits, labels))
+    split_names = sorted(set((report["dataset"].get("splits") or {}).keys()) | {s for _, ss, _ in found for s in ss})
+    class_names = sorted(set(report["dataset"].get("classes") or []) | {c for _, _, cs in found for c in cs})
+    si = {s: i for i, s in enumerate(split_names)}
+    ci = {c: i for i, c in enumerate(class_names)}
+    keys: dict[str, list[tuple[str, str]]] = {}
+    for check, ss, cs in found:
+        keys.setdefault(check, []).append((" ".join(str(si[s]) for s in sorted(ss)),
+                                           " ".join(str(ci[c]) for c in sorted(cs))))  # fmt: skip
+    return split_names, class_names, keys
+
+
 def render_html(report: dict, table, projection, store: Store) -> str:
     """report.html from what a scan writes: ``report`` (report.json's document), ``table``
     (images.parquet's columns path, split, label, ok, format, width, height, content_hash),
@@ -204,7 +296,12 @@ def render_html(report: dict, table, projection, store: Store) -> str:
     # worst first in every section, then capped
     # (heapq.nsmallest is sorted(...)[:n], ties in report order, without sorting a million)
     shown = {c: heapq.nsmallest(MAX_FINDINGS_PER_SECTION, fs, key=lambda f: -f["score"]) for c, fs in sections.items()}
-    wanted: dict[str, None] = {}  # ordered: shift panel first, then sections in report order
+    diagnosis = report.get("diagnosis")
+    # ordered: the diagnosis's evidence first, then the shift panel, then the sections
+    wanted: dict[str, None] = {}
+    for d in diagnosis or []:
+        for p in ((d.get("evidence") or {}).get("paths") or [])[:MAX_EVIDENCE_THUMBS]:
+            wanted.setdefault(p)
     for s in report.get("shift") or []:
         for im in ((s.get("out_of_support") or {}).get("images") or [])[:MAX_THUMBS_PER_FINDING]:
             wanted.setdefault(im["path"])
@@ -219,6 +316,12 @@ def render_html(report: dict, table, projection, store: Store) -> str:
     thumbs_by_hash = dict(store.thumbnails(hash_of.values(), MEASURE_VERSION))
     thumbs = {p: _data_uri(thumbs_by_hash[h]) for p, h in hash_of.items() if h in thumbs_by_hash}
     ok = table[table["ok"]]
+    totals = {c: len(fs) for c, fs in sections.items()}
+    check_groups = _check_groups(report, totals)
+    split_names, class_names, filter_keys = _filter_keys(report, shown, table)
+    # names with an id on the page (a section, or a name on a collapsed line): evidence links there
+    anchors = set(check_groups["sections"]) | set(check_groups["clean"]) | set(check_groups["disabled"])
+    anchors |= {n for names in check_groups["skipped"].values() for n in names}
     formats = ok["format"].value_counts().to_dict() if len(ok) else {}
     return (
         _env(store.folder)
@@ -226,7 +329,17 @@ def render_html(report: dict, table, projection, store: Store) -> str:
         .render(
             report=report,
             sections=shown,
-            totals={c: len(fs) for c, fs in sections.items()},
+            totals=totals,
+            diagnosis=diagnosis,
+            summary=report.get("diagnosis_summary") or {},
+            fix_first=_fix_first(report),
+            rule_groups=_rule_groups(report, totals),
+            check_groups=check_groups,
+            anchors=anchors,
+            split_names=split_names,
+            class_names=class_names,
+            filter_keys=filter_keys,
+            max_evidence_thumbs=MAX_EVIDENCE_THUMBS,
             thumbs=thumbs,
             max_thumbs=MAX_THUMBS_PER_FINDING,
             checks=report["checks"],
