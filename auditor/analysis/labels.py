@@ -142,5 +142,7 @@ def noise_by_split(got: LabelProbabilities | str | None) -> dict | None:
             pp = pp / pp.sum(axis=1, keepdims=True)
             estimate = round(float(num_label_issues(yy, pp)) / len(y), 4)
         out[name] = {"images": int(m.sum()), "estimated_rate": estimate}
-    return {"method": "cleanlab.count.num_label_issues on the out-of-sample probabilities of label_issue",
-            "splits": out}
+    return {
+        "method": "cleanlab.count.num_label_issues on the out-of-sample probabilities of label_issue",
+        "splits": out,
+    }

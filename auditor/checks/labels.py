@@ -56,10 +56,6 @@ def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     return sorted(out, key=lambda f: (-f.score, f.paths[0]))
 
 
-
-
-
-
 FILTERS = ("both", "prune_by_noise_rate", "prune_by_class", "confident_learning", "predicted_neq_given")
 LABEL_ISSUE_PARAMS = {"folds": Int(2), "min_class_images": AT_LEAST_ONE, "regularization": POSITIVE,
                       "filter_by": choices(*FILTERS), "neighbours": AT_LEAST_ONE, "neighbour_weight": FRACTION,

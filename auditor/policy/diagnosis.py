@@ -363,13 +363,14 @@ def _small_dataset(x: Inputs) -> Cause | None:
     points = 0.5 * float((1 - small / need).sum()) / len(set(train.index) | set(small.index))
     worst = int(small.min())
     names = ", ".join(f"{c!r} ({n})" for c, n in small.head(5).items())
-    everything = len(small) == len(train)
+    n_classes = len(set(train.index) | set(small.index))
+    everything = len(small) == n_classes
     return Cause(
         "small_dataset", points,
         "high" if worst < p["high_images_per_class"] else "medium",
         {"classes": {str(c): int(n) for c, n in small.items()}, "needed_per_class": need,
          "text": (f"every class has fewer than {need} training images (median {int(train.median())})"
-                  if everything else f"{len(small)} of {len(train)} classes have fewer than {need} training "
+                  if everything else f"{len(small)} of {n_classes} classes have fewer than {need} training "
                   f"images: {names}") + "; a frozen-backbone fine-tune typically needs that many per class",
          "method": f"classes under {need} train images (the rules' bar for a frozen-head fine-tune); points: half "
                    "of each such class's shortfall (1 - images/bar), averaged over the classes (per-class "
