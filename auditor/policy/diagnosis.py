@@ -37,6 +37,7 @@ DIAGNOSIS_PARAMS = {
     "min_evidence_images": AT_LEAST_ONE,
     "min_leaked_share": FRACTION, "high_leaked_share": FRACTION,
     "min_label_noise": FRACTION, "high_label_noise": FRACTION, "train_noise_weight": FRACTION,
+    "min_estimated_noise": FRACTION, "estimate_weight": FRACTION, "quality_gap_alpha": FRACTION,
     "high_shift_magnitude": FRACTION, "min_quality_share": FRACTION, "high_quality_share": FRACTION,
     "quality_split_gap": FRACTION,
     "min_images_per_class": Int(1), "high_images_per_class": Int(1),
@@ -191,14 +192,23 @@ def _label_noise(x: Inputs) -> Cause | None:
     k_eval, n_eval, r_eval = rate(s) if s else rate(None)
     k_train, n_train, r_train = rate("train") if s else (0, 0, 0.0)
     points = r_eval + p["train_noise_weight"] * r_train
-    if max(r_eval, r_train) < p["min_label_noise"] and not conflicts:
+    est = noise.get(s or "all", {}).get("estimated_rate") if noise else None
+    # no image individually confident, but confident learning estimates many wrong labels: a
+    # weaker signal (a split unlike train blurs every image's probabilities), reported as such
+    estimate_only = max(r_eval, r_train) < p["min_label_noise"] and est is not None and est >= p[
+        "min_estimated_noise"]
+    if max(r_eval, r_train) < p["min_label_noise"] and not conflicts and not estimate_only:
         return None
     where = s or "the dataset"
     lead = r_eval if r_eval >= r_train else r_train
     count = k_eval if r_eval >= r_train else k_train
-    est = noise.get(s or "all", {}).get("estimated_rate") if noise else None
     parts = []
-    if max(r_eval, r_train) >= p["min_label_noise"] or not conflicts:
+    if estimate_only:
+        points = p["estimate_weight"] * est
+        parts.append(f"confident learning estimates {_pct(est)} of {where} labels are wrong, though only {k_eval} of "
+                     f"{n_eval} images are individually flagged: a split unlike train (see split_shift) blurs the "
+                     "per-image evidence; check a sample of its labels by hand")  # fmt: skip
+    elif max(r_eval, r_train) >= p["min_label_noise"] or not conflicts:
         parts.append(f"an estimated {_pct(r_eval)} of {where} labels are wrong ({k_eval} of {n_eval} flagged"
                      + (f"; confident learning estimates {_pct(est)}" if est is not None else "") + ")"
                      + (f": even a perfect model scores at most about {100 * (1 - r_eval):.0f}% on {s}"
@@ -208,8 +218,9 @@ def _label_noise(x: Inputs) -> Cause | None:
     if conflicts:
         parts.append(f"{len(conflicts)} images are copies that carry different labels")
     text = "; ".join(parts)
+    confidence = "low" if estimate_only else _confidence(lead, p["high_label_noise"], count, p)
     return Cause(
-        "label_noise", points, _confidence(lead, p["high_label_noise"], count, p),
+        "label_noise", points, confidence,
         {"share": round(r_eval, 4), "interval": wilson(k_eval, n_eval), "images": k_eval, "of": n_eval,
          "split": s, "train_share": round(r_train, 4) if s else None,
          "train_interval": wilson(k_train, n_train) if s else None,
@@ -242,6 +253,15 @@ def _quality_shares(x: Inputs) -> tuple[dict[str, float], dict[str, set[str]]]:
     return shares, paths
 
 
+def _more_in(qpaths: dict[str, set[str]], x: Inputs, split: str, alpha: float) -> bool:
+    """Fisher's exact test, one-sided: is the share of flagged images larger in ``split`` than in train?"""
+    from scipy.stats import fisher_exact
+
+    k1, n1 = len(qpaths.get(split, ())), len(x.split_paths(split))
+    k0, n0 = len(qpaths.get("train", ())), len(x.split_paths("train"))
+    return bool(fisher_exact([[k1, n1 - k1], [k0, n0 - k0]], alternative="greater")[1] < alpha)
+
+
 def _split_shift(x: Inputs) -> Cause | None:
     p = x.params
     s = x.eval_split
@@ -252,6 +272,8 @@ def _split_shift(x: Inputs) -> Cause | None:
     props = [f for f in x.by_check.get("property_shift", []) if f["details"].get("target") == s]
     shares, qpaths = _quality_shares(x)
     gap = shares.get(s, 0.0) - shares.get("train", 0.0)
+    if gap >= p["quality_split_gap"] and not _more_in(qpaths, x, s, p["quality_gap_alpha"]):
+        gap = 0.0  # a few flagged images in a small split: not evidence of another acquisition
     shifted = entry is not None and entry.get("verdict") == "shift"
     if not shifted and gap < p["quality_split_gap"] and not props:
         if entry is not None and entry.get("skipped"):
@@ -414,15 +436,16 @@ def _class_imbalance(x: Inputs) -> Cause | None:
 def _image_quality(x: Inputs) -> Cause | None:
     p = x.params
     shares, paths = _quality_shares(x)
-    s = x.eval_split or "all"
-    # what is common to the splits: an excess in the evaluation split is split_shift's
-    share = min(shares.values()) if len(shares) > 1 else shares[s]
+    # what is common to the splits: an excess in the evaluation split is split_shift's; the share,
+    # its interval and its count are those of the split where the share is smallest
+    s = min(shares, key=lambda k: (shares[k], k))
+    share = shares[s]
     if share < p["min_quality_share"]:
         return None
     counts = {c: len(x.by_check.get(c, [])) for c in QUALITY_CHECKS if x.by_check.get(c)}
     top = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4])
     k = len(paths[s])
-    n = len(x.split_paths(x.eval_split))
+    n = len(x.split_paths(None if s == "all" else s))
     return Cause(
         "image_quality", 0.5 * share, _confidence(share, p["high_quality_share"], k, p),
         {"share": round(share, 4), "by_split": {k2: round(v, 4) for k2, v in shares.items()},
@@ -430,7 +453,7 @@ def _image_quality(x: Inputs) -> Cause | None:
          "text": f"{_pct(share)} of the images have a quality finding in every split ({top})",
          "method": "share of images with a per-image quality finding, the smaller over train and evaluation (an "
                    "excess in one split is split_shift); points: half of it (degraded images are the hard ones)"},
-        {"checks": counts, "paths": sorted(paths[s])[:WORST_PATHS]},
+        {"checks": counts, "paths": sorted(paths[x.eval_split or "all"])[:WORST_PATHS]},
         {"command": f"audit clean {x.dataset} --out CLEAN",
          "text": "drop or quarantine the unreadable and degraded images (clean, by the rules' actions); when the "
                  "images the model will see look like them, keep them and augment (blur, noise, brightness) "
