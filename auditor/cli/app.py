@@ -21,6 +21,7 @@ from auditor.cli.options import (
     AugmentOpt,
     BackboneOpt,
     BatchOpt,
+    BudgetOpt,
     CacheDirOpt,
     CocoOpt,
     EpochsOpt,
@@ -41,6 +42,8 @@ from auditor.cli.options import (
     SourceLayoutOpt,
     SourceManifestOpt,
     SourceOpt,
+    TrialsOpt,
+    TuneOpt,
     UnfreezeOpt,
     WeightsOpt,
     WorkersOpt,
@@ -355,19 +358,27 @@ def finetune(
         str | None, typer.Option(help="keras.applications weights: a local 'notop' file, imagenet (downloads), none.")
     ] = None,
     cache_dir: CacheDirOpt = None,
+    tune: TuneOpt = False,
+    trials: TrialsOpt = None,
+    budget: BudgetOpt = None,
 ) -> None:
     """Fine-tune EfficientNet-Lite0 on DATASET: head first with the backbone frozen, then the
     top blocks at a 10x lower learning rate with BatchNorm frozen; early stopping; class
-    weights when imbalanced. Writes OUT/model.keras, history.json, evaluation.json."""
+    weights when imbalanced. Writes OUT/model.keras, history.json, evaluation.json. With
+    --tune, a seeded KerasTuner search picks learning rate, L2, dropout and unfrozen blocks
+    first (the trial table goes into evaluation.json)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from auditor.pipeline.finetune import FinetuneError, FinetuneOptions
     from auditor.pipeline.finetune import finetune as run_finetune
 
+    if not tune and (trials is not None or budget is not None):
+        _fail("--trials and --budget set up the search: add --tune")
     opts = FinetuneOptions(
         epochs=epochs, unfreeze=unfreeze, learning_rate=learning_rate, image_size=image_size,
         batch_size=batch_size, seed=seed, backbone=backbone, weights=weights,
         augment=tuple(a.strip() for a in augmentations.split(",") if a.strip()) if augment else (),
+        tune=tune, budget_minutes=budget, **({} if trials is None else {"trials": trials}),
     )  # fmt: skip
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[logs]}"), console=err_console, transient=True,
@@ -378,6 +389,8 @@ def finetune(
         if phase not in tasks:
             tasks[phase] = bar.add_task(phase, total=total, logs="")
         text = ", ".join(f"{k} {v:.3f}" for k, v in logs.items() if k in ("loss", "val_loss", "val_accuracy"))
+        if "best" in logs:  # a search: trials done of total, the best score so far
+            text = f"best val_crossentropy {logs['best']:.4f}"
         bar.update(tasks[phase], completed=epoch, logs=text)
 
     with _input_errors(), bar:
@@ -388,6 +401,10 @@ def finetune(
         except FinetuneError as exc:
             _fail(str(exc))
     ev = result.evaluation
+    if "tuning" in ev:
+        from auditor.pipeline.tune import describe
+
+        out_console.print(term(describe(ev["tuning"])), highlight=False, soft_wrap=True)
     for phase, rows in result.history.items():
         last = rows[-1]
         out_console.print(f"{phase}: {len(rows)} epochs, val_loss {last['val_loss']:.3f}, "
@@ -435,6 +452,9 @@ def run_pipeline(
     no_cache: NoCacheOpt = False,
     follow_symlinks: FollowSymlinksOpt = False,
     max_pixels: MaxPixelsOpt = None,
+    tune: TuneOpt = False,
+    trials: TrialsOpt = None,
+    budget: BudgetOpt = None,
 ) -> None:
     """scan -> gate -> clean -> finetune, stopping at a failed gate unless --force, with one
     report (OUT/report.html) that shows what was found, what was removed and how training went.
@@ -443,12 +463,25 @@ def run_pipeline(
     from auditor.pipeline.finetune import AUGMENTATIONS, FinetuneError, FinetuneOptions
     from auditor.pipeline.run import run
 
+    if not tune and (trials is not None or budget is not None):
+        _fail("--trials and --budget set up the search: add --tune")
     chosen = tuple(a.strip() for a in augmentations.split(",") if a.strip()) if augmentations else AUGMENTATIONS
     # a named backbone is also the base that is fine-tuned; a .keras model file only embeds for the audit
     base = {} if backbone is None or backbone.endswith(".keras") else {"backbone": backbone, "weights": weights}
     opts = FinetuneOptions(epochs=epochs, unfreeze=unfreeze, learning_rate=learning_rate, image_size=image_size,
-                           batch_size=batch_size, seed=seed, augment=chosen if augment else (), **base)  # fmt: skip
+                           batch_size=batch_size, seed=seed, augment=chosen if augment else (), tune=tune,
+                           budget_minutes=budget, **base, **({} if trials is None else {"trials": trials}))  # fmt: skip
     bar, update = _progress()
+    searches: dict[str, int] = {}
+
+    def searched(phase: str, done: int, total: int, logs: dict) -> None:  # --tune: trials done, best score
+        if not phase.startswith("search"):
+            return
+        if phase not in searches:
+            searches[phase] = bar.add_task(phase, total=total, rate="")
+        best = f"best val_crossentropy {logs['best']:.4f}" if "best" in logs else ""
+        bar.update(searches[phase], completed=done, rate=best)
+
     with _input_errors(), bar:
         check_output(out, dataset, images, source)  # as scan's --out: refused before any work
         check_cache_dir(cache_dir, dataset, images, source)
@@ -456,6 +489,7 @@ def run_pipeline(
             options = scan_options(locals())
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
                          augment_from_audit=augment and not augmentations, progress=update, workers=workers,
+                         finetune_progress=searched,
                          cache_dir=cache_dir, use_cache=not no_cache, **options)  # fmt: skip
         except (FinetuneError, CleanError) as exc:
             _fail(str(exc))
@@ -469,6 +503,10 @@ def run_pipeline(
             out_console.print(f"fine-tune: skipped ({term(result.skipped or '')})", highlight=False)
         else:
             ev = result.finetune.evaluation
+            if "tuning" in ev:
+                from auditor.pipeline.tune import describe
+
+                out_console.print(term(describe(ev["tuning"])), highlight=False, soft_wrap=True)
             out_console.print(f"fine-tune: validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} "
                               "images", highlight=False)  # fmt: skip
     out_console.print(f"Report: {term(str(result.scan.files['html']))}", highlight=False, soft_wrap=True)

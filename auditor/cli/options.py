@@ -109,6 +109,34 @@ AugmentOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Keras 
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
 
+def _positive_minutes(value: float | None) -> float | None:
+    if value is not None and not (0 < value < float("inf")):
+        raise typer.BadParameter(f"{value} is not a positive number of minutes.")
+    return value
+
+
+TuneOpt = Annotated[
+    bool,
+    typer.Option("--tune/--no-tune", help="Search learning rate, L2, dropout and unfrozen blocks first (KerasTuner: "
+                 "head trials on the backbone's features, then short fine-tuning trials of the best heads), "
+                 "then train with the winner."),
+]  # fmt: skip
+
+
+TrialsOpt = Annotated[
+    int | None, typer.Option(min=1, help="With --tune: head settings tried [default: 8] (the best 2 then get a "
+                             "short fine-tuning trial per unfreeze choice: --unfreeze and twice it).")
+]  # fmt: skip
+
+
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option(callback=_positive_minutes, metavar="MINUTES",
+                 help="With --tune: stop searching after this many minutes (the trial running then ends "
+                 "after its current epoch) [default: no limit]."),
+]  # fmt: skip
+
+
 #: The options every command that scans takes, each defined once above (a test compares the
 #: --help of scan, gate and run on them).
 SHARED_SCAN_OPTIONS = (

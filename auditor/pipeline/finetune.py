@@ -8,14 +8,19 @@ unfrozen BatchNorm statistics re-estimated on small batches wreck the pretrained
 Augmentation with Keras preprocessing layers (active only while training), class weights
 when classes are imbalanced, early stopping on validation loss (best weights kept).
 Seeded; ``MODEL_DIR`` gets ``model.keras``, ``history.json`` and ``evaluation.json``
-(validation confusion matrix and per-class accuracy).
+(validation confusion matrix and per-class accuracy). With ``tune``, a KerasTuner search
+(:mod:`auditor.pipeline.tune`) picks the learning rate, L2, dropout and the number of unfrozen
+blocks first, and the model is trained with the winner; ``evaluation.json`` gains ``tuning``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +75,10 @@ class FinetuneOptions:
     balance_above: float = 1.5
     backbone: str = "efficientnet-lite0"  # or a keras.applications name (needs --weights offline)
     weights: str | None = None  # keras.applications weights: a local file, "imagenet" (download) or "none"
+    #: search learning_rate, l2, dropout and unfreeze first (auditor.pipeline.tune), then train with the winner
+    tune: bool = False
+    trials: int = 8  # head settings tried (the fine-tuning trials come on top: TOP_HEADS x unfreeze choices)
+    budget_minutes: float | None = None  # wall-clock limit of the search (None: none)
 
 
 @dataclass
@@ -176,11 +185,10 @@ def _base(options: FinetuneOptions):
     if name in (DEFAULT_BACKBONE, LITE0.id):
         from auditor.embed.backbones import efficientnet_lite as lite
 
-        with quiet_tensorflow():
-            pretrained = lite.load_model()
+        pretrained = _lite0_weights()
         backbone = lite.build_model(include_top=False, input_size=size)
         for layer in backbone.layers:  # weights are input-size independent
-            weights = pretrained.get_layer(layer.name).get_weights() if layer.weights else None
+            weights = pretrained.get(layer.name) if layer.weights else None
             if weights:
                 layer.set_weights(weights)
         return backbone, []
@@ -206,6 +214,17 @@ def _base(options: FinetuneOptions):
     except BackboneError as exc:
         raise FinetuneError(str(exc)) from None
     return backbone, preprocess
+
+
+@functools.lru_cache(maxsize=1)
+def _lite0_weights() -> dict[str, list[np.ndarray]]:
+    """Layer name -> the packaged ImageNet weights of EfficientNet-Lite0, read once per process
+    (a search builds the model once per fine-tuning trial)."""
+    from auditor.embed.backbones import efficientnet_lite as lite
+
+    with quiet_tensorflow():
+        pretrained = lite.load_model()
+    return {layer.name: layer.get_weights() for layer in pretrained.layers if layer.weights}
 
 
 def _augmentation(options: FinetuneOptions):
@@ -322,6 +341,10 @@ def finetune(
     :func:`head_features`) instead of running the backbone every epoch: seconds, and the
     same model (the head sees exactly what the frozen backbone outputs)."""
     opts = options or FinetuneOptions()
+    if opts.tune and opts.trials < 1:
+        raise FinetuneError(f"trials must be at least 1, not {opts.trials}")
+    if opts.tune and opts.budget_minutes is not None and not opts.budget_minutes > 0:
+        raise FinetuneError(f"the search budget must be a positive number of minutes, not {opts.budget_minutes}")
     with quiet_tensorflow():  # TensorFlow's start-up chatter (CUDA probing) off the terminal
         import keras
 
@@ -335,11 +358,24 @@ def finetune(
             loaded[which] = _load_images(train_paths if which == "train" else val_paths, opts.image_size)
         return loaded[which]
 
-    model, backbone = build(len(classes), opts)
+    features: list[tuple[np.ndarray, str]] = []
+
+    def head_inputs(model) -> tuple[np.ndarray, str]:  # train rows then val rows; computed once
+        if not features:
+            features.append(head_features(model, train_paths + val_paths, lambda: np.concatenate(
+                [images("train"), images("val")]), opts, cache_dir, use_cache))  # fmt: skip
+        return features[0]
+
     counts = np.bincount(y_train, minlength=len(classes))
     class_weight = None
     if counts.min() > 0 and counts.max() / counts.min() > opts.balance_above:  # imbalanced: weigh classes equally
         class_weight = {i: float(len(y_train) / (len(classes) * c)) for i, c in enumerate(counts)}
+    tuning = None
+    if opts.tune:
+        opts, tuning = _tune(opts, len(classes), y_train, y_val, images, head_inputs, class_weight, Path(out),
+                             progress)  # fmt: skip
+        keras.utils.set_random_seed(opts.seed)  # trained as an untuned run with the winner's values would be
+    model, backbone = build(len(classes), opts)
     history: dict[str, list[dict]] = {}
 
     def fit(phase: str, lr: float, net, x_train: np.ndarray, x_val: np.ndarray) -> None:
@@ -359,8 +395,7 @@ def finetune(
         head_source = "images (augmentation on)"
         fit("head", opts.learning_rate, model, images("train"), images("val"))
     else:
-        feats, head_source = head_features(model, train_paths + val_paths, lambda: np.concatenate(
-            [images("train"), images("val")]), opts, cache_dir, use_cache)  # fmt: skip
+        feats, head_source = head_inputs(model)
         keras.utils.set_random_seed(opts.seed)  # the same head whether the features were cached or computed
         head = keras.Sequential([keras.Input((feats.shape[1],)), keras.layers.Dropout(opts.dropout, name="dropout"),
                                  _classifier(len(classes), opts)], name="head")  # fmt: skip
@@ -380,6 +415,8 @@ def finetune(
                   "confusion_matrix": cm.tolist(), "per_class_accuracy": per_class,
                   "class_weight": class_weight, "train_images": len(y_train),
                   "head_trained_on": head_source}  # fmt: skip
+    if tuning is not None:
+        evaluation["tuning"] = tuning
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"model": out_dir / "model.keras", "history": out_dir / "history.json",
@@ -394,6 +431,90 @@ def finetune(
     atomic_write_bytes(files["evaluation"], (json.dumps({**evaluation, "options": settings}, indent=2,
                                                         allow_nan=False) + "\n").encode())  # fmt: skip
     return FinetuneResult(files["model"], history, evaluation, classes, files)
+
+
+def _tune(opts: FinetuneOptions, num_classes: int, y_train: np.ndarray, y_val: np.ndarray,
+          images: Callable[[str], np.ndarray], head_inputs: Callable, class_weight: dict | None, out_dir: Path,
+          progress: Callable | None) -> tuple[FinetuneOptions, dict]:  # fmt: skip
+    """The search of :mod:`auditor.pipeline.tune` on this dataset: (the options with the
+    winner's learning_rate, l2, dropout and unfreeze, the ``tuning`` section of
+    evaluation.json). KerasTuner's files go to a temporary folder inside ``out_dir``, removed
+    afterwards."""
+    import shutil
+    import tempfile
+
+    import keras
+
+    from auditor.pipeline import tune
+
+    started = time.perf_counter()
+    budget = tune.Budget(opts.budget_minutes)
+
+    def report(phase: str):
+        if progress is None:
+            return None
+        return lambda done, total, score: progress(f"search: {phase}", done, total,
+                                                   {} if score is None else {"best": score})  # fmt: skip
+
+    extractor, base = build(num_classes, opts)
+    feats, source = head_inputs(extractor)
+    n = len(y_train)
+    choices = sorted({opts.unfreeze, 2 * opts.unfreeze}) if opts.unfreeze > 0 else []
+    if choices:
+        unfreeze_top(base, max(choices))  # a backbone without named blocks: refused now, not after the head search
+
+    def make_head(dropout: float, l2: float):
+        return keras.Sequential([keras.Input((feats.shape[1],)), keras.layers.Dropout(dropout, name="dropout"),
+                                 _classifier(num_classes, dataclasses.replace(opts, l2=l2))], name="head")  # fmt: skip
+
+    def make_model(hp: dict, blocks: int, weights: list):
+        model, backbone = build(num_classes, dataclasses.replace(opts, dropout=hp["dropout"], l2=hp["l2"]))
+        model.get_layer("classifier").set_weights(weights)
+        unfreeze_top(backbone, blocks)
+        return model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".tuning-", dir=out_dir)  # inside the model folder, never elsewhere
+    try:
+        common = {"class_weight": class_weight, "seed": opts.seed, "directory": work, "budget": budget,
+                  "batch_size": opts.batch_size}  # fmt: skip
+        heads = tune.search_head(feats[:n], y_train, feats[n:], y_val, make_head, trials=opts.trials,
+                                 epochs=opts.epochs, patience=opts.patience, on_trial=report("head"),
+                                 defaults={"learning_rate": opts.learning_rate, "l2": opts.l2, "dropout": opts.dropout},
+                                 **common)  # fmt: skip
+        top = tune.best(heads, tune.TOP_HEADS)
+        fine = tune.search_finetune(top, images("train"), y_train, images("val"), y_val, make_model, unfreeze=choices,
+                                    epochs=min(tune.FINETUNE_TRIAL_EPOCHS, opts.epochs),
+                                    on_trial=report("fine-tune"), **common)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    trials = heads + fine
+    winner = tune.best(trials)
+    if not winner:
+        errors = [t.error for t in trials if t.error]
+        raise FinetuneError("no tuning trial finished with a finite validation loss" +
+                            (f" (first error: {errors[0]})" if errors else ""))  # fmt: skip
+    win = winner[0]
+    hp = win.hyperparameters
+    tuned = dataclasses.replace(opts, learning_rate=hp["learning_rate"], l2=hp["l2"], dropout=hp["dropout"],
+                                unfreeze=hp["unfreeze"])  # fmt: skip
+    section = {
+        "objective": tune.OBJECTIVE,  # lower is better
+        "winner": {"trial": win.trial, "phase": win.phase, "hyperparameters": dict(hp), "score": win.score},
+        "trials": [t.row() for t in trials],
+        "space": {
+            "learning_rate": list(tune.LEARNING_RATE),
+            "l2": list(tune.L2),
+            "dropout": list(tune.DROPOUT),
+            "unfreeze": [0, *choices],
+        },
+        "head_trials_on": source,
+        "finetune_trial_epochs": min(tune.FINETUNE_TRIAL_EPOCHS, opts.epochs),
+        "budget_minutes": opts.budget_minutes,
+        "stopped_by_budget": budget.stopped,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return tuned, section
 
 
 __all__ = [
