@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from auditor.core.context import CheckContext
+
 #: Kind of flag -> the checks whose findings make an image flagged.
 FLAG_KINDS = {
     "label_issue": ("label_issue", "label_conflict"),
@@ -124,3 +126,25 @@ def read_curves(history: dict[str, list[dict]]) -> dict | None:
         return None
     last = phases[list(phases)[-1]]
     return {"phases": phases, "train_accuracy": last["train_accuracy"], "val_accuracy": last["val_accuracy"]}
+
+
+def outside_support(ctx: CheckContext, paths: list[str], quantile: float = 0.95) -> set[str] | None:
+    """The ``paths`` (validation images) whose nearest training image in the embedding space is
+    further than ``quantile`` of the training images are from their own nearest neighbour
+    (:func:`auditor.analysis.drift.support`); the training images are the other decoded rows
+    of the train split (of the dataset, when it has no splits). None without embeddings."""
+    from auditor.analysis.drift import support
+
+    if ctx.embeddings is None:
+        return None
+    ok = ctx.ok
+    wanted = set(paths)
+    in_val = ok["path"].isin(wanted)
+    ref = ok[~in_val & (ok["split"] == "train")] if (ok["split"] == "train").any() else ok[~in_val]
+    tgt = ok[in_val]
+    x, xm = ctx.embeddings.rows(ref["content_hash"])
+    y, ym = ctx.embeddings.rows(tgt["content_hash"])
+    if xm.sum() < 2 or ym.sum() < 1:
+        return None
+    res = support(x[xm], y[ym])
+    return set(tgt["path"].to_numpy()[ym][res.target_distance > res.threshold])

@@ -7,8 +7,9 @@ lower while every BatchNorm layer stays frozen and in inference mode (the classi
 unfrozen BatchNorm statistics re-estimated on small batches wreck the pretrained features).
 Augmentation with Keras preprocessing layers (active only while training), class weights
 when classes are imbalanced, early stopping on validation loss (best weights kept).
-Seeded; ``MODEL_DIR`` gets ``model.keras``, ``history.json`` and ``evaluation.json``
-(validation confusion matrix and per-class accuracy). With ``tune``, a KerasTuner search
+Seeded; ``MODEL_DIR`` gets ``model.keras``, ``history.json``, ``evaluation.json``
+(validation confusion matrix and per-class accuracy) and ``predictions.csv`` (one row per
+validation image: path, true and predicted class, confidence). With ``tune``, a KerasTuner search
 (:mod:`auditor.pipeline.tune`) picks the learning rate, L2, dropout and the number of unfrozen
 blocks first, and the model is trained with the winner; ``evaluation.json`` gains ``tuning``.
 """
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +90,8 @@ class FinetuneResult:
     evaluation: dict  # val accuracy, confusion matrix, per-class accuracy
     classes: list[str]
     files: dict[str, Path] = field(default_factory=dict)
+    #: one row per validation image: path (relative to the dataset), true, predicted, confidence
+    predictions: Any = None
 
 
 def _items(dataset: str | os.PathLike, seed: int, val_fraction: float):
@@ -420,17 +424,25 @@ def finetune(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"model": out_dir / "model.keras", "history": out_dir / "history.json",
-             "evaluation": out_dir / "evaluation.json"}  # fmt: skip
+             "evaluation": out_dir / "evaluation.json", "predictions": out_dir / "predictions.csv"}  # fmt: skip
+    import pandas as pd
+
+    predictions = pd.DataFrame({
+        "path": [Path(os.path.relpath(p, dataset)).as_posix() for p in val_paths],
+        "true": [classes[i] for i in y_val], "predicted": [classes[i] for i in pred],
+        "confidence": np.round(probs.max(axis=1).astype(float), 6),
+    })  # fmt: skip
     tmp = out_dir / f".model.{os.getpid()}.keras"
     model.save(tmp)
     os.replace(tmp, files["model"])
     from auditor.core.fsutil import atomic_write_bytes
 
     atomic_write_bytes(files["history"], (json.dumps(history, indent=2) + "\n").encode())
+    atomic_write_bytes(files["predictions"], predictions.to_csv(index=False, lineterminator="\n").encode())
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()}
     atomic_write_bytes(files["evaluation"], (json.dumps({**evaluation, "options": settings}, indent=2,
                                                         allow_nan=False) + "\n").encode())  # fmt: skip
-    return FinetuneResult(files["model"], history, evaluation, classes, files)
+    return FinetuneResult(files["model"], history, evaluation, classes, files, predictions)
 
 
 def _tune(opts: FinetuneOptions, num_classes: int, y_train: np.ndarray, y_val: np.ndarray,

@@ -27,6 +27,30 @@ class RunResult:
     skipped: str | None = None  # why fine-tuning did not run (detection datasets)
 
 
+def after_training(result: Any, manifest: Any, tuned: Any, rules: Any, dataset: str | os.PathLike) -> dict:
+    """The error analysis (validation predictions joined with the scan's findings, paths mapped
+    back through the cleaned dataset's manifest) and the reading of the training curves; the
+    scan's diagnosis is replaced by the one updated with both (training causes included).
+    Returns the ``finetune`` section's ``errors`` and ``curves``."""
+    import shlex
+
+    from auditor.analysis.errors import error_analysis, outside_support, read_curves
+    from auditor.policy.diagnosis import diagnose_after_training
+
+    source = dict(zip(manifest["path"], manifest["source_path"], strict=True))
+    pred = tuned.predictions.copy()
+    pred["path"] = [source.get(p, p) for p in pred["path"]]
+    ctx = getattr(result, "context", None)
+    outside = outside_support(ctx, list(pred["path"])) if ctx is not None else None
+    errors = error_analysis(pred, result.report["findings"], outside)
+    curves = read_curves(tuned.history)
+    ranked, summary = diagnose_after_training(result.report, result.table, rules.diagnosis, curves, errors,
+                                              dataset=shlex.quote(str(dataset)))  # fmt: skip
+    result.report["diagnosis"] = jsonable(ranked)
+    result.report["diagnosis_summary"] = {**summary, "after_training": True}
+    return {"errors": errors, "curves": curves}
+
+
 def run(
     dataset: str | os.PathLike,
     out: str | os.PathLike,
@@ -80,7 +104,13 @@ def run(
         outcome.finetune = tuned
         augmentation = {"layers": list(opts.augment), "reasons": reasons}
         section = {"model": "model/model.keras", "history": tuned.history, "evaluation": tuned.evaluation}
-        result.report["finetune"] = jsonable({**section, "augmentation": augmentation})
+        result.report["finetune"] = jsonable(
+            {
+                **section,
+                "augmentation": augmentation,
+                **after_training(result, cleaned.manifest, tuned, rules_obj, dataset),
+            }
+        )
     result.report["run"] = {"gate_passed": passed, "forced": bool(force and not passed), "stopped": outcome.stopped,
                             "finetune_skipped": outcome.skipped}  # fmt: skip
     store = Store.open_default(scan_options.get("cache_dir"))

@@ -305,6 +305,9 @@ def render_html(report: dict, table, projection, store: Store) -> str:
     for s in report.get("shift") or []:
         for im in ((s.get("out_of_support") or {}).get("images") or [])[:MAX_THUMBS_PER_FINDING]:
             wanted.setdefault(im["path"])
+    for pair in ((report.get("finetune") or {}).get("errors") or {}).get("confused_pairs") or []:
+        for p in pair["examples"]:
+            wanted.setdefault(p)
     rank = {"error": 0, "warning": 1, "info": 2}  # the budget goes to error sections first
     for _, fs in sorted(shown.items(), key=lambda kv: rank.get(report["checks"][kv[0]]["severity"], 3)):
         for f in fs:
