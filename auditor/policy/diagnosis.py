@@ -195,8 +195,7 @@ def _label_noise(x: Inputs) -> Cause | None:
     est = noise.get(s or "all", {}).get("estimated_rate") if noise else None
     # no image individually confident, but confident learning estimates many wrong labels: a
     # weaker signal (a split unlike train blurs every image's probabilities), reported as such
-    estimate_only = max(r_eval, r_train) < p["min_label_noise"] and est is not None and est >= p[
-        "min_estimated_noise"]
+    estimate_only = max(r_eval, r_train) < p["min_label_noise"] and est is not None and est >= p["min_estimated_noise"]
     if max(r_eval, r_train) < p["min_label_noise"] and not conflicts and not estimate_only:
         return None
     where = s or "the dataset"
