@@ -3,6 +3,7 @@ findings, the training curves read, the diagnosis updated."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -135,3 +136,49 @@ def test_audit_run_attributes_val_errors_to_planted_label_noise(tmp_path):
     noise = next(e for e in report["diagnosis"] if e["cause"] == "label_noise")
     assert noise["effect"]["val_errors"]["excess"] > 2 and noise["confidence"] == "high"
     assert (tmp_path / "out" / "model" / "predictions.csv").read_text().startswith("path,true,predicted,confidence\n")
+
+
+def test_audit_finetune_report_joins_errors_and_refuses_a_bad_report_before_training(tmp_path):
+    from sklearn.datasets import load_digits
+    from typer.testing import CliRunner
+
+    from auditor.cli.app import app
+
+    d = load_digits()
+    root = tmp_path / "ds"
+    for c in (0, 1, 7):
+        for i, im in enumerate(d.images[d.target == c][:30]):
+            folder = root / ("val" if i < 8 else "train") / str(c)
+            folder.mkdir(parents=True, exist_ok=True)
+            rgb = np.repeat((im * 255 / 16).astype(np.uint8)[..., None], 3, axis=2)
+            Image.fromarray(rgb).resize((32, 32), Image.NEAREST).save(folder / f"{i}.png")
+    runner = CliRunner()
+    scan = runner.invoke(app, ["scan", str(root), "--out", str(tmp_path / "scan"), "--no-embed"])
+    assert scan.exit_code in (0, 1), scan.output
+    bad = runner.invoke(app, ["finetune", str(root), "--out", str(tmp_path / "m0"), "--report",
+                              str(tmp_path / "nope.json")])  # fmt: skip
+    assert bad.exit_code == 2 and "no such report" in bad.output and not (tmp_path / "m0").exists()
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            str(root),
+            "--out",
+            str(tmp_path / "m"),
+            "--epochs",
+            "2",
+            "--unfreeze",
+            "0",
+            "--no-augment",
+            "--image-size",
+            "64",
+            "--report",
+            str(tmp_path / "scan" / "report.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "m" / "evaluation.json").read_text())
+    assert ev["errors"]["val_images"] == 24 and set(ev["errors"]["flags"]) >= {"label_issue", "low_quality"}
+    assert ev["diagnosis_summary"]["after_training"] is True and "curves" in ev
+    predictions = pd.read_csv(tmp_path / "m" / "predictions.csv")
+    assert sorted(predictions["path"]) == sorted(p.relative_to(root).as_posix() for p in (root / "val").rglob("*.png"))

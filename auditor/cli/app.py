@@ -49,7 +49,7 @@ from auditor.cli.options import (
     WorkersOpt,
     scan_options,
 )
-from auditor.cli.render import err_console, out_console, print_gate, print_summary, term
+from auditor.cli.render import err_console, out_console, print_diagnosis, print_gate, print_summary, term
 from auditor.core.fsutil import check_cache_dir, check_output
 
 app = typer.Typer(
@@ -361,12 +361,22 @@ def finetune(
     tune: TuneOpt = False,
     trials: TrialsOpt = None,
     budget: BudgetOpt = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="The scan's report.json (images.parquet beside it): join the validation "
+            "errors with its findings and update its diagnosis."
+        ),
+    ] = None,
+    rules: RulesOpt = None,
 ) -> None:
     """Fine-tune EfficientNet-Lite0 on DATASET: head first with the backbone frozen, then the
     top blocks at a 10x lower learning rate with BatchNorm frozen; early stopping; class
-    weights when imbalanced. Writes OUT/model.keras, history.json, evaluation.json. With
-    --tune, a seeded KerasTuner search picks learning rate, L2, dropout and unfrozen blocks
-    first (the trial table goes into evaluation.json)."""
+    weights when imbalanced. Writes OUT/model.keras, history.json, evaluation.json and
+    predictions.csv, and reads the training curves (overfitting, underfitting). With --tune, a
+    seeded KerasTuner search picks learning rate, L2, dropout and unfrozen blocks first (the
+    trial table goes into evaluation.json). With --report, the validation errors are joined
+    with the scan's findings and the scan's diagnosis is updated (evaluation.json)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from auditor.pipeline.finetune import FinetuneError, FinetuneOptions
@@ -396,6 +406,18 @@ def finetune(
     with _input_errors(), bar:
         check_output(out, dataset)  # as scan's --out: refused before the backbone loads
         check_cache_dir(cache_dir, dataset)
+        if report is not None:  # refused before any training
+            from auditor.policy.gate import ReportError, load_report
+            from auditor.policy.rules import RulesError, load_rules
+
+            try:
+                load_report(report)
+                load_rules(rules)
+            except (FileNotFoundError, ReportError, RulesError) as exc:
+                _fail(str(exc))
+            if not report.with_name("images.parquet").is_file():
+                _fail(f"{report.with_name('images.parquet')}: the scan's images.parquet (beside its report.json) "
+                      "is needed with --report")  # fmt: skip
         try:
             result = run_finetune(dataset, out, opts, progress=update, cache_dir=cache_dir)
         except FinetuneError as exc:
@@ -409,6 +431,15 @@ def finetune(
         last = rows[-1]
         out_console.print(f"{phase}: {len(rows)} epochs, val_loss {last['val_loss']:.3f}, "
                           f"val_accuracy {last['val_accuracy']:.3f}", highlight=False)  # fmt: skip
+    from auditor.pipeline.run import diagnose_finetune
+    from auditor.policy.gate import ReportError
+    from auditor.policy.rules import RulesError
+
+    try:
+        added = diagnose_finetune(result, dataset, report, rules)
+    except (FileNotFoundError, ReportError, RulesError) as exc:
+        _fail(str(exc))
+    print_diagnosis(added, out_console)
     out_console.print(f"validation accuracy {ev['val_accuracy']:.3f} on {ev['val_images']} images; "
                       f"model: {term(str(result.model_path))}", highlight=False, soft_wrap=True)  # fmt: skip
 

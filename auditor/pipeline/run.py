@@ -120,3 +120,54 @@ def run(
         store.close()
     outcome.report_path = result.files.get("json")
     return outcome
+
+
+def diagnose_finetune(
+    tuned: Any, dataset: str | os.PathLike, report_path: str | os.PathLike | None = None, rules: Any = None
+) -> dict:
+    """What a standalone ``audit finetune`` adds to ``evaluation.json`` (rewritten atomically):
+    ``curves`` (:func:`auditor.analysis.errors.read_curves`) and a ``diagnosis`` of the training
+    (overfitting, underfitting, hyperparameters). With the scan's ``report_path`` (its
+    ``images.parquet`` beside it), the validation predictions are joined with its findings
+    (``errors``; paths mapped back through ``DATASET/manifest.csv`` when ``dataset`` is
+    ``audit clean``'s output) and the diagnosis is the scan's, updated. Returns the additions."""
+    import json
+    import shlex
+
+    import pandas as pd
+
+    from auditor.analysis.errors import error_analysis, read_curves
+    from auditor.core.fsutil import atomic_write_bytes
+    from auditor.policy.diagnosis import diagnose_after_training
+    from auditor.policy.gate import load_report
+    from auditor.policy.rules import Rules, load_rules
+
+    rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
+    curves = read_curves(tuned.history)
+    report: dict = {"findings": [], "checks": {}}
+    table = pd.DataFrame({"path": [], "split": [], "label": [], "ok": []})
+    errors = None
+    if report_path is not None:
+        report = load_report(report_path)
+        images = Path(report_path).with_name("images.parquet")
+        if not images.is_file():
+            raise FileNotFoundError(f"{images}: the scan's images.parquet (beside its report.json) is needed")
+        table = pd.read_parquet(images, columns=["path", "split", "label", "ok"])
+        pred = tuned.predictions.copy()
+        manifest = Path(dataset) / "manifest.csv"
+        if manifest.is_file():
+            m = pd.read_csv(manifest, usecols=["path", "source_path"], dtype=str, keep_default_na=False)
+            source = dict(zip(m["path"], m["source_path"], strict=True))
+            pred["path"] = [source.get(p, p) for p in pred["path"]]
+        errors = error_analysis(pred, report["findings"], None)
+    root = (report.get("dataset") or {}).get("root") or str(dataset)
+    ranked, summary = diagnose_after_training(report, table, rules_obj.diagnosis, curves, errors,
+                                              dataset=shlex.quote(root))  # fmt: skip
+    added = jsonable({"curves": curves, "errors": errors, "diagnosis": ranked,
+                      "diagnosis_summary": {**summary, "after_training": True}})  # fmt: skip
+    tuned.evaluation.update(added)
+    path = tuned.files["evaluation"]
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    document.update(added)
+    atomic_write_bytes(path, (json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
+    return added
