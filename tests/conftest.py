@@ -21,6 +21,18 @@ def tiles() -> list[tuple[str, np.ndarray]]:
     return list(synth.photo_tiles(128, photos=("astronaut", "coffee", "rocket", "motorcycle", "china", "flower")))
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny real-image classification dataset for the fine-tuning tests: 40 crops (96 px, JPEG)
+    of two scikit-image photos, classes cat and coffee, every 5th image in val."""
+    root = tmp_path_factory.mktemp("tiny")
+    for cls, photo in (("cat", "chelsea"), ("coffee", "coffee")):
+        for i, (_n, rgb) in enumerate(synth.random_crops(20, 96, seed=7, photos=(photo,))):
+            split = "val" if i % 5 == 0 else "train"
+            synth.write(root / split / cls / f"{i}.jpg", synth.jpeg_bytes(rgb, 90))
+    return root
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under root (to prove a scan modifies nothing)."""
     out = {}

@@ -9,16 +9,6 @@ import pytest
 from auditor.demo import synth
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    for cls, photo in (("cat", "chelsea"), ("coffee", "coffee")):
-        for i, (_n, rgb) in enumerate(synth.random_crops(20, 96, seed=7, photos=(photo,))):
-            split = "val" if i % 5 == 0 else "train"
-            synth.write(root / split / cls / f"{i}.jpg", synth.jpeg_bytes(rgb, 90))
-    return root
-
-
 def test_tiny_finetune_end_to_end_and_batchnorm_frozen(tiny, tmp_path):
     import keras
 

@@ -11,21 +11,9 @@ import tempfile
 import pytest
 from conftest import tree_digest
 
-from auditor.demo import synth
-
 HP = ("learning_rate", "l2", "dropout", "unfreeze")
 # keras_tuner 1.4.8's oracle calls threading.currentThread().getName() (deprecated in Python 3.10)
 pytestmark = pytest.mark.filterwarnings("ignore:currentThread:DeprecationWarning", "ignore:getName:DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    for cls, photo in (("cat", "chelsea"), ("coffee", "coffee")):
-        for i, (_n, rgb) in enumerate(synth.random_crops(20, 96, seed=7, photos=(photo,))):
-            split = "val" if i % 5 == 0 else "train"
-            synth.write(root / split / cls / f"{i}.jpg", synth.jpeg_bytes(rgb, 90))
-    return root
 
 
 def _options(**kw):
@@ -96,7 +84,8 @@ def test_search_writes_the_trial_table_and_trains_the_winner(tiny, tmp_path, mon
     # progress: one step per trial, per phase
     assert ("search: head", 1, 1) in [c[:3] for c in calls] and ("search: fine-tune", 2, 2) in [c[:3] for c in calls]
     # KerasTuner wrote only inside the model folder, and removed its folder
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["evaluation.json", "history.json", "model.keras"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["evaluation.json", "history.json", "model.keras",
+                                                                      "predictions.csv"]  # fmt: skip
     assert tree_digest(tiny) == before
     assert list(scratch.iterdir()) == [] and list(cwd.iterdir()) == []
 
@@ -210,8 +199,8 @@ def test_cli_tune_options(tiny, tmp_path):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     tuning = report["finetune"]["evaluation"]["tuning"]
     assert [r["trial"] for r in tuning["trials"]] == ["head-0"] and tuning["winner"]["trial"] == "head-0"
-    assert sorted(p.name for p in (tmp_path / "r" / "model").iterdir()) == ["evaluation.json", "history.json",
-                                                                           "model.keras"]  # fmt: skip
+    written = sorted(p.name for p in (tmp_path / "r" / "model").iterdir())
+    assert written == ["evaluation.json", "history.json", "model.keras", "predictions.csv"]
 
     group = typer.main.get_command(app)
 

@@ -104,9 +104,10 @@ def confused_pairs(errors: pd.DataFrame, findings: list[dict], top: int = TOP_PA
     return out
 
 
-def read_curves(history: dict[str, list[dict]]) -> dict | None:
+def read_curves(history: dict[str, list[dict]], rise: float = 0.02) -> dict | None:
     """What the training curves say: per phase the best epoch (lowest val loss), the train and
-    val accuracy there and at the end, and whether val loss rose after its minimum; and the
+    val accuracy there and at the end, and whether val loss rose after its minimum (the last
+    epoch's more than ``rise`` above it, relative: the rules' ``val_loss_rise``); and the
     run's final train / val accuracy (the kept model's: early stopping restores the best
     weights of the last phase)."""
     phases = {}
@@ -120,7 +121,7 @@ def read_curves(history: dict[str, list[dict]]) -> dict | None:
             "train_accuracy": rows[best].get("accuracy"), "val_accuracy": rows[best].get("val_accuracy"),
             "last_train_accuracy": rows[-1].get("accuracy"), "last_val_accuracy": rows[-1].get("val_accuracy"),
             "best_val_accuracy": max(r.get("val_accuracy", 0.0) for r in rows),
-            "val_loss_rose": bool(len(vl) > best + 1 and vl[-1] > vl[best] * 1.02),
+            "val_loss_rose": bool(len(vl) > best + 1 and vl[-1] > vl[best] * (1 + rise)),
         }  # fmt: skip
     if not phases:
         return None

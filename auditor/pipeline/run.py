@@ -43,7 +43,7 @@ def after_training(result: Any, manifest: Any, tuned: Any, rules: Any, dataset: 
     ctx = getattr(result, "context", None)
     outside = outside_support(ctx, list(pred["path"])) if ctx is not None else None
     errors = error_analysis(pred, result.report["findings"], outside)
-    curves = read_curves(tuned.history)
+    curves = read_curves(tuned.history, rules.diagnosis["val_loss_rise"])
     ranked, summary = diagnose_after_training(result.report, result.table, rules.diagnosis, curves, errors,
                                               dataset=shlex.quote(str(dataset)))  # fmt: skip
     result.report["diagnosis"] = jsonable(ranked)
@@ -143,9 +143,16 @@ def diagnose_finetune(
     from auditor.policy.rules import Rules, load_rules
 
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
-    curves = read_curves(tuned.history)
+    curves = read_curves(tuned.history, rules_obj.diagnosis["val_loss_rise"])
     report: dict = {"findings": [], "checks": {}}
-    table = pd.DataFrame({"path": [], "split": [], "label": [], "ok": []})
+    table = pd.DataFrame(
+        {
+            "path": pd.Series([], dtype=object),
+            "split": pd.Series([], dtype=object),
+            "label": pd.Series([], dtype=object),
+            "ok": pd.Series([], dtype=bool),
+        }
+    )
     errors = None
     if report_path is not None:
         report = load_report(report_path)

@@ -47,6 +47,7 @@ DIAGNOSIS_PARAMS = {
     "gap_points_far": FRACTION, "gap_points_moderate": FRACTION,
     "unfreeze_far": Int(0), "unfreeze_moderate": Int(0),
     "min_overfit_gap": FRACTION, "high_overfit_gap": FRACTION, "max_underfit_accuracy": FRACTION,
+    "val_loss_rise": FRACTION, "min_phase_drop": FRACTION,
     "error_share_excess": NON_NEGATIVE,
 }  # fmt: skip
 
@@ -66,6 +67,7 @@ def wilson(k: int, n: int) -> list[float] | None:
     """95% Wilson score interval of the share k/n (None when n == 0)."""
     if n <= 0:
         return None
+    k = min(max(k, 0), n)
     z = 1.959963984540054
     p = k / n
     den = 1 + z * z / n
@@ -181,7 +183,7 @@ def _label_noise(x: Inputs) -> Cause | None:
         flagged.setdefault(f["details"].get("split") or "", set()).update(f["paths"])
     conflicts = {q for f in x.by_check.get("label_conflict", []) for q in f["paths"]}
     s = x.eval_split
-    t = x.table[x.table["ok"]] if "ok" in x.table else x.table
+    t = x.table[x.table["ok"].astype(bool)] if "ok" in x.table else x.table
     labeled = t[t["label"].notna()] if "label" in t else t.iloc[:0]
 
     def rate(split: str | None) -> tuple[int, int, float]:
@@ -361,7 +363,7 @@ def _domain_gap(x: Inputs) -> Cause | None:
 
 
 def _class_counts(x: Inputs) -> tuple[pd.Series, pd.Series]:
-    t = x.table[x.table["ok"]] if "ok" in x.table else x.table
+    t = x.table[x.table["ok"].astype(bool)] if "ok" in x.table else x.table
     t = t[t["label"].notna()] if "label" in t else t.iloc[:0]
     train = t[t["split"] == "train"] if x.eval_split else t
     ev = t[t["split"] == x.eval_split] if x.eval_split else t
@@ -465,8 +467,11 @@ def _duplicates(x: Inputs) -> Cause | None:
     groups = [f for c in DUPLICATE_CHECKS for f in x.by_check.get(c, [])]
     if not groups:
         return None
-    redundant = sum(max(0, len(set(f["paths"])) - 1) for f in groups)
+    # an image counted once however many groups (exact and near) hold it
+    first = {min(f["paths"]) for f in groups if f["paths"]}
+    redundant = len({q for f in groups for q in f["paths"]} - first)
     n = int(x.table["ok"].sum()) if "ok" in x.table else len(x.table)
+    redundant = min(redundant, n)
     share = redundant / n if n else 0.0
     if share < p["min_duplicate_share"]:
         return None
@@ -589,7 +594,7 @@ def _training_causes(curves: dict | None, p: dict) -> list[Cause]:
     if len(names) >= 2:
         first, second = phases[names[0]], phases[names[-1]]
         drop = first["best_val_accuracy"] - second["best_val_accuracy"]
-        if drop >= 0.02:
+        if drop >= p["min_phase_drop"]:
             out.append(Cause(
                 "hyperparameters", drop, "medium",
                 {"drop": round(drop, 4),
@@ -611,7 +616,8 @@ def diagnose_after_training(
     least ``error_share_excess`` times their share of val; and the training causes read from the
     curves (overfitting, underfitting, hyperparameters)."""
     x = Inputs(report.get("findings") or [], table, report, params, dataset)
-    causes = [c for est in ESTIMATORS if (c := est(x)) is not None]
+    # without a scan (audit finetune without --report) the training causes alone
+    causes = [c for est in ESTIMATORS if (c := est(x)) is not None] if len(table) else []
     flags = (errors or {}).get("flags") or {}
     for c in causes:
         g = flags.get(ERROR_EVIDENCE.get(c.cause, ""))
