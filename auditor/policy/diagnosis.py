@@ -108,6 +108,7 @@ class Inputs:
     by_check: dict[str, list[dict]] = field(default_factory=dict)
     eval_split: str | None = None
     not_assessed: dict[str, str] = field(default_factory=dict)
+    _paths: dict[str | None, set[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for f in self.findings:
@@ -116,10 +117,11 @@ class Inputs:
         self.eval_split = next((s for s in EVAL_SPLITS if s in splits), None)
 
     def split_paths(self, split: str | None) -> set[str]:
-        t = self.table
-        if split is None:
-            return set(t["path"])
-        return set(t.loc[t["split"] == split, "path"])
+        """The paths of one split (every path for None), computed once per split."""
+        if split not in self._paths:
+            t = self.table
+            self._paths[split] = set(t["path"]) if split is None else set(t.loc[t["split"] == split, "path"])
+        return self._paths[split]
 
     def skipped(self, check: str) -> str | None:
         entry = (self.report.get("checks") or {}).get(check) or {}
