@@ -46,10 +46,13 @@ BALANCED = {c: (40, 10) for c in "abcde"}
 
 
 def test_clean_dataset_has_no_cause_and_says_so():
-    ranked, summary = diagnose(_report(), _table(BALANCED), PARAMS)
-    assert ranked == []
+    ranked, summary = diagnose(_report(gap={"level": "near"}), _table(BALANCED), PARAMS)
+    assert ranked == [] and summary["not_assessed"] == {}
     assert summary["verdict"] == NO_DATA_CAUSE
     assert summary["eval_split"] == "val"
+    # what could not be judged keeps the verdict from sounding surer than it is
+    _, partial = diagnose(_report(), _table(BALANCED), PARAMS)
+    assert partial["verdict"].startswith("no data cause found among those assessed (domain_gap could not be")
 
 
 def test_leakage_is_quantified_with_an_interval_and_ranked_first():

@@ -453,7 +453,8 @@ def _image_quality(x: Inputs) -> Cause | None:
         "image_quality", 0.5 * share, _confidence(share, p["high_quality_share"], k, p),
         {"share": round(share, 4), "by_split": {k2: round(v, 4) for k2, v in shares.items()},
          "interval": wilson(k, n),
-         "text": f"{_pct(share)} of the images have a quality finding in every split ({top})",
+         "text": f"{_pct(share)} of the images have a quality finding" + (" in every split" if x.eval_split else "")
+                 + f" ({top})",
          "method": "share of images with a per-image quality finding, the smaller over train and evaluation (an "
                    "excess in one split is split_shift); points: half of it (degraded images are the hard ones)"},
         {"checks": counts, "paths": sorted(paths[x.eval_split or "all"])[:WORST_PATHS]},
@@ -541,6 +542,9 @@ def summary(ranked: list[dict], eval_split: str | None, not_assessed: dict[str, 
     if ranked:
         top = ranked[0]
         verdict = f"most likely: {top['cause']} ({top['confidence']} confidence): {top['effect']['text']}"
+    elif not_assessed:
+        verdict = (f"no data cause found among those assessed ({', '.join(sorted(not_assessed))} could not be; see "
+                   "why below): look at those, then at the model and the training")  # fmt: skip
     else:
         verdict = NO_DATA_CAUSE
     return {"verdict": verdict, "eval_split": eval_split, "not_assessed": dict(sorted(not_assessed.items()))}
