@@ -45,6 +45,7 @@ def error_analysis(pred: pd.DataFrame, findings: list[dict], outside: set[str] |
     if outside is not None:
         flagged_by_kind["outside_support"] = set(outside)
     paths = pred["path"].astype(str)
+    flagged_by_kind["any_flag"] = set().union(*flagged_by_kind.values())
     groups = {}
     for kind, flagged in flagged_by_kind.items():
         m = paths.isin(flagged).to_numpy()
@@ -53,14 +54,8 @@ def error_analysis(pred: pd.DataFrame, findings: list[dict], outside: set[str] |
         groups[kind] = {
             "images": k, "errors": e, "share_of_val": share_val, "share_of_errors": share_err,
             "error_rate": _share(e, k), "excess": round(share_err / share_val, 3) if share_val else None,
-            "examples": sorted(paths[m & wrong])[:EXAMPLES],
+            "examples": [] if kind == "any_flag" else sorted(paths[m & wrong])[:EXAMPLES],
         }  # fmt: skip
-    any_flag = paths.isin(set().union(*flagged_by_kind.values())).to_numpy()
-    k_any, e_any = int(any_flag.sum()), int((any_flag & wrong).sum())
-    share_val, share_err = _share(k_any, n), _share(e_any, n_err)
-    groups["any_flag"] = {"images": k_any, "errors": e_any, "share_of_val": share_val, "share_of_errors": share_err,
-                          "error_rate": _share(e_any, k_any), "excess": round(share_err / share_val, 3) if share_val
-                          else None, "examples": []}  # fmt: skip
     return {"val_images": n, "errors": n_err, "accuracy": _share(n - n_err, n), "flags": groups,
             "confused_pairs": confused_pairs(pred[wrong], findings)}  # fmt: skip
 

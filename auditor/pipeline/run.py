@@ -27,28 +27,48 @@ class RunResult:
     skipped: str | None = None  # why fine-tuning did not run (detection datasets)
 
 
-def after_training(result: Any, manifest: Any, tuned: Any, rules: Any, dataset: str | os.PathLike) -> dict:
-    """The error analysis (validation predictions joined with the scan's findings, paths mapped
-    back through the cleaned dataset's manifest) and the reading of the training curves; the
-    scan's diagnosis is replaced by the one updated with both (training causes included).
-    Returns the ``finetune`` section's ``errors`` and ``curves``."""
+def _trained(
+    report: dict,
+    table: Any,
+    tuned: Any,
+    rules: Any,
+    dataset: str,
+    source: dict[str, str] | None = None,
+    ctx: Any = None,
+) -> dict:
+    """What fine-tuning adds, for ``audit run`` and ``audit finetune`` alike: ``curves``
+    (:func:`auditor.analysis.errors.read_curves`), ``errors`` (the validation predictions, their
+    paths mapped back to the scanned dataset through ``source``, joined with the scan's findings;
+    None without a scan: ``table`` None) and the ``diagnosis`` with its summary, updated."""
     import shlex
 
     from auditor.analysis.errors import error_analysis, outside_support, read_curves
     from auditor.policy.diagnosis import diagnose_after_training
 
-    source = dict(zip(manifest["path"], manifest["source_path"], strict=True))
-    pred = tuned.predictions.copy()
-    pred["path"] = [source.get(p, p) for p in pred["path"]]
-    ctx = getattr(result, "context", None)
-    outside = outside_support(ctx, list(pred["path"])) if ctx is not None else None
-    errors = error_analysis(pred, result.report["findings"], outside)
     curves = read_curves(tuned.history, rules.diagnosis["val_loss_rise"])
-    ranked, summary = diagnose_after_training(result.report, result.table, rules.diagnosis, curves, errors,
-                                              dataset=shlex.quote(str(dataset)))  # fmt: skip
-    result.report["diagnosis"] = jsonable(ranked)
-    result.report["diagnosis_summary"] = {**summary, "after_training": True}
-    return {"errors": errors, "curves": curves}
+    errors = None
+    if table is not None:
+        pred = tuned.predictions.copy()
+        if source:
+            pred["path"] = [source.get(p, p) for p in pred["path"]]
+        outside = outside_support(ctx, list(pred["path"])) if ctx is not None else None
+        errors = error_analysis(pred, report["findings"], outside)
+    ranked, summary = diagnose_after_training(report, table, rules.diagnosis, curves, errors,
+                                              dataset=shlex.quote(dataset))  # fmt: skip
+    return jsonable({"curves": curves, "errors": errors, "diagnosis": ranked,
+                     "diagnosis_summary": {**summary, "after_training": True}})  # fmt: skip
+
+
+def after_training(result: Any, manifest: Any, tuned: Any, rules: Any, dataset: str | os.PathLike) -> dict:
+    """:func:`_trained` for ``audit run`` (paths mapped through the cleaned dataset's manifest,
+    outside-support from the scan's embeddings): the scan's diagnosis is replaced by the updated
+    one; returns the ``finetune`` section's ``errors`` and ``curves``."""
+    source = dict(zip(manifest["path"], manifest["source_path"], strict=True))
+    added = _trained(result.report, result.table, tuned, rules, str(dataset), source,
+                     getattr(result, "context", None))  # fmt: skip
+    result.report["diagnosis"] = added["diagnosis"]
+    result.report["diagnosis_summary"] = added["diagnosis_summary"]
+    return {"errors": added["errors"], "curves": added["curves"]}
 
 
 def run(
@@ -132,46 +152,28 @@ def diagnose_finetune(
     (``errors``; paths mapped back through ``DATASET/manifest.csv`` when ``dataset`` is
     ``audit clean``'s output) and the diagnosis is the scan's, updated. Returns the additions."""
     import json
-    import shlex
 
     import pandas as pd
 
-    from auditor.analysis.errors import error_analysis, read_curves
     from auditor.core.fsutil import atomic_write_bytes
-    from auditor.policy.diagnosis import diagnose_after_training
     from auditor.policy.gate import load_report
     from auditor.policy.rules import Rules, load_rules
 
     rules_obj = rules if isinstance(rules, Rules) else load_rules(rules)
-    curves = read_curves(tuned.history, rules_obj.diagnosis["val_loss_rise"])
     report: dict = {"findings": [], "checks": {}}
-    table = pd.DataFrame(
-        {
-            "path": pd.Series([], dtype=object),
-            "split": pd.Series([], dtype=object),
-            "label": pd.Series([], dtype=object),
-            "ok": pd.Series([], dtype=bool),
-        }
-    )
-    errors = None
+    table = source = None
     if report_path is not None:
         report = load_report(report_path)
         images = Path(report_path).with_name("images.parquet")
         if not images.is_file():
             raise FileNotFoundError(f"{images}: the scan's images.parquet (beside its report.json) is needed")
         table = pd.read_parquet(images, columns=["path", "split", "label", "ok"])
-        pred = tuned.predictions.copy()
         manifest = Path(dataset) / "manifest.csv"
         if manifest.is_file():
             m = pd.read_csv(manifest, usecols=["path", "source_path"], dtype=str, keep_default_na=False)
             source = dict(zip(m["path"], m["source_path"], strict=True))
-            pred["path"] = [source.get(p, p) for p in pred["path"]]
-        errors = error_analysis(pred, report["findings"], None)
     root = (report.get("dataset") or {}).get("root") or str(dataset)
-    ranked, summary = diagnose_after_training(report, table, rules_obj.diagnosis, curves, errors,
-                                              dataset=shlex.quote(root))  # fmt: skip
-    added = jsonable({"curves": curves, "errors": errors, "diagnosis": ranked,
-                      "diagnosis_summary": {**summary, "after_training": True}})  # fmt: skip
+    added = _trained(report, table, tuned, rules_obj, root, source)
     tuned.evaluation.update(added)
     path = tuned.files["evaluation"]
     document = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -22,12 +22,12 @@ finding is promoted to a cause.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
 from auditor.core.constraints import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, Int, Real
 from auditor.core.paths import EVAL_SPLITS
+from auditor.io.dataset import labeled
 
 CAUSES = ("leakage", "label_noise", "split_shift", "domain_gap", "class_imbalance", "small_dataset", "image_quality",
           "duplicates", "annotation_style", "overfitting", "underfitting", "hyperparameters")  # fmt: skip
@@ -108,6 +108,7 @@ class Inputs:
     by_check: dict[str, list[dict]] = field(default_factory=dict)
     eval_split: str | None = None
     not_assessed: dict[str, str] = field(default_factory=dict)
+    labeled: pd.DataFrame = field(init=False, repr=False)  # the decoded rows with a label
     _paths: dict[str | None, set[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +116,8 @@ class Inputs:
             self.by_check.setdefault(f["check"], []).append(f)
         splits = {str(s) for s in self.table["split"].dropna()} if "split" in self.table else set()
         self.eval_split = next((s for s in EVAL_SPLITS if s in splits), None)
+        ok = self.table[self.table["ok"].astype(bool)] if "ok" in self.table else self.table
+        self.labeled = labeled(ok) if "label" in ok else ok.iloc[:0]
 
     def split_paths(self, split: str | None) -> set[str]:
         """The paths of one split (every path for None), computed once per split."""
@@ -130,9 +133,7 @@ class Inputs:
         return entry.get("skipped")
 
 
-def _confidence(value: float, high: float, count: int, p: dict, direct: bool = True) -> str:
-    if not direct:
-        return "low"
+def _confidence(value: float, high: float, count: int, p: dict) -> str:
     return "high" if value >= high and count >= p["min_evidence_images"] else "medium"
 
 
@@ -180,17 +181,13 @@ def _label_noise(x: Inputs) -> Cause | None:
         return None
     p = x.params
     noise = (x.report.get("label_noise") or {}).get("splits") or {}
-    flagged: dict[str, set[str]] = {}
-    for f in x.by_check.get("label_issue", []):
-        flagged.setdefault(f["details"].get("split") or "", set()).update(f["paths"])
+    flagged = {q for f in x.by_check.get("label_issue", []) for q in f["paths"]}
     conflicts = {q for f in x.by_check.get("label_conflict", []) for q in f["paths"]}
     s = x.eval_split
-    t = x.table[x.table["ok"].astype(bool)] if "ok" in x.table else x.table
-    labeled = t[t["label"].notna()] if "label" in t else t.iloc[:0]
 
     def rate(split: str | None) -> tuple[int, int, float]:
-        rows = labeled if split is None else labeled[labeled["split"] == split]
-        k = len(set(rows["path"]) & (set().union(*flagged.values()) if flagged else set()))
+        rows = x.labeled if split is None else x.labeled[x.labeled["split"] == split]
+        k = int(rows["path"].isin(flagged).sum())
         return k, len(rows), (k / len(rows) if len(rows) else 0.0)
 
     k_eval, n_eval, r_eval = rate(s) if s else rate(None)
@@ -233,8 +230,7 @@ def _label_noise(x: Inputs) -> Cause | None:
                    "under the rule's bound): wrong evaluation labels cap the measurable accuracy at 1 - share; "
                    f"train noise counts {p['train_noise_weight']:g}x"},
         {"checks": {c: len(x.by_check.get(c, [])) for c in LABEL_CHECKS},
-         "paths": sorted(flagged.get(s or "", set()) or set().union(*flagged.values()) if flagged else conflicts)[
-             :WORST_PATHS]},
+         "paths": sorted((flagged & x.split_paths(s)) or flagged or conflicts)[:WORST_PATHS]},
         {"command": f"audit clean {x.dataset} --out CLEAN",
          "text": "review the flagged images first (report, label_issue: each names the label it looks like); "
                  f"fix the {where} labels before anything else: they cap the accuracy you can measure. "
@@ -245,14 +241,12 @@ def _label_noise(x: Inputs) -> Cause | None:
 def _quality_shares(x: Inputs) -> tuple[dict[str, float], dict[str, set[str]]]:
     flagged = {q for c in QUALITY_CHECKS for f in x.by_check.get(c, []) for q in f["paths"]
                if (f.get("details") or {}).get("scope") != "dataset"}  # fmt: skip
-    t = x.table
     shares, paths = {}, {}
     for split in ["train", x.eval_split] if x.eval_split else [None]:
         own = x.split_paths(split)
         hit = own & flagged
         shares[split or "all"] = len(hit) / len(own) if own else 0.0
         paths[split or "all"] = hit
-    del t
     return shares, paths
 
 
@@ -365,8 +359,7 @@ def _domain_gap(x: Inputs) -> Cause | None:
 
 
 def _class_counts(x: Inputs) -> tuple[pd.Series, pd.Series]:
-    t = x.table[x.table["ok"].astype(bool)] if "ok" in x.table else x.table
-    t = t[t["label"].notna()] if "label" in t else t.iloc[:0]
+    t = x.labeled
     train = t[t["split"] == "train"] if x.eval_split else t
     ev = t[t["split"] == x.eval_split] if x.eval_split else t
     return train["label"].astype(str).value_counts(), ev["label"].astype(str).value_counts()
@@ -532,10 +525,7 @@ def diagnose(report: dict, table: pd.DataFrame, params: dict, dataset: str = "DA
     """The ranked causes and the summary (``verdict``, ``eval_split``, ``not_assessed``: cause -> why it
     could not be judged). ``report``: the scan's report.json content (findings, shift,
     pretraining_gap, label_noise, checks); ``table``: one row per image with path, split, label, ok."""
-    x = Inputs(report.get("findings") or [], table, report, params, dataset)
-    causes = [c for est in ESTIMATORS if (c := est(x)) is not None]
-    ranked = rank(causes)
-    return ranked, summary(ranked, x.eval_split, x.not_assessed)
+    return diagnose_after_training(report, table, params, None, None, dataset)
 
 
 def summary(ranked: list[dict], eval_split: str | None, not_assessed: dict[str, str]) -> dict:
@@ -548,10 +538,6 @@ def summary(ranked: list[dict], eval_split: str | None, not_assessed: dict[str, 
     else:
         verdict = NO_DATA_CAUSE
     return {"verdict": verdict, "eval_split": eval_split, "not_assessed": dict(sorted(not_assessed.items()))}
-
-
-def entry_of(ranked: list[dict], cause: str) -> dict[str, Any] | None:
-    return next((e for e in ranked if e["cause"] == cause), None)
 
 
 # -- after fine-tuning ---------------------------------------------------------------------------
@@ -615,15 +601,20 @@ def _training_causes(curves: dict | None, p: dict) -> list[Cause]:
 
 
 def diagnose_after_training(
-    report: dict, table: pd.DataFrame, params: dict, curves: dict | None, errors: dict | None, dataset: str = "DATASET"
+    report: dict,
+    table: pd.DataFrame | None,
+    params: dict,
+    curves: dict | None,
+    errors: dict | None,
+    dataset: str = "DATASET",
 ) -> tuple[list[dict], dict]:
     """The diagnosis updated with what fine-tuning showed: the scan's causes, each confirmed (its
     confidence raised to high) when its flagged images take a share of the validation errors at
     least ``error_share_excess`` times their share of val; and the training causes read from the
-    curves (overfitting, underfitting, hyperparameters)."""
-    x = Inputs(report.get("findings") or [], table, report, params, dataset)
-    # without a scan (audit finetune without --report) the training causes alone
-    causes = [c for est in ESTIMATORS if (c := est(x)) is not None] if len(table) else []
+    curves (overfitting, underfitting, hyperparameters). ``table`` None: no scan (``audit
+    finetune`` without ``--report``), the training causes alone."""
+    x = Inputs(report.get("findings") or [], table, report, params, dataset) if table is not None else None
+    causes = [c for est in ESTIMATORS if (c := est(x)) is not None] if x is not None else []
     flags = (errors or {}).get("flags") or {}
     for c in causes:
         g = flags.get(ERROR_EVIDENCE.get(c.cause, ""))
@@ -636,4 +627,4 @@ def diagnose_after_training(
             c.confidence = "high"
     causes += _training_causes(curves, params)
     ranked = rank(causes)
-    return ranked, summary(ranked, x.eval_split, x.not_assessed)
+    return ranked, summary(ranked, x.eval_split if x else None, x.not_assessed if x else {})
