@@ -21,7 +21,10 @@ import functools
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +132,8 @@ def _items(dataset: str | os.PathLike, seed: int, val_fraction: float):
 
 def _load_images(paths: list[str], size: int) -> np.ndarray:
     """uint8 (n, size, size, 3), the embedder's decode + resize (shorter side to size/0.875,
-    centre crop)."""
+    centre crop), all in memory: for a few images (scoring a small test folder); training
+    streams them (:func:`image_dataset`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from auditor.embed.features import prepare_image
@@ -140,6 +144,124 @@ def _load_images(paths: list[str], size: int) -> np.ndarray:
     if bad:
         raise FinetuneError(f"{bad[0]}: cannot be decoded ({len(bad)} such files); run audit clean first")
     return np.stack(arrays)
+
+
+def _decode(path: bytes, size: int, unreadable: dict[str, str]) -> tuple[np.ndarray, np.bool_]:
+    """The embedder's pixels for one file (:func:`auditor.embed.features.prepare_image`: the
+    project's one safe decoder, shorter side to size/0.875, centre crop), and whether it could
+    be decoded; a file that cannot is zeros, and its reason goes into ``unreadable``."""
+    from auditor.embed.features import prepare_image
+
+    name = path.decode()
+    try:
+        pixels = prepare_image(name, size)
+    except Exception as exc:  # a file that changed or vanished since it was listed
+        pixels = f"{type(exc).__name__}: {exc}"
+    if isinstance(pixels, str):
+        unreadable.setdefault(name, pixels)
+        return np.zeros((size, size, 3), np.uint8), np.bool_(False)
+    return pixels, np.bool_(True)
+
+
+def image_dataset(
+    paths: list[str],
+    labels: np.ndarray | None,
+    size: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    skip_unreadable: bool = True,
+    unreadable: dict[str, str] | None = None,
+):
+    """A ``tf.data`` stream of the images in ``paths``: list -> (shuffle the paths, seeded, a
+    new order each epoch) -> decode and resize in parallel, in order (:func:`_decode`) -> batch
+    -> prefetch. Yields (uint8 (b, size, size, 3), int32 labels (b,)) batches, or images alone
+    when ``labels`` is None; only a few batches are ever decoded at once. Files that cannot be
+    decoded are left out (``skip_unreadable``) or zeros (to keep rows aligned with ``paths``),
+    their reasons recorded in ``unreadable`` (path -> reason) as they are met. Augmentation
+    is in the model (Keras layers, active only while training), so the saved model has it too."""
+    import tensorflow as tf
+
+    found = {} if unreadable is None else unreadable
+    names = tf.constant([str(p) for p in paths], dtype=tf.string)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (names, tf.constant(np.zeros(len(paths)) if labels is None else labels, tf.int32))
+    )
+    if shuffle:  # the paths, not the pixels: the buffer holds names
+        ds = ds.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
+    decode = functools.partial(_decode, size=size, unreadable=found)
+
+    plain = tf.autograph.experimental.do_not_convert  # plain graph code: AutoGraph would write temporary files
+
+    @plain
+    def load(path, label):
+        image, ok = tf.numpy_function(decode, [path], [tf.uint8, tf.bool], name="decode")
+        image.set_shape((size, size, 3))
+        ok.set_shape(())
+        return image, label, ok
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_unreadable:
+        ds = ds.filter(plain(lambda image, label, ok: ok))
+    ds = ds.map(
+        plain(lambda image, label, ok: image) if labels is None else plain(lambda image, label, ok: (image, label))
+    )
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class _FeatureFile:
+    """What the frozen backbone feeds the head, one float32 row per image, in a file read a
+    batch at a time (``os.pread``, not a memory map, whose pages would stay resident): the
+    frozen phase and the head search never hold every row in memory."""
+
+    def __init__(self, path: Path, n: int, dims: int) -> None:
+        self.path, self.n, self.dims = path, n, dims
+        self.ok = np.ones(n, bool)  # False: the image could not be decoded; its row is zeros
+        self.source = ""
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows, np.float32).tobytes()
+        os.pwrite(self._fd, data, start * self.dims * 4)
+
+    def read(self, index: np.ndarray) -> np.ndarray:
+        """float32 (len(index), dims), the rows ``index`` in that order."""
+        out = np.empty((len(index), self.dims), np.float32)
+        width = self.dims * 4
+        for k, i in enumerate(np.asarray(index, np.int64)):
+            out[k] = np.frombuffer(os.pread(self._fd, width, int(i) * width), np.float32)
+        return out
+
+    def dataset(self, rows: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
+                seed: int = 0):  # fmt: skip
+        """(float32 (b, dims), int32 (b,)) batches of the rows ``rows`` (those that are ok)."""
+        import tensorflow as tf
+
+        keep = self.ok[rows]
+        ds = tf.data.Dataset.from_tensor_slices((rows[keep].astype(np.int64), labels[keep].astype(np.int32)))
+        if shuffle:
+            ds = ds.shuffle(max(1, int(keep.sum())), seed=seed, reshuffle_each_iteration=True)
+
+        @tf.autograph.experimental.do_not_convert
+        def load(index, label):
+            x = tf.numpy_function(self.read, [index], tf.float32, name="read_features")
+            x.set_shape((None, self.dims))
+            return x, label
+
+        return ds.batch(batch_size).map(load).prefetch(tf.data.AUTOTUNE)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+#: Images whose head features are computed (or read from the cache) per step; bounds memory.
+FEATURE_BLOCK = 2048
+#: Unreadable files named in evaluation.json (all are counted).
+UNREADABLE_EXAMPLES = 20
+#: Keras's warning at the end of a stream's first epoch when its length was unknown, as it is when
+#: unreadable files are left out: expected here, not a sign of a short dataset.
+RAN_OUT = "Your input ran out of data"
 
 
 def build(num_classes: int, options: FinetuneOptions):
@@ -293,40 +415,99 @@ def unfreeze_top(backbone, blocks: int) -> list[str]:
 def head_features(
     model,
     paths: list[str],
-    images: Callable[[], np.ndarray],
+    images: Callable[[], Any] | None,
     options: FinetuneOptions,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
 ) -> tuple[np.ndarray, str]:
-    """What the frozen backbone feeds the head, for each image (rows in ``paths`` order), and
-    where it came from. The default backbone at its native 224 px reads the scan's cached
-    embeddings (the same pixels and the same pooled layer; stored as float16), computing and
-    caching only the missing ones; otherwise one forward pass over ``images()``."""
+    """What the frozen backbone feeds the head, for each image (float32 (n, dims), rows in
+    ``paths`` order), and where it came from; in memory, for a few images (``finetune`` writes
+    the rows to a file block by block instead, :func:`_head_features`). The default backbone at
+    its native 224 px reads the scan's cached embeddings (the same pixels and the same pooled
+    layer; stored as float16), computing and caching only the missing ones; otherwise one
+    forward pass over ``images()`` (an array or batches of images in ``paths`` order; None:
+    streamed from ``paths``). Raises :class:`FinetuneError` when an image cannot be decoded."""
+    blocks: list[np.ndarray] = []
+    unreadable: dict[str, str] = {}
+
+    def keep(start: int, rows: np.ndarray, ok: np.ndarray) -> None:
+        del blocks[start // FEATURE_BLOCK :]  # a restart (cache -> forward pass) rewrites from 0
+        blocks.append(rows)
+
+    if images is not None and not _cached_features_apply(options, use_cache):
+        import keras
+
+        extractor = keras.Model(model.inputs, model.get_layer("dropout").input)
+        return extractor.predict(images(), batch_size=options.batch_size, verbose=0), "one forward pass of the backbone"
+    source = _head_features(model, paths, options, keep, unreadable, cache_dir, use_cache)
+    if unreadable:
+        first = next(iter(unreadable))
+        raise FinetuneError(f"{first}: cannot be decoded ({len(unreadable)} such files); run audit clean first")
+    return (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)), source
+
+
+def _cached_features_apply(options: FinetuneOptions, use_cache: bool) -> bool:
     from auditor.embed.backbones import DEFAULT_BACKBONE, LITE0
 
-    if use_cache and options.backbone in (DEFAULT_BACKBONE, LITE0.id) and options.image_size == LITE0.input_size:
+    return use_cache and options.backbone in (DEFAULT_BACKBONE, LITE0.id) and options.image_size == LITE0.input_size
+
+
+def _head_features(
+    model,
+    paths: list[str],
+    options: FinetuneOptions,
+    sink: Callable[[int, np.ndarray, np.ndarray], None],
+    unreadable: dict[str, str],
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> str:
+    """The head's inputs for ``paths``, :data:`FEATURE_BLOCK` images at a time:
+    ``sink(first row, float32 (m, dims), ok (m,))`` per block, in order (zeros and ok False
+    for a file that cannot be decoded; its reason goes into ``unreadable``). From the scan's
+    cached embeddings when they apply (see :func:`head_features`), else one forward pass of
+    the backbone over the streamed images; if the cache cannot serve a readable image, the
+    blocks start again from row 0 with the forward pass. Returns where the rows came from."""
+    if _cached_features_apply(options, use_cache):
+        from auditor.embed.backbones import LITE0
         from auditor.embed.features import embed_files
         from auditor.io.store import Store
         from auditor.measure.batch import hash_all
 
+        cached = computed = 0
         with Store.open_default(cache_dir) as store:
-            by_path = hash_all(paths, store)  # indexed, so the next run does not read the files to hash them
-            unreadable = [p for p in paths if by_path.get(p) is None]
-            if unreadable:
-                raise FinetuneError(f"{unreadable[0]}: cannot be read ({len(unreadable)} such files); run audit "
-                                    "clean first")  # fmt: skip
-            hashes = [by_path[p] for p in paths]
-            emb = embed_files(dict(zip(hashes, paths, strict=True)), LITE0, store, cache_dir=cache_dir)
-        if emb.failures:
-            raise FinetuneError(f"{len(emb.failures)} images cannot be decoded ({next(iter(emb.failures.values()))});"
-                                " run audit clean first")  # fmt: skip
-        vectors, mask = emb.rows(hashes)
-        if mask.all():
-            return vectors, f"cached embeddings ({emb.cached} cached, {emb.computed} computed now)"
+            for start in range(0, len(paths), FEATURE_BLOCK):
+                block = paths[start : start + FEATURE_BLOCK]
+                by_path = hash_all(block, store)  # indexed, so the next run does not read the files to hash them
+                hashes = [by_path.get(p) for p in block]
+                files = {h: p for h, p in zip(hashes, block, strict=True) if h is not None}
+                emb = embed_files(files, LITE0, store, cache_dir=cache_dir)
+                for p, h in zip(block, hashes, strict=True):
+                    if h is None:
+                        unreadable.setdefault(p, "cannot be read")
+                    elif h in emb.failures:
+                        unreadable.setdefault(p, emb.failures[h])
+                vectors, mask = emb.rows(hashes)
+                bad = np.array([h is None or h in emb.failures for h in hashes], bool)
+                if not (mask | bad).all():
+                    break
+                cached, computed = cached + emb.cached, computed + emb.computed
+                sink(start, vectors, ~bad)
+            else:
+                return f"cached embeddings ({cached} cached, {computed} computed now)"
     import keras
 
     extractor = keras.Model(model.inputs, model.get_layer("dropout").input)
-    return extractor.predict(images(), batch_size=options.batch_size, verbose=0), "one forward pass of the backbone"
+    for start in range(0, len(paths), FEATURE_BLOCK):
+        block = paths[start : start + FEATURE_BLOCK]
+        found: dict[str, str] = {}
+        stream = image_dataset(block, None, options.image_size, options.batch_size, skip_unreadable=False,
+                               unreadable=found)  # fmt: skip
+        rows = extractor.predict(stream, verbose=0)
+        ok = np.array([p not in found for p in block], bool)
+        rows[~ok] = 0
+        unreadable.update(found)
+        sink(start, rows, ok)
+    return "one forward pass of the backbone"
 
 
 def finetune(
@@ -352,23 +533,68 @@ def finetune(
     with quiet_tensorflow():  # TensorFlow's start-up chatter (CUDA probing) off the terminal
         import keras
 
+        from auditor.embed.backbones import DEFAULT_BACKBONE, LITE0
+
+        if opts.backbone in (DEFAULT_BACKBONE, LITE0.id):
+            _lite0_weights()  # read (once per process) before seeding: it draws seeds, only the first time
         keras.utils.set_random_seed(opts.seed)
         keras.ops.convert_to_tensor(np.zeros(1))  # device initialisation happens here
     train_paths, y_train, val_paths, y_val, classes = _items(dataset, opts.seed, opts.val_fraction)
-    loaded: dict[str, np.ndarray] = {}
+    out_dir = Path(out)
+    n = len(train_paths)
+    unreadable: dict[str, str] = {}  # path -> why it cannot be decoded, as the streams meet them
 
-    def images(which: str) -> np.ndarray:
-        if which not in loaded:
-            loaded[which] = _load_images(train_paths if which == "train" else val_paths, opts.image_size)
-        return loaded[which]
+    def images(which: str):
+        """A fresh stream of (image, label) batches; built when used, after the seeds are set, so
+        every run (and every tuning trial) sees the same order."""
+        if which == "train":
+            return image_dataset(train_paths, y_train, opts.image_size, opts.batch_size, shuffle=True, seed=opts.seed,
+                                 unreadable=unreadable)  # fmt: skip
+        return image_dataset(val_paths, y_val, opts.image_size, opts.batch_size, unreadable=unreadable)
 
-    features: list[tuple[np.ndarray, str]] = []
+    features: list[_FeatureFile] = []
+    scratch: list[Path] = []
 
-    def head_inputs(model) -> tuple[np.ndarray, str]:  # train rows then val rows; computed once
+    def head_inputs(model) -> _FeatureFile:  # train rows then val rows; computed once, into a file
         if not features:
-            features.append(head_features(model, train_paths + val_paths, lambda: np.concatenate(
-                [images("train"), images("val")]), opts, cache_dir, use_cache))  # fmt: skip
+            out_dir.mkdir(parents=True, exist_ok=True)
+            scratch.append(Path(tempfile.mkdtemp(prefix=".features-", dir=out_dir)))  # removed at the end
+            made: list[_FeatureFile] = []
+
+            def sink(start: int, rows: np.ndarray, ok: np.ndarray) -> None:
+                if not made:
+                    made.append(_FeatureFile(scratch[0] / "features.f32", n + len(val_paths), rows.shape[1]))
+                made[0].write(start, rows)
+                made[0].ok[start : start + len(ok)] = ok
+
+            source = _head_features(model, train_paths + val_paths, opts, sink, unreadable, cache_dir, use_cache)
+            if not made:
+                raise FinetuneError(f"{dataset}: no image to train on")
+            made[0].source = source
+            features.append(made[0])
         return features[0]
+
+    def head_data(which: str):
+        """A fresh stream of (features, label) batches (see :func:`images`)."""
+        if which == "train":
+            return features[0].dataset(np.arange(n), y_train, opts.batch_size, shuffle=True, seed=opts.seed)
+        return features[0].dataset(np.arange(n, n + len(val_paths)), y_val, opts.batch_size)
+
+    try:
+        return _train(dataset, out_dir, opts, classes, train_paths, y_train, val_paths, y_val, images, head_inputs,
+                      head_data, unreadable, progress)  # fmt: skip
+    finally:
+        for f in features:
+            f.close()
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train(dataset, out_dir: Path, opts: FinetuneOptions, classes: list[str], train_paths: list[str],
+           y_train: np.ndarray, val_paths: list[str], y_val: np.ndarray, images: Callable, head_inputs: Callable,
+           head_data: Callable, unreadable: dict[str, str], progress: Callable | None) -> FinetuneResult:  # fmt: skip
+    """:func:`finetune` once its streams are set up: (tune,) train both phases, evaluate, write."""
+    import keras
 
     counts = np.bincount(y_train, minlength=len(classes))
     class_weight = None
@@ -376,52 +602,66 @@ def finetune(
         class_weight = {i: float(len(y_train) / (len(classes) * c)) for i, c in enumerate(counts)}
     tuning = None
     if opts.tune:
-        opts, tuning = _tune(opts, len(classes), y_train, y_val, images, head_inputs, class_weight, Path(out),
+        opts, tuning = _tune(opts, len(classes), images, head_inputs, head_data, class_weight, out_dir,
                              progress)  # fmt: skip
         keras.utils.set_random_seed(opts.seed)  # trained as an untuned run with the winner's values would be
     model, backbone = build(len(classes), opts)
     history: dict[str, list[dict]] = {}
 
-    def fit(phase: str, lr: float, net, x_train: np.ndarray, x_val: np.ndarray) -> None:
+    def fit(phase: str, lr: float, net, data: Callable[[str], Any]) -> None:
         net.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                     metrics=["accuracy"])  # fmt: skip
         callbacks = [keras.callbacks.EarlyStopping("val_loss", patience=opts.patience, restore_best_weights=True)]
         if progress:
             callbacks.append(keras.callbacks.LambdaCallback(
                 on_epoch_end=lambda e, logs: progress(phase, e + 1, opts.epochs, dict(logs or {}))))  # fmt: skip
-        h = net.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=opts.epochs,
-                    batch_size=opts.batch_size, class_weight=class_weight, callbacks=callbacks,
-                    shuffle=True, verbose=0)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=RAN_OUT)  # see RAN_OUT; shuffle: the stream does
+            h = net.fit(data("train"), validation_data=data("val"), epochs=opts.epochs, class_weight=class_weight,
+                        callbacks=callbacks, shuffle=False, verbose=0)  # fmt: skip
         keys = list(h.history)
         history[phase] = [{k: float(h.history[k][i]) for k in keys} for i in range(len(h.history[keys[0]]))]
 
     if opts.augment:
         head_source = "images (augmentation on)"
-        fit("head", opts.learning_rate, model, images("train"), images("val"))
+        fit("head", opts.learning_rate, model, images)
     else:
-        feats, head_source = head_inputs(model)
+        feats = head_inputs(model)
+        head_source = feats.source
         keras.utils.set_random_seed(opts.seed)  # the same head whether the features were cached or computed
-        head = keras.Sequential([keras.Input((feats.shape[1],)), keras.layers.Dropout(opts.dropout, name="dropout"),
+        head = keras.Sequential([keras.Input((feats.dims,)), keras.layers.Dropout(opts.dropout, name="dropout"),
                                  _classifier(len(classes), opts)], name="head")  # fmt: skip
-        fit("head", opts.learning_rate, head, feats[: len(train_paths)], feats[len(train_paths) :])
+        fit("head", opts.learning_rate, head, head_data)
         model.get_layer("classifier").set_weights(head.get_layer("classifier").get_weights())
     if opts.unfreeze > 0:
         unfreeze_top(backbone, opts.unfreeze)
-        fit("fine_tune", opts.learning_rate / 10, model, images("train"), images("val"))
-    x_val = images("val")
-    probs = model.predict(x_val, batch_size=opts.batch_size, verbose=0)
+        fit("fine_tune", opts.learning_rate / 10, model, images)
+    stream = image_dataset(val_paths, None, opts.image_size, opts.batch_size, skip_unreadable=False,
+                           unreadable=unreadable)  # fmt: skip
+    probs = model.predict(stream, verbose=0)  # rows in val_paths order; an unreadable image is a zeros row
+    readable = np.array([p not in unreadable for p in val_paths], bool)
+    if not readable.any():
+        raise FinetuneError(f"{dataset}: no validation image can be decoded; run audit clean first")
+    probs, y_val, val_paths = (
+        probs[readable],
+        y_val[readable],
+        [p for p, r in zip(val_paths, readable, strict=True) if r],
+    )
     pred = probs.argmax(axis=1)
     from sklearn.metrics import confusion_matrix
 
     cm = confusion_matrix(y_val, pred, labels=list(range(len(classes))))
     per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(classes)}
+    train_images = sum(p not in unreadable for p in train_paths)
     evaluation = {"val_accuracy": float((pred == y_val).mean()), "val_images": len(y_val), "classes": classes,
                   "confusion_matrix": cm.tolist(), "per_class_accuracy": per_class,
-                  "class_weight": class_weight, "train_images": len(y_train),
+                  "class_weight": class_weight, "train_images": train_images,
                   "head_trained_on": head_source}  # fmt: skip
+    if unreadable:  # left out of training and evaluation, never a crash mid-epoch
+        rel = {Path(os.path.relpath(p, dataset)).as_posix(): why for p, why in sorted(unreadable.items())}
+        evaluation["unreadable"] = {"count": len(rel), "examples": dict(list(rel.items())[:UNREADABLE_EXAMPLES])}
     if tuning is not None:
         evaluation["tuning"] = tuning
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"model": out_dir / "model.keras", "history": out_dir / "history.json",
              "evaluation": out_dir / "evaluation.json", "predictions": out_dir / "predictions.csv"}  # fmt: skip
@@ -445,16 +685,14 @@ def finetune(
     return FinetuneResult(files["model"], history, evaluation, classes, files, predictions)
 
 
-def _tune(opts: FinetuneOptions, num_classes: int, y_train: np.ndarray, y_val: np.ndarray,
-          images: Callable[[str], np.ndarray], head_inputs: Callable, class_weight: dict | None, out_dir: Path,
+def _tune(opts: FinetuneOptions, num_classes: int, images: Callable[[str], Any], head_inputs: Callable,
+          head_data: Callable[[str], Any], class_weight: dict | None, out_dir: Path,
           progress: Callable | None) -> tuple[FinetuneOptions, dict]:  # fmt: skip
     """The search of :mod:`auditor.pipeline.tune` on this dataset: (the options with the
     winner's learning_rate, l2, dropout and unfreeze, the ``tuning`` section of
-    evaluation.json). KerasTuner's files go to a temporary folder inside ``out_dir``, removed
-    afterwards."""
-    import shutil
-    import tempfile
-
+    evaluation.json). ``images(which)`` and ``head_data(which)`` ("train" or "val") make fresh
+    streams of image and feature batches (one per trial). KerasTuner's files go to a temporary
+    folder inside ``out_dir``, removed afterwards."""
     import keras
 
     from auditor.pipeline import tune
@@ -469,14 +707,13 @@ def _tune(opts: FinetuneOptions, num_classes: int, y_train: np.ndarray, y_val: n
                                                    {} if score is None else {"best": score})  # fmt: skip
 
     extractor, base = build(num_classes, opts)
-    feats, source = head_inputs(extractor)
-    n = len(y_train)
+    feats = head_inputs(extractor)
     choices = sorted({opts.unfreeze, 2 * opts.unfreeze}) if opts.unfreeze > 0 else []
     if choices:
         unfreeze_top(base, max(choices))  # a backbone without named blocks: refused now, not after the head search
 
     def make_head(dropout: float, l2: float):
-        return keras.Sequential([keras.Input((feats.shape[1],)), keras.layers.Dropout(dropout, name="dropout"),
+        return keras.Sequential([keras.Input((feats.dims,)), keras.layers.Dropout(dropout, name="dropout"),
                                  _classifier(num_classes, dataclasses.replace(opts, l2=l2))], name="head")  # fmt: skip
 
     def make_model(hp: dict, blocks: int, weights: list):
@@ -490,12 +727,14 @@ def _tune(opts: FinetuneOptions, num_classes: int, y_train: np.ndarray, y_val: n
     try:
         common = {"class_weight": class_weight, "seed": opts.seed, "directory": work, "budget": budget,
                   "batch_size": opts.batch_size}  # fmt: skip
-        heads = tune.search_head(feats[:n], y_train, feats[n:], y_val, make_head, trials=opts.trials,
+        heads = tune.search_head(functools.partial(head_data, "train"), None, functools.partial(head_data, "val"),
+                                 None, make_head, trials=opts.trials,
                                  epochs=opts.epochs, patience=opts.patience, on_trial=report("head"),
                                  defaults={"learning_rate": opts.learning_rate, "l2": opts.l2, "dropout": opts.dropout},
                                  **common)  # fmt: skip
         top = tune.best(heads, tune.TOP_HEADS)
-        fine = tune.search_finetune(top, images("train"), y_train, images("val"), y_val, make_model, unfreeze=choices,
+        fine = tune.search_finetune(top, functools.partial(images, "train"), None, functools.partial(images, "val"),
+                                    None, make_model, unfreeze=choices,
                                     epochs=min(tune.FINETUNE_TRIAL_EPOCHS, opts.epochs),
                                     on_trial=report("fine-tune"), **common)  # fmt: skip
     finally:
@@ -520,7 +759,7 @@ def _tune(opts: FinetuneOptions, num_classes: int, y_train: np.ndarray, y_val: n
             "dropout": list(tune.DROPOUT),
             "unfreeze": [0, *choices],
         },
-        "head_trials_on": source,
+        "head_trials_on": feats.source,
         "finetune_trial_epochs": min(tune.FINETUNE_TRIAL_EPOCHS, opts.epochs),
         "budget_minutes": opts.budget_minutes,
         "stopped_by_budget": budget.stopped,

@@ -21,8 +21,10 @@ oracle's ``max_trials``). Each trial reseeds Keras with the same seed, so a tria
 not depend on the trials before it, and the oracles are seeded: same data, same seed -> same
 table and same winner (unless the budget cuts the search, which depends on the clock).
 
-This module knows nothing of datasets or backbones: the caller passes arrays and functions
-that build the models (:mod:`auditor.pipeline.finetune` does).
+This module knows nothing of datasets or backbones: the caller passes arrays, or functions that
+return fresh ``tf.data`` streams (a new one per trial, so that each trial sees the same order
+and nothing has to fit in memory), and functions that build the models
+(:mod:`auditor.pipeline.finetune` does).
 """
 
 from __future__ import annotations
@@ -155,6 +157,10 @@ def _hypermodel(build: Callable, fit_extra: Callable):
 
         def fit(self, hp, model, *args, **kwargs):
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), *fit_extra()]
+            # data given as functions: a fresh tf.data stream per trial, so every trial sees the same order
+            args = [a() if callable(a) else a for a in args]
+            if callable(kwargs.get("validation_data")):
+                kwargs["validation_data"] = kwargs["validation_data"]()
             return model.fit(*args, **kwargs)
 
     return HyperModel()
@@ -162,11 +168,19 @@ def _hypermodel(build: Callable, fit_extra: Callable):
 
 def _run(tuner, phase: str, values: Callable[[object], dict], x, y, validation_data, *, epochs: int,
          batch_size: int, class_weight: dict | None) -> list[Trial]:  # fmt: skip
-    """Run ``tuner.search`` and return its trials in the order they ran."""
+    """Run ``tuner.search`` and return its trials in the order they ran. ``x`` and
+    ``validation_data``: arrays (with ``y``), or functions that return a fresh ``tf.data``
+    stream of (input, label) batches, already shuffled (``y`` None)."""
     if tuner.oracle.max_trials == 0:
         return []
-    tuner.search(x, y, validation_data=validation_data, epochs=epochs, batch_size=batch_size,
-                 class_weight=class_weight, shuffle=True, verbose=0)  # fmt: skip
+    if callable(x):
+        with warnings.catch_warnings():  # a stream's length is unknown until its first epoch ends: expected
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            tuner.search(x, validation_data=validation_data, epochs=epochs, class_weight=class_weight, shuffle=False,
+                         verbose=0)  # fmt: skip
+    else:
+        tuner.search(x, y, validation_data=validation_data, epochs=epochs, batch_size=batch_size,
+                     class_weight=class_weight, shuffle=True, verbose=0)  # fmt: skip
     out = []
     for trial_id in tuner.oracle.start_order:
         t = tuner.oracle.trials[trial_id]
@@ -181,11 +195,20 @@ def _run(tuner, phase: str, values: Callable[[object], dict], x, y, validation_d
     return out
 
 
+def _validation(x_val, y_val):
+    return x_val if callable(x_val) else (x_val, y_val)
+
+
+#: Training data: an array (with its labels), or a function that returns a fresh ``tf.data``
+#: stream of (input, label) batches, already shuffled (its labels None).
+Data = np.ndarray | Callable[[], object]
+
+
 def search_head(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    x_train: Data,
+    y_train: np.ndarray | None,
+    x_val: Data,
+    y_val: np.ndarray | None,
     make_head: Callable[[float, float], object],
     *,
     defaults: dict,
@@ -201,7 +224,8 @@ def search_head(
 ) -> list[Trial]:
     """Phase A: ``trials`` head settings (``defaults``, the recipe's ``learning_rate``, ``l2``
     and ``dropout``, first; then seeded random draws), each trained for up to ``epochs`` epochs
-    on the features ``x_*`` (n, d) with early stopping on :data:`OBJECTIVE`.
+    on the features ``x_*`` ((n, d) arrays, or functions returning fresh ``tf.data`` streams
+    of (features, label) batches: see :data:`Data`) with early stopping on :data:`OBJECTIVE`.
     ``make_head(dropout, l2)`` returns an uncompiled Keras model from d features to class
     probabilities whose last layer is named ``classifier``. Returns the trials in run order,
     each with its classifier weights at its best epoch."""
@@ -244,8 +268,8 @@ def search_head(
                 "dropout": float(hp.get("dropout")), "unfreeze": 0}  # fmt: skip
 
     with quiet_tensorflow():
-        rows = _run(tuner, "head", values, x_train, y_train, (x_val, y_val), epochs=epochs, batch_size=batch_size,
-                    class_weight=class_weight)  # fmt: skip
+        rows = _run(tuner, "head", values, x_train, y_train, _validation(x_val, y_val), epochs=epochs,
+                    batch_size=batch_size, class_weight=class_weight)  # fmt: skip
         for row, trial_id in zip(rows, tuner.oracle.start_order, strict=True):
             if row.score is not None:
                 with warnings.catch_warnings():  # the checkpoint has the optimizer's state too; not needed
@@ -257,10 +281,10 @@ def search_head(
 
 def search_finetune(
     heads: list[Trial],
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    x_train: Data,
+    y_train: np.ndarray | None,
+    x_val: Data,
+    y_val: np.ndarray | None,
     make_model: Callable[[dict, int, list], object],
     *,
     unfreeze: list[int],
@@ -273,7 +297,8 @@ def search_finetune(
     on_trial: Callable[[int, int, float | None], None] | None = None,
 ) -> list[Trial]:
     """Phase B: a grid over (head in ``heads``) x (blocks unfrozen in ``unfreeze``), each a
-    ``epochs``-epoch training of the whole model on the images ``x_*`` (n, h, w, 3) at
+    ``epochs``-epoch training of the whole model on the images ``x_*`` ((n, h, w, 3) arrays or
+    functions returning fresh streams of (image, label) batches: see :data:`Data`) at
     :data:`FINETUNE_LR_FACTOR` times the head's learning rate. ``make_model(head
     hyperparameters, blocks, classifier weights)`` returns the uncompiled full model with
     that head and the top ``blocks`` blocks trainable. Returns the trials in run order."""
@@ -306,7 +331,7 @@ def search_finetune(
         return {**heads[hp.get("head")].hyperparameters, "unfreeze": int(hp.get("unfreeze"))}
 
     with quiet_tensorflow():
-        return _run(tuner, "finetune", values, x_train, y_train, (x_val, y_val), epochs=epochs,
+        return _run(tuner, "finetune", values, x_train, y_train, _validation(x_val, y_val), epochs=epochs,
                     batch_size=batch_size, class_weight=class_weight)  # fmt: skip
 
 
