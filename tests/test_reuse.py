@@ -288,4 +288,4 @@ def test_scan_options_are_defined_once():
     assert {k: params[k].default for k in SCAN_OPTIONS} == SCAN_OPTIONS
     # everything else is where, how fast or whether to cache, not what the outputs say
     assert set(params) - set(SCAN_OPTIONS) == {"dataset", "out", "rules", "workers", "cache_dir", "use_cache",
-                                               "write", "progress"}  # fmt: skip
+                                               "write", "progress", "engine"}  # fmt: skip

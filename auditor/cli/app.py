@@ -24,6 +24,7 @@ from auditor.cli.options import (
     BudgetOpt,
     CacheDirOpt,
     CocoOpt,
+    EngineOpt,
     EpochsOpt,
     FollowSymlinksOpt,
     ImageSizeOpt,
@@ -108,6 +109,7 @@ def scan(
     preprocess: PreprocessOpt = "raw",
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
+    engine: EngineOpt = "local",
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
     coco: CocoOpt = None,
@@ -132,11 +134,20 @@ def scan(
 
     bar, update = _progress()
     with _input_errors(), bar:
-        result = run_scan(dataset, out, rules=rules, workers=workers, cache_dir=cache_dir, use_cache=not no_cache,
-                          progress=update, **options)  # fmt: skip
+        _engine_ready(engine)
+        result = run_scan(dataset, out, rules=rules, workers=workers, engine=engine, cache_dir=cache_dir,
+                          use_cache=not no_cache, progress=update, **options)  # fmt: skip
     if not quiet:
         print_summary(result)
     out_console.print(f"Report: {term(str(result.files['html']))}", highlight=False, soft_wrap=True)
+
+
+def _engine_ready(engine: str) -> None:
+    """--engine ray: Ray Data must be importable, or exit 2 saying how to install it, before any work."""
+    if engine != "local":
+        from auditor.pipeline.ray_engine import require_ray
+
+        require_ray()
 
 
 @contextmanager
@@ -149,6 +160,7 @@ def _input_errors():
     from auditor.embed.backbones.torch_state import ModelFileError
     from auditor.io.dataset import DatasetError
     from auditor.io.store import CacheWarning
+    from auditor.pipeline.ray_engine import EngineError
     from auditor.policy.gate import ReportError
     from auditor.policy.rules import RulesError
 
@@ -168,7 +180,7 @@ def _input_errors():
             warnings.showwarning = show
             yield
     except (DatasetError, RulesError, BackboneError, ModelFileError, FileNotFoundError, ReportError,
-            OutputError) as exc:  # fmt: skip
+            OutputError, EngineError) as exc:  # fmt: skip
         _fail(str(exc))
     except KeyboardInterrupt:
         err_console.print("interrupted; the cache keeps what was finished so far", style="yellow")
@@ -218,6 +230,7 @@ def gate(
     preprocess: PreprocessOpt = "raw",
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
+    engine: EngineOpt = "local",
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
     coco: CocoOpt = None,
@@ -250,8 +263,9 @@ def gate(
         if from_report is not None:
             result = run_gate(from_report=from_report, rules=rules)
         else:  # a reused scan was judged under these rules (their files are fingerprinted)
+            _engine_ready(engine)
             options = scan_options(locals())
-            result = run_gate(dataset, rules=rules, out=out, workers=workers, cache_dir=cache_dir,
+            result = run_gate(dataset, rules=rules, out=out, workers=workers, engine=engine, cache_dir=cache_dir,
                               use_cache=not no_cache, progress=update, **options)  # fmt: skip
     if junit is not None:
         try:
@@ -470,6 +484,7 @@ def run_pipeline(
     preprocess: PreprocessOpt = "raw",
     batch_size: BatchOpt = 32,
     workers: WorkersOpt = None,
+    engine: EngineOpt = "local",
     layout: LayoutOpt = "auto",
     manifest: ManifestOpt = None,
     coco: CocoOpt = None,
@@ -516,11 +531,12 @@ def run_pipeline(
     with _input_errors(), bar:
         check_output(out, dataset, images, source)  # as scan's --out: refused before any work
         check_cache_dir(cache_dir, dataset, images, source)
+        _engine_ready(engine)
         try:
             options = scan_options(locals())
             result = run(dataset, out, rules=rules, force=force, relabel=relabel, finetune_options=opts,
                          augment_from_audit=augment and not augmentations, progress=update, workers=workers,
-                         finetune_progress=searched,
+                         engine=engine, finetune_progress=searched,
                          cache_dir=cache_dir, use_cache=not no_cache, **options)  # fmt: skip
         except (FinetuneError, CleanError) as exc:
             _fail(str(exc))

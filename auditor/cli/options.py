@@ -41,6 +41,21 @@ WorkersOpt = Annotated[
 ]
 
 
+def _engine(value: str) -> str:
+    if value not in ("local", "ray"):
+        raise typer.BadParameter(f"{value!r} is not one of local, ray.")
+    return value
+
+
+EngineOpt = Annotated[
+    str,
+    typer.Option(callback=_engine, metavar="local|ray",
+                 help="Where the per-image work runs: local (worker processes here) or ray (a Ray cluster: "
+                 "$RAY_ADDRESS, else one `ray start --head` started here, else a local instance of --workers "
+                 "CPUs; needs pip install 'image-auditor[ray]'). Same outputs either way."),
+]  # fmt: skip
+
+
 LayoutOpt = Annotated[str, typer.Option(help="auto, class-folders, split-folders, manifest, flat, coco or yolo.")]
 
 
@@ -140,9 +155,9 @@ BudgetOpt = Annotated[
 #: The options every command that scans takes, each defined once above (a test compares the
 #: --help of scan, gate and run on them).
 SHARED_SCAN_OPTIONS = (
-    "--no-embed", "--backbone", "--weights", "--layer", "--preprocess", "--batch-size", "--workers", "--layout",
-    "--manifest", "--coco", "--images", "--source", "--source-layout", "--source-manifest", "--no-projection",
-    "--rules", "--cache-dir", "--no-cache", "--follow-symlinks", "--max-pixels",
+    "--no-embed", "--backbone", "--weights", "--layer", "--preprocess", "--batch-size", "--workers", "--engine",
+    "--layout", "--manifest", "--coco", "--images", "--source", "--source-layout", "--source-manifest",
+    "--no-projection", "--rules", "--cache-dir", "--no-cache", "--follow-symlinks", "--max-pixels",
 )  # fmt: skip
 
 

@@ -222,6 +222,18 @@ class Store:
                         out[chash] = (json.loads(data), thumb)
         return out
 
+    def measured(self, hashes: Iterable[str], version: int) -> set[str]:
+        """The content hashes among ``hashes`` whose measurements of ``version`` are cached
+        (nothing is read but the keys)."""
+        out: set[str] = set()
+        for chunk, marks in _in_chunks(hashes):
+            for rows in self._read(lambda db, chunk=chunk, marks=marks: db.execute(
+                f"SELECT content_hash FROM measurements WHERE version = ? AND content_hash IN ({marks})",
+                [version, *chunk],
+            ).fetchall()):  # fmt: skip
+                out.update(h for (h,) in rows)
+        return out
+
     def put_batch(
         self,
         files: Iterable[tuple[str, int, int, str]],
@@ -265,6 +277,18 @@ class Store:
             ).fetchall()):  # fmt: skip
                 for chash, vec, extra in rows:
                     out.setdefault(chash, (vec, extra))
+        return out
+
+    def embedded(self, hashes: Iterable[str], backbone: str) -> set[str]:
+        """The content hashes among ``hashes`` with a cached embedding for one backbone key
+        (nothing is read but the keys)."""
+        out: set[str] = set()
+        for chunk, marks in _in_chunks(hashes):
+            for rows in self._read(lambda db, chunk=chunk, marks=marks: db.execute(
+                f"SELECT content_hash FROM embeddings WHERE backbone = ? AND content_hash IN ({marks})",
+                [backbone, *chunk],
+            ).fetchall()):  # fmt: skip
+                out.update(h for (h,) in rows)
         return out
 
     def put_embeddings(self, rows: Iterable[tuple[str, bytes, bytes | None]], backbone: str) -> bool:

@@ -7,6 +7,7 @@ never prints; the CLI does.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,22 +148,40 @@ def embed_table(
     workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: ProgressFn | None = None,
+    engine: Any = None,
 ):
     """Embed every decodable row (``ok``, with a ``content_hash``) of an items table, each
-    distinct content once; ``workers`` decoding threads."""
+    distinct content once; ``workers`` decoding threads. With a Ray ``engine``
+    (:class:`auditor.pipeline.ray_engine.RayEngine`) the vectors are computed on the cluster
+    into the store first (what it could not decode is a failure, as here)."""
     from auditor.embed.features import embed_files
 
     ok = table[table["ok"] & table["content_hash"].notna()]
     files: dict[str, str] = {}
     for chash, path in zip(ok["content_hash"], ok["abs_path"], strict=True):
         files.setdefault(chash, path)
+    cache = str(cache_dir) if cache_dir else None
+    ran = None
+    if engine is not None:
+        from auditor.pipeline.ray_engine import embed_into_store
+
+        ran = embed_into_store(engine, files, backbone, store, batch_size=batch_size, cache_dir=cache,
+                               progress=_stage(progress, "embed on ray", len(files)))  # fmt: skip
+        files = {h: p for h, p in files.items() if h not in ran.failures}
     if progress:
         progress("embed", 0, len(files))
-    return embed_files(
-        files, backbone, store, batch_size=batch_size, workers=workers,
-        cache_dir=str(cache_dir) if cache_dir else None,
-        progress=(lambda n: progress("embed", n, len(files))) if progress else None,
-    )  # fmt: skip
+    result = embed_files(files, backbone, store, batch_size=batch_size, workers=workers, cache_dir=cache,
+                         progress=_stage(progress, "embed", len(files)))  # fmt: skip
+    if ran is not None:  # counted as the local run counts: computed in this scan, failed
+        result.failures.update(ran.failures)
+        result.computed += ran.computed
+        result.cached -= ran.computed
+    return result
+
+
+def _stage(progress: ProgressFn | None, stage: str, total: int):
+    """``progress(stage, n, total)`` as a function of ``n`` (None without ``progress``)."""
+    return (lambda n: progress(stage, n, total)) if progress else None
 
 
 def scan(
@@ -191,6 +210,7 @@ def scan(
     max_pixels: int | None = None,
     write: bool = True,
     progress: ProgressFn | None = None,
+    engine: Any = "local",
 ) -> ScanResult:
     """Audit an image dataset.
 
@@ -213,6 +233,11 @@ def scan(
     Detection datasets (COCO ``instances_*.json`` or YOLO ``images/`` + ``labels/``, found
     automatically; ``coco=FILE`` and ``images=DIR`` name them) also get the ``box_*``
     checks and a ``boxes`` report section.
+
+    ``engine``: ``"local"`` (this machine's worker processes), ``"ray"`` (the per-image work on
+    a Ray cluster: ``$RAY_ADDRESS``, a cluster started on this machine, or a local instance of
+    ``workers`` CPUs), or a :class:`auditor.pipeline.ray_engine.RayEngine`; the same outputs
+    either way. :class:`auditor.pipeline.ray_engine.EngineError` where Ray cannot run.
     """
     out_dir = output_folder(dataset, out, source, images) if write or out is not None else None
     check_cache_dir(cache_dir, dataset, source, images)  # the user's dataset is never written
@@ -229,16 +254,22 @@ def scan(
             source, source_manifest = Path(source).parent, Path(source)  # a manifest names its folder
         src_disc = discover(source, layout=source_layout, manifest=source_manifest, follow_symlinks=follow_symlinks)
     options = ExtractOptions(max_pixels=max_pixels) if max_pixels else ExtractOptions()
+    runner = None
+    if engine != "local":
+        from auditor.pipeline.ray_engine import open_engine
+
+        runner = open_engine(engine, workers)
     store = Store.open_default(cache_dir) if use_cache else Store(None)
     try:
-        table = _measure_table(disc, store, workers, options, progress, "measure")
+        table = _measure_table(disc, store, workers, options, progress, "measure", runner)
         src_table = None
         if src_disc is not None:
-            src_table = _measure_table(src_disc, store, workers, options, progress, "measure source")
+            src_table = _measure_table(src_disc, store, workers, options, progress, "measure source", runner)
         embeddings = None
         if bb is not None:
             both = table if src_table is None else pd.concat([table, src_table], ignore_index=True)
-            embeddings = embed_table(both, bb, store, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+            embeddings = embed_table(both, bb, store, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+                                     engine=runner)  # fmt: skip
             for t in (table, src_table):
                 if t is not None:
                     t["embedded"] = t["content_hash"].isin(set(embeddings.hashes))
@@ -261,11 +292,20 @@ def scan(
             result.files = write_outputs(result, store)
     finally:
         store.close()
+        if runner is not None:
+            runner.close()
     return result
 
 
-def _measure_table(disc: Discovery, store: Store, workers, options, progress: ProgressFn | None, stage: str):
+def _measure_table(disc: Discovery, store: Store, workers, options, progress: ProgressFn | None, stage: str,
+                   engine: Any = None):  # fmt: skip
     present = present_paths(disc)
+    if engine is not None:  # the cluster measures into the store; measure_all then reads it as a rescan would
+        from auditor.pipeline.ray_engine import measure_into_store
+
+        if options.cache_dir is None:
+            options = dataclasses.replace(options, cache_dir=str(store.folder))  # as measure_all's
+        measure_into_store(engine, present, store, options, _stage(progress, f"{stage} on ray", len(present)))
     if progress:
         progress(stage, 0, len(present))
     measured = measure_all(

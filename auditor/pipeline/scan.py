@@ -76,6 +76,7 @@ def scan(
     *,
     rules: str | os.PathLike | Rules | None = None,
     workers: int | None = None,
+    engine: Any = "local",
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     write: bool = True,
@@ -89,7 +90,9 @@ def scan(
     writes (``write``) and uses the cache (``use_cache``), and ``rules`` and ``backbone`` are
     names or paths (a :class:`~auditor.policy.rules.Rules` or backbone object cannot be
     fingerprinted). Input and output errors are raised before any work, as a full scan
-    raises them."""
+    raises them. ``engine`` (``"local"``, ``"ray"`` or a
+    :class:`~auditor.pipeline.ray_engine.RayEngine`) says where a scan that is not reused runs;
+    it is not part of the fingerprint, since every engine gives the same outputs."""
     options = scan_options(**options)
     reuse = None
     if write and use_cache and _fingerprintable(rules, options):
@@ -103,7 +106,7 @@ def scan(
     from auditor.pipeline import api  # after the reuse check (a hit never imports it); looked up at call time
 
     result = api.scan(dataset, out, rules=rules, workers=workers, cache_dir=cache_dir, use_cache=use_cache,
-                      write=write, progress=progress, **options)  # fmt: skip
+                      write=write, progress=progress, engine=engine, **options)  # fmt: skip
     if reuse is not None:
         reuse.record(result.files, result.table, result.source_table)
     return result
