@@ -43,10 +43,14 @@ def embedders(tmp_path_factory):
     """(TFLite embedder, Keras embedder, cache folder): the model converted once, here."""
     cache = str(tmp_path_factory.mktemp("runtime-cache"))
     bb = get_backbone()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", rt.EmbedRuntimeWarning)  # the conversion must succeed here
-        lite = bb.embedder(cache, "lite")
-    return lite, bb.embedder(cache, "keras"), cache
+    with pytest.MonkeyPatch.context() as mp:
+        # convert here even if an earlier test loaded the TFLite model (Keras may be reused)
+        mp.setattr(backbones, "_LOADED", {k: v for k, v in backbones._LOADED.items() if k[-1] == "keras"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", rt.EmbedRuntimeWarning)  # the conversion must succeed here
+            lite = bb.embedder(cache, "lite")
+        keras = bb.embedder(cache, "keras")
+        yield lite, keras, cache
 
 
 def test_lite_outputs_equal_keras_per_image(photos, embedders):
@@ -75,6 +79,17 @@ def test_an_image_s_outputs_do_not_depend_on_its_batch(photos, embedders):
         assert np.array_equal(shuffled[name], whole[name][order]), name
         assert np.array_equal(alone[name][0], whole[name][4]), name
         assert np.array_equal(again[name], whole[name]), name  # and the same run repeats exactly
+
+
+def test_outputs_do_not_depend_on_how_the_cores_are_shared(photos, embedders):
+    lite, _, cache = embedders
+    _, x = photos
+    data = next((Path(cache) / "models").glob("*.tflite")).read_bytes()
+    widths = {"embedding": 1280, "probs": 1000, "bn_stats": 6240}
+    one = rt.LiteModel(data, lite.outputs, widths, 224, interpreters=1, threads=2).predict_on_batch(x)
+    two = rt.LiteModel(data, lite.outputs, widths, 224, interpreters=3, threads=1).predict_on_batch(x)
+    for a, b in zip(one, two, strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_embed_files_batch_size_and_runtime_share_the_cache(photos, embedders):
@@ -106,7 +121,7 @@ def test_the_converted_model_is_cached_and_reused(embedders, monkeypatch):
         raise AssertionError("converted again instead of reading the cache")
 
     monkeypatch.setattr(rt, "convert", no_conversion)
-    loaded = {k: v for k, v in backbones._LOADED.items() if k != (get_backbone().cache_key, cache, "lite")}
+    loaded = {k: v for k, v in backbones._LOADED.items() if k != (get_backbone().cache_key, "lite")}
     monkeypatch.setattr(backbones, "_LOADED", loaded)  # as a fresh process would start
     with warnings.catch_warnings():
         warnings.simplefilter("error", rt.EmbedRuntimeWarning)
@@ -137,7 +152,7 @@ def test_a_failed_conversion_falls_back_to_keras_with_one_warning(tmp_path, embe
     _, keras, _ = embedders
     bb = get_backbone()
     cache = str(tmp_path / "c")
-    monkeypatch.setattr(backbones, "_LOADED", {(bb.cache_key, cache, "keras"): keras})  # no second Keras build
+    monkeypatch.setattr(backbones, "_LOADED", {(bb.cache_key, "keras"): keras})  # no second Keras build
 
     def broken(model):
         raise RuntimeError("converter exploded\non two lines")

@@ -139,7 +139,7 @@ class Backbone:
             runtime = resolve_runtime(runtime) if self.lite_loader else "keras"
         except ValueError as exc:
             raise BackboneError(str(exc)) from None
-        key = (self.cache_key, str(cache_dir), runtime)
+        key = (self.cache_key, runtime)
         if key in _LOADED:
             return _LOADED[key]
         if runtime == "keras":
@@ -164,8 +164,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 #: Loaded embedders, so that several scans in one process (a notebook, the test suite)
-#: build each network once. Key: (cache key, cache folder, runtime).
-_LOADED: dict[tuple[str, str, str], Embedder] = {}
+#: build each network once. Key: (cache key, runtime); not the cache folder, which holds
+#: only by-products (converted weights and models) of a network the cache key already names.
+_LOADED: dict[tuple[str, str], Embedder] = {}
 
 
 @contextmanager

@@ -53,6 +53,8 @@ GRAPH_VERSION = 1
 #: Images per interpreter call. XNNPACK is fastest on small batches here (the activations of
 #: 4-8 images stay in cache); measured on 2 cores: 1: 69, 4: 74, 8: 72, 16: 63, 32: 65 img/s.
 INVOKE_BATCH = 8
+#: Most interpreters run side by side (each holds its own activations, ~100 MB at batch 8).
+MAX_INTERPRETERS = 4
 #: Least per-image cosine between the converted model's outputs and Keras' on the probe batch.
 MIN_COSINE = 0.999
 
@@ -184,49 +186,84 @@ def interpreter_class():
     return Interpreter
 
 
+def parallelism(cores: int | None = None) -> tuple[int, int]:
+    """(interpreters, threads each) for ``cores``: up to :data:`MAX_INTERPRETERS` independent
+    interpreters, the cores shared among them. Independent single-threaded interpreters keep
+    every core busy where one multi-threaded interpreter waits, at each of its ~100 layers,
+    for its slowest thread (a core taken by image decoding or another process)."""
+    cores = cores or cpu_threads()
+    interpreters = max(1, min(cores, MAX_INTERPRETERS))
+    return interpreters, max(1, cores // interpreters)
+
+
 class LiteModel:
     """A converted model behind Keras' ``predict_on_batch``: float32 (B, S, S, 3) in, the
     outputs as a list in ``outputs`` order. ``widths`` maps each output name to its width,
     which finds it among the interpreter's outputs (all widths must differ).
 
     Inputs are split into chunks of ``batch`` images, the last zero-padded, so each image
-    goes through the same kernels. Not thread-safe (one interpreter, reused buffers)."""
+    goes through the same kernels; the chunks are spread over ``interpreters`` interpreters
+    of ``threads`` threads each (default :func:`parallelism`), run side by side in Python
+    threads (an interpreter call releases the GIL). Which interpreter runs a chunk does not
+    change its numbers. One caller at a time."""
 
     def __init__(self, content: bytes, outputs: tuple[str, ...], widths: dict[str, int], input_size: int,
-                 batch: int = INVOKE_BATCH, threads: int | None = None):  # fmt: skip
+                 batch: int = INVOKE_BATCH, interpreters: int | None = None,
+                 threads: int | None = None):  # fmt: skip
         if len(set(widths.values())) != len(widths):
             raise ValueError(f"outputs must have distinct widths to be told apart: {widths}")
-        self.outputs, self.batch, self.threads = outputs, batch, threads or cpu_threads()
-        self.input_size = input_size
+        default_n, default_t = parallelism()
+        self.outputs, self.batch, self.input_size = outputs, batch, input_size
+        self.interpreters, self.threads = interpreters or default_n, threads or default_t
+        self._runners = [self._interpreter(content, widths) for _ in range(self.interpreters)]
+        self._pool = None
+        # the first call plans XNNPACK's kernels; do it now, where a failure falls back to Keras
+        self.predict_on_batch(np.zeros((batch * self.interpreters, input_size, input_size, 3), np.float32))
+
+    def _interpreter(self, content: bytes, widths: dict[str, int]):
+        size = self.input_size
         with _silence():
             interp = interpreter_class()(model_content=content, num_threads=self.threads)
             inp = interp.get_input_details()
-            if len(inp) != 1 or tuple(inp[0]["shape"][1:]) != (input_size, input_size, 3):
+            if len(inp) != 1 or tuple(inp[0]["shape"][1:]) != (size, size, 3):
                 raise ValueError(f"converted model takes {[tuple(d['shape']) for d in inp]}, expected one "
-                                 f"(batch, {input_size}, {input_size}, 3) input")  # fmt: skip
-            interp.resize_tensor_input(inp[0]["index"], [batch, input_size, input_size, 3], strict=False)
+                                 f"(batch, {size}, {size}, 3) input")  # fmt: skip
+            interp.resize_tensor_input(inp[0]["index"], [self.batch, size, size, 3], strict=False)
             interp.allocate_tensors()
             by_width = {int(d["shape"][-1]): d["index"] for d in interp.get_output_details()}
-            missing = {n: w for n, w in widths.items() if w not in by_width}
-            if missing:
-                raise ValueError(f"converted model lacks outputs {missing}; it has widths {sorted(by_width)}")
-            self._interp, self._input = interp, inp[0]["index"]
-            self._out = [by_width[widths[name]] for name in outputs]
-            self.predict_on_batch(np.zeros((1, input_size, input_size, 3), np.float32))  # XNNPACK plans here
+        missing = {n: w for n, w in widths.items() if w not in by_width}
+        if missing:
+            raise ValueError(f"converted model lacks outputs {missing}; it has widths {sorted(by_width)}")
+        return interp, inp[0]["index"], [by_width[widths[name]] for name in self.outputs]
+
+    def _run_chunks(self, runner, chunks: list[np.ndarray]) -> list[list[np.ndarray]]:
+        interp, inp, outs = runner
+        results = []
+        for chunk in chunks:
+            interp.set_tensor(inp, chunk)
+            interp.invoke()
+            results.append([interp.get_tensor(i) for i in outs])
+        return results
 
     def predict_on_batch(self, x: np.ndarray) -> list[np.ndarray]:
         x = np.ascontiguousarray(x, np.float32)
-        n = len(x)
-        parts: list[list[np.ndarray]] = [[] for _ in self._out]
-        for start in range(0, n, self.batch):
-            chunk = x[start : start + self.batch]
-            if len(chunk) < self.batch:
-                chunk = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *chunk.shape[1:]), np.float32)])
-            self._interp.set_tensor(self._input, chunk)
-            self._interp.invoke()
-            for part, index in zip(parts, self._out, strict=True):
-                part.append(self._interp.get_tensor(index))
-        return [np.concatenate(p)[:n] for p in parts]
+        n, b = len(x), self.batch
+        chunks = [x[s : s + b] for s in range(0, n, b)]
+        if len(chunks[-1]) < b:
+            last = chunks[-1]
+            chunks[-1] = np.concatenate([last, np.zeros((b - len(last), *last.shape[1:]), np.float32)])
+        k = min(len(chunks), len(self._runners))
+        shares = [chunks[i::k] for i in range(k)]  # interpreter i runs chunks i, i+k, ...
+        if k == 1:
+            done = [self._run_chunks(self._runners[0], shares[0])]
+        else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(len(self._runners), thread_name_prefix="auditor-tflite")
+            done = list(self._pool.map(self._run_chunks, self._runners[:k], shares))
+        ordered = [done[j % k][j // k] for j in range(len(chunks))]
+        return [np.concatenate([r[o] for r in ordered])[:n] for o in range(len(self.outputs))]
 
 
 def probe_batch(size: int, n: int = 8, seed: int = 0) -> np.ndarray:
