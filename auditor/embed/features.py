@@ -6,7 +6,8 @@ have for this backbone key. Decoding and resizing run in a bounded pool of threa
 releases the GIL while it decodes and resizes) a few batches ahead of the model, so the
 model is never waiting on a file when there is work queued. Batches have a fixed size (the
 last is padded), so the model is traced once and every image sees the same kernels: the same
-input gives the same vector whatever else is in its batch.
+input gives the same vector whatever else is in its batch. (The TFLite runtime pads to its
+own smaller fixed size, so it is handed a short last batch as it is.)
 
 Vectors are stored and returned as float16 (half the space; cosine similarities move by
 less than 1e-3), so a fresh run and a cached rerun give identical numbers.
@@ -145,7 +146,7 @@ def _compute(embedder, todo, files, store, key, batch_size, workers, progress, w
         n = len(batch_hashes)
         if n == 0:
             return
-        out = embedder.run(batch)
+        out = embedder.run(batch if embedder.fixed_batch else batch[:n])
         extras = [k for k in embedder.outputs if k != "embedding"]
         for i, h in enumerate(batch_hashes):
             extra = _pack([out[k][i] for k in extras]) if extras else None

@@ -68,6 +68,9 @@ class Embedder:
     stat_layers: list[tuple[str, int]] = field(default_factory=list)  # (layer name, channels)
     bn_reference: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     runtime: str = "keras"
+    #: whether every batch must have the same size (Keras traces a graph per shape); the
+    #: TFLite model pads to its own fixed size, so a short last batch is run as it is
+    fixed_batch: bool = True
     #: the Keras embedder to switch to should the TFLite interpreter fail mid-run
     fallback: Callable[[], Embedder] | None = field(default=None, repr=False)
 
@@ -84,6 +87,7 @@ class Embedder:
                           f"({_one_line(exc)})", EmbedRuntimeWarning, stacklevel=2)  # fmt: skip
             keras_embedder = self.fallback()
             self.model, self.runtime, self.fallback = keras_embedder.model, keras_embedder.runtime, None
+            self.fixed_batch = keras_embedder.fixed_batch
             result = self.model.predict_on_batch(x)
         if not isinstance(result, (list, tuple)):
             result = [result]
@@ -236,7 +240,7 @@ def _load_lite0_tflite(backbone: Backbone, cache_dir: str | None) -> Embedder:
 
     model = rt.lite_model(key, cache_dir or default_cache_dir(), outputs, widths, backbone.input_size, keras_model)
     return Embedder(backbone, model, PREPROCESSORS["raw"], outputs, layers_info, reference, runtime="lite",
-                    fallback=lambda: backbone.embedder(cache_dir, "keras"))  # fmt: skip
+                    fixed_batch=False, fallback=lambda: backbone.embedder(cache_dir, "keras"))  # fmt: skip
 
 
 def _channel_moments_layer():
