@@ -51,8 +51,8 @@ EngineOpt = Annotated[
     str,
     typer.Option(callback=_engine, metavar="local|ray",
                  help="Where the per-image work runs: local (worker processes here) or ray (a Ray cluster: "
-                 "$RAY_ADDRESS, else one `ray start --head` started here, else a local instance of --workers "
-                 "CPUs; needs pip install 'image-auditor[ray]'). Same outputs either way."),
+                 "$RAY_ADDRESS, else a local instance, of --workers CPUs if given; needs pip install "
+                 "'image-auditor[ray]'). Same outputs either way."),
 ]  # fmt: skip
 
 

@@ -134,11 +134,12 @@ class EmbedRun:
 class RayEngine:
     """Where and how the per-image work runs on Ray.
 
-    ``address``: the cluster (default ``$RAY_ADDRESS``; without it, a cluster that
-    ``ray start --head`` started on this machine, else a new local instance). ``workers``: with
-    no address, the CPUs of a new local instance (``--workers``); with one, the most measure
-    tasks at a time. ``embed_actors`` / ``gpus_per_actor``: the embedding pool [default: one
-    actor per GPU of the cluster with one GPU each; without GPUs one actor per 4 CPUs].
+    ``address``: the cluster (default ``$RAY_ADDRESS``; ``"auto"``: the one ``ray start --head``
+    started on this machine). ``workers``: with no address, the CPUs of a new local instance
+    (``--workers``; without it, Ray's default: a cluster started on this machine, else a new
+    instance of every CPU); with an address, the most measure tasks at a time.
+    ``embed_actors`` / ``gpus_per_actor``: the embedding pool [default: one actor per GPU of
+    the cluster with one GPU each; without GPUs one actor per 4 CPUs].
     ``measure``: the function the workers run on a list of paths (:func:`measure_records`).
     """
 
