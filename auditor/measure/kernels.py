@@ -341,15 +341,16 @@ def _colour_stats(moments: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray) -> float:
-    """measure.noise_sigma per channel, averaged, from the compiled per-block values (the
-    quantile in numpy; images too small for the block estimator use the reference)."""
+    """measure.measure_pixels' noise sigma: per channel the smaller of the block estimate
+    (from the compiled per-block values; the quantile in numpy; images too small for it use
+    the reference) and the patch-PCA estimate, averaged over the channels."""
     if sig.shape[1] * sig.shape[2] < 16:
-        return float(np.mean([m.noise_sigma(p) for p in m.rgb_planes(rgb)]))
+        return float(np.mean([m.plane_noise_sigma(p) for p in m.rgb_planes(rgb)]))
     values = []
     for c in range(3):
         usable = sig[c][(mean[c] > 8.0) & (mean[c] < 247.0)]
-        if usable.size >= 8:
-            values.append(float(np.quantile(usable, m.NOISE_QUANTILE) / m.NOISE_CORRECTION))
-        else:
-            values.append(m.noise_sigma(np.ascontiguousarray(rgb[..., c], dtype=np.float32)))
+        block = float(np.quantile(usable, m.NOISE_QUANTILE) / m.NOISE_CORRECTION) if usable.size >= 8 else None
+        if block is None:
+            block = m.noise_sigma(np.ascontiguousarray(rgb[..., c], dtype=np.float32))
+        values.append(m.plane_noise_sigma(rgb[..., c], block))  # the PCA gathers its patches from uint8
     return float(np.mean(values))
