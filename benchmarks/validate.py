@@ -45,10 +45,14 @@ from auditor.pipeline.api import scan  # noqa: E402
 
 #: Domains whose images are stored as JPEG (photographs); the rest as PNG, as they ship.
 JPEG_DOMAINS = {"photos"}
+#: Where each domain's injected outliers (off-topic images) come from: another domain's images.
+FOREIGN = {"photos": "documents", "digits": "photos", "products": "photos", "textures": "digits",
+           "documents": "photos", "small_color": "documents", "digits_8x8": "photos"}  # fmt: skip
 GOALS = {"corrupt": (0.95, 0.9), "exact_duplicate": (0.95, 0.9), "leakage": (0.95, 0.9),
          "near_duplicate": (0.95, 0.9), "crop_copy": (0.8, 0.9), "mirror_copy": (0.8, 0.9),
          "label_conflict": (0.95, 0.9), "dark": (0.95, 0.9), "bright": (0.95, 0.9),
-         "low_resolution": (0.95, 0.9), "noisy": (0.95, 0.9), "blurry": (0.9, 0.9)}  # fmt: skip
+         "low_resolution": (0.95, 0.9), "noisy": (0.95, 0.9), "blurry": (0.9, 0.9),
+         "outlier": (0.8, 0.9)}  # fmt: skip
 
 
 def part_images(domain: str, part: str, n: int, seed: int) -> list:
@@ -64,7 +68,8 @@ def run_domain(domain: str, args) -> dict:
     images = part_images(domain, args.part, args.images, args.seed)
     fmt = "jpg" if domain in JPEG_DOMAINS else "png"
     root = Path(args.data) / args.part / domain
-    dirs = build_versions(images, root, fmt=fmt, seed=args.seed)
+    foreign = [img for _, img in part_images(FOREIGN[domain], args.part, 40, args.seed)]
+    dirs = build_versions(images, root, fmt=fmt, seed=args.seed, foreign=foreign)
     out: dict = {"domain": domain, "images": len(images)}
     for version, folder in dirs.items():
         t = time.perf_counter()

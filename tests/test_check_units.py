@@ -735,6 +735,18 @@ def test_outlier_flags_an_image_far_from_its_own_class():
     assert found[0].score == pytest.approx(found[0].details["class_knn_distance"])
 
 
+def test_above_gap_takes_what_stands_apart_and_nothing_from_a_smooth_tail():
+    from auditor.checks.embedding import above_gap
+
+    smooth = pd.Series(np.linspace(3.4, -1.0, 45))  # a long tail, steps of 0.1
+    assert not above_gap(smooth, 2.5, 0.75).any()
+    one = pd.Series([0.1, 2.8, 1.7, 1.6, 0.3, np.nan])  # one value 1.1 above the next
+    assert above_gap(one, 2.5, 0.75).tolist() == [False, True, False, False, False, False]
+    group = pd.Series([9.0, 8.5, 8.8, 2.9, 2.6, 2.3, 2.0, 1.8])  # a group far beyond a tail
+    assert above_gap(group, 2.5, 0.75).tolist() == [True] * 3 + [False] * 5
+    assert not above_gap(pd.Series([2.0, 0.0]), 2.5, 0.75).any()  # the gap is below the start
+
+
 def test_outlier_skips_and_leaves_unembedded_rows_alone():
     records, vectors = _clusters(15, ("cat", "dog"))
     ctx = context(frame(records))

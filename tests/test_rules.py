@@ -167,7 +167,7 @@ def test_presets_load(preset):
 def test_integers_accepted_for_numbers_and_limits_range_checked(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text("schema: auditor.rules/1\nextends: default\nchecks:\n  outlier: {severity: warning, "
-                  "params: {neighbours: 5, robust_z: 4, min_distance: 0.3}}\n")  # fmt: skip
+                  "params: {neighbours: 5, robust_z: 4, min_distance_ratio: 2}}\n")  # fmt: skip
     assert load_rules(ok).checks["outlier"].params["robust_z"] == 4
     for gate, match in (("{max_count: -5}", "max_count: expected an integer >= 0"),
                         ("{max_fraction: 7}", r"max_fraction: expected a number in \[0, 1\]")):  # fmt: skip

@@ -29,12 +29,41 @@ def _class_distance(vectors: np.ndarray, labels: pd.Series, k: int) -> np.ndarra
     return out
 
 
-@register("outlier", "embeddings", {"neighbours": AT_LEAST_ONE, "robust_z": POSITIVE, "min_distance": Real(0, 2)})
+def above_gap(z: pd.Series, start: float, gap: float) -> pd.Series:
+    """The rows of the upper tail that stand apart: sorted from the largest down, every value
+    above the lowest one that exceeds ``start`` and is at least ``gap`` above the next value
+    down. A smooth tail (no such gap) gives none; one image, or a small group, far beyond the
+    rest gives those. NaN counts as low."""
+    values = z.fillna(-np.inf).to_numpy(float)
+    order = np.argsort(-values, kind="stable")
+    ranked = values[order]
+    top = 0
+    for j in range(len(ranked) - 1):
+        if ranked[j] <= start:
+            break
+        if ranked[j] - ranked[j + 1] >= gap:
+            top = j + 1
+    out = np.zeros(len(values), bool)
+    out[order[:top]] = True
+    return pd.Series(out, index=z.index)
+
+
+@register(
+    "outlier",
+    "embeddings",
+    {"neighbours": AT_LEAST_ONE, "robust_z": POSITIVE, "tail_z": POSITIVE, "tail_gap": POSITIVE,
+     "class_robust_z": POSITIVE, "min_distance_ratio": Real(0, 100)},
+)  # fmt: skip
 def outlier(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images far from everything else in the backbone's feature space: the mean cosine
     distance to their ``neighbours`` nearest images is ``robust_z`` robust SDs above the
-    dataset's median and above ``min_distance``; for labeled data also far from the nearest
-    images of their own class (a wrong-class or off-topic image). Score: the distance
+    dataset's median, or more than ``tail_z`` and set apart from every image below it by a gap
+    of ``tail_gap`` robust SDs (:func:`above_gap`: in a varied set of photos one digit stands
+    2.8 SDs out, while the long smooth tail of a set of textures reaches 3.2 without any image
+    standing apart); and at least ``min_distance_ratio`` x that median (a relative floor: a
+    cosine distance means something else for 8-px digits than for photos). For labeled data
+    also far from the nearest images of their own class (``class_robust_z`` above the class
+    distances' median, the same floor): a wrong-class or off-topic image. Score: the distance
     (0..2, cosine distance)."""
     got = ctx.ok_vectors()
     if got is None:
@@ -49,8 +78,9 @@ def outlier(ctx: CheckContext, params: dict) -> list[Finding]:
     z = robust_z(dist)
     class_dist = pd.Series(_class_distance(vectors, t["label"].where(mask), k))
     class_z = robust_z(class_dist) if class_dist.notna().sum() >= 2 else pd.Series(np.nan, index=class_dist.index)
-    far = (z > params["robust_z"]) & (dist > params["min_distance"])
-    far_class = (class_z > params["robust_z"]) & (class_dist > params["min_distance"])
+    floor = params["min_distance_ratio"] * float(dist.median())
+    far = ((z > params["robust_z"]) | above_gap(z, params["tail_z"], params["tail_gap"])) & (dist > floor)
+    far_class = (class_z > params["class_robust_z"]) & (class_dist > floor)
     flagged = np.flatnonzero((far | far_class).fillna(False).to_numpy())
     out = []
     for i in flagged:

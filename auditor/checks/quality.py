@@ -199,6 +199,7 @@ def _share(flag: pd.Series) -> float:
         "always_below": FRACTION,
         "dataset_soft_below": FRACTION,
         "min_side_px": Int(3),
+        "max_fine_ratio": Real(0, 1),
     },
 )
 def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
@@ -206,7 +207,9 @@ def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
     contrast survives a further 3-pixel blur) more than ``robust_z`` robust SDs below its
     peers' (:func:`peer_z`) and the sharpness (the same with an 11-pixel blur) more than
     ``confirm_z`` below its peers' too: both scales must agree, so one smooth tile among
-    textured ones is not called blurred. An image with sharpness below ``always_below`` is
+    textured ones is not called blurred; and the fine sharpness at most ``max_fine_ratio`` x
+    the peers' median (where peers agree closely, as tiles of one lawn do, a 10% softer tile
+    is many SDs off but not blurred). An image with sharpness below ``always_below`` is
     flagged unless the dataset's median sharpness is below ``dataset_soft_below``; such a
     dataset gets one dataset-level finding instead (uniformly soft, e.g. upscaled). Score:
     1 - fine sharpness. Images under ``min_side_px`` are not judged (no edges to measure)."""
@@ -219,7 +222,12 @@ def blurry(ctx: CheckContext, params: dict) -> list[Finding]:
     med = float(s.median())
     flag = (s < params["always_below"]) & (med >= params["dataset_soft_below"])
     if ctx.relative_ok(len(t)):
-        flag |= (peer_z(ctx, t, fine) < -params["robust_z"]) & (peer_z(ctx, t, s) < -params["confirm_z"])
+        peers_fine = peer_center(ctx, t, fine)
+        flag |= (
+            (peer_z(ctx, t, fine) < -params["robust_z"])
+            & (peer_z(ctx, t, s) < -params["confirm_z"])
+            & (fine <= params["max_fine_ratio"] * peers_fine)
+        )
     fine_med = float(fine.median())
     out = _findings(
         "blurry",

@@ -42,10 +42,13 @@ DEFECTS: dict[str, str] = {
     "low_resolution": "low_resolution",
     "noisy": "noisy",
     "blurry": "blurry",
+    "outlier": "outlier",  # an image of another domain (in this domain's size and colour mode / as is)
 }
 #: Defects that copy a clean train image (the original counts as correctly flagged too).
 COPY_DEFECTS = ("exact_duplicate", "leakage", "near_duplicate", "crop_copy", "mirror_copy", "label_conflict")
 QUALITY_DEFECTS = ("corrupt", "dark", "bright", "low_resolution", "noisy", "blurry")
+#: Defects made from ``foreign`` images (another domain's), injected only when some are given.
+FOREIGN_DEFECTS = ("outlier",)
 
 
 def as_rgb(img: np.ndarray) -> np.ndarray:
@@ -105,6 +108,18 @@ def make_defect(defect: str, strength: int, rgb: np.ndarray, fmt: str, seed: int
     raise ValueError(f"not a quality defect: {defect}")
 
 
+def make_foreign(img: np.ndarray, peer: np.ndarray, strength: int, fmt: str) -> bytes:
+    """An off-topic image filed under a class: ``img`` (another domain's) at the size of
+    ``peer`` (a clean image of this domain), in ``peer``'s colour mode (strength 1: a gray
+    photo among gray digits) or in its own (strength 2)."""
+    h, w = peer.shape[:2]
+    rgb = np.asarray(Image.fromarray(as_rgb(img)).resize((w, h), Image.Resampling.BICUBIC))
+    gray_peer = np.array_equal(peer[..., 0], peer[..., 1]) and np.array_equal(peer[..., 0], peer[..., 2])
+    if strength == 1 and gray_peer:
+        rgb = as_rgb(np.asarray(Image.fromarray(rgb).convert("L")))
+    return encode_image(rgb, fmt)
+
+
 def make_copy(defect: str, strength: int, rgb: np.ndarray, original: bytes) -> tuple[bytes, str]:
     """(bytes, extension) of one injected copy of a clean image (``original``: its file)."""
     if defect in ("exact_duplicate", "leakage", "label_conflict") and strength == 1:
@@ -135,11 +150,13 @@ def build_versions(
     per_strength: int | None = None,
     flip_fraction: float = 0.05,
     seed: int = 0,
+    foreign: Sequence[np.ndarray] = (),
 ) -> dict[str, Path]:
     """Write ``out/clean``, ``out/injected`` and ``out/flipped`` from ``images`` (label, uint8
     image) and return their folders. ``n_clean`` images form the clean set (default: all but
     the spares the quality defects need); ``per_strength`` files per defect and strength
-    (default: 1% of the clean set, at least 2)."""
+    (default: 1% of the clean set, at least 2). ``foreign``: images of another domain, from
+    which the ``outlier`` defect is made (none given: no outliers injected)."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -174,10 +191,22 @@ def build_versions(
     train = [c for c in clean if c[1] == "train"]
     labels = sorted({c[2] for c in clean})
     copy_order = iter(rng.permutation(len(train)).tolist())
+    frng = np.random.default_rng([seed, 1])  # its own stream: the other versions stay as they were
+    foreign_order = iter(frng.permutation(len(foreign)).tolist())
     for defect in DEFECTS:
+        if defect in FOREIGN_DEFECTS and len(foreign) < 2 * per_strength:
+            continue
         for strength in (1, 2):
             for j in range(per_strength):
                 name = f"{defect}_s{strength}_{j:02d}"
+                if defect in FOREIGN_DEFECTS:
+                    _, _, label, peer = clean[int(frng.integers(len(clean)))]
+                    split = "val" if j % 5 == 4 else "train"
+                    data = make_foreign(foreign[next(foreign_order)], peer, strength, fmt)
+                    rel = f"{split}/{label}/{name}{ext}"
+                    synth.write(inj / rel, data)
+                    truth.append({"path": rel, "defect": defect, "strength": strength, "original": ""})
+                    continue
                 if defect in QUALITY_DEFECTS:
                     label, img = images[spare_idx.pop()]
                     split = "val" if j % 5 == 4 else "train"
@@ -257,6 +286,9 @@ def score_injected(report: dict, truth: list[dict]) -> list[dict]:
         # every injected copy and its original is a copy: a byte copy filed under another
         # class in train is also an exact duplicate there
         related[check] |= copies
+    # an image the backbone sees far from everything is an outlier whether it is off-topic or
+    # broken: a noisy or 5x downscaled glyph is (the check says "off-topic, wrong-class or broken")
+    related["outlier"] |= {r["path"] for r in truth if r["defect"] in QUALITY_DEFECTS}
     rows = []
     for defect, check in DEFECTS.items():
         got = flagged.get(check, set())
