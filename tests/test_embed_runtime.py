@@ -70,7 +70,7 @@ def test_lite_outputs_equal_keras_per_image(photos, embedders):
 def test_an_image_s_outputs_do_not_depend_on_its_batch(photos, embedders):
     lite, _, _ = embedders
     _, x = photos
-    whole = lite.run(x)  # 13 images: one full interpreter batch of 8, then 5 padded with zeros
+    whole = lite.run(x)
     order = np.random.default_rng(0).permutation(len(x))
     shuffled = lite.run(x[order])
     alone = lite.run(x[4:5])
@@ -88,8 +88,11 @@ def test_outputs_do_not_depend_on_how_the_cores_are_shared(photos, embedders):
     widths = {"embedding": 1280, "probs": 1000, "bn_stats": 6240}
     one = rt.LiteModel(data, lite.outputs, widths, 224, interpreters=1, threads=2).predict_on_batch(x)
     two = rt.LiteModel(data, lite.outputs, widths, 224, interpreters=3, threads=1).predict_on_batch(x)
-    for a, b in zip(one, two, strict=True):
+    # chunks of 5 images, the last (13 = 5 + 5 + 3) padded with zeros
+    padded = rt.LiteModel(data, lite.outputs, widths, 224, batch=5, interpreters=2).predict_on_batch(x)
+    for a, b, c in zip(one, two, padded, strict=True):
         assert np.array_equal(a, b)
+        assert np.array_equal(a, c)
 
 
 def test_embed_files_batch_size_and_runtime_share_the_cache(photos, embedders):
