@@ -73,11 +73,11 @@ def correct(model_path: Path, folder: Path, classes: list[str], size: int) -> tu
     import keras
 
     from auditor.io.dataset import discover
-    from auditor.pipeline.finetune import _load_images
+    from auditor.pipeline.finetune import image_dataset
 
     model = keras.saving.load_model(model_path, safe_mode=True)
     items = discover(folder).items
-    x = _load_images(list(items["abs_path"]), size)
+    x = image_dataset(list(items["abs_path"]), None, size, 64, skip_unreadable=False)  # streamed, in order
     pred = model.predict(x, verbose=0).argmax(axis=1)
     truth = np.array([classes.index(c) for c in items["label"]])
     return list(items["path"]), pred == truth

@@ -12,6 +12,12 @@ Seeded; ``MODEL_DIR`` gets ``model.keras``, ``history.json``, ``evaluation.json`
 validation image: path, true and predicted class, confidence). With ``tune``, a KerasTuner search
 (:mod:`auditor.pipeline.tune`) picks the learning rate, L2, dropout and the number of unfrozen
 blocks first, and the model is trained with the winner; ``evaluation.json`` gains ``tuning``.
+
+Memory does not grow with the dataset: images are streamed (:func:`image_dataset`: a
+``tf.data`` pipeline from the file paths, decoded by the project's one decoder a few batches
+ahead of the model), and the frozen phase's features go to a file in the model folder
+(removed afterwards) written and read in blocks. A file that cannot be decoded is left out of
+training and evaluation (``evaluation.json`` counts and names them under ``unreadable``).
 """
 
 from __future__ import annotations
@@ -163,6 +169,15 @@ def _decode(path: bytes, size: int, unreadable: dict[str, str]) -> tuple[np.ndar
     return pixels, np.bool_(True)
 
 
+def _decode_batch(paths: np.ndarray, size: int, unreadable: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_decode` for a batch of paths: (uint8 (b, size, size, 3), ok (b,))."""
+    images = np.zeros((len(paths), size, size, 3), np.uint8)
+    ok = np.zeros(len(paths), bool)
+    for i, path in enumerate(paths):
+        images[i], ok[i] = _decode(path, size, unreadable)
+    return images, ok
+
+
 def image_dataset(
     paths: list[str],
     labels: np.ndarray | None,
@@ -175,12 +190,15 @@ def image_dataset(
     unreadable: dict[str, str] | None = None,
 ):
     """A ``tf.data`` stream of the images in ``paths``: list -> (shuffle the paths, seeded, a
-    new order each epoch) -> decode and resize in parallel, in order (:func:`_decode`) -> batch
-    -> prefetch. Yields (uint8 (b, size, size, 3), int32 labels (b,)) batches, or images alone
-    when ``labels`` is None; only a few batches are ever decoded at once. Files that cannot be
-    decoded are left out (``skip_unreadable``) or zeros (to keep rows aligned with ``paths``),
-    their reasons recorded in ``unreadable`` (path -> reason) as they are met. Augmentation
-    is in the model (Keras layers, active only while training), so the saved model has it too."""
+    new order each epoch) -> batch the paths -> decode and resize (:func:`_decode`; batches in
+    parallel, delivered in order) -> prefetch. Yields (uint8 (b, size, size, 3), int32 labels
+    (b,)) batches, or images alone when ``labels`` is None; only a few batches are ever decoded
+    at once. Files that cannot be decoded are left out (``skip_unreadable``: a batch may then
+    be smaller) or zeros (to keep rows aligned with ``paths``), their reasons recorded in
+    ``unreadable`` (path -> reason) as they are met. One decoding call per batch, not per
+    image: TensorFlow's per-element overhead would double the time of a 32 px fine-tune.
+    Augmentation is in the model (Keras layers, active only while training), so the saved
+    model has it too."""
     import tensorflow as tf
 
     found = {} if unreadable is None else unreadable
@@ -190,24 +208,21 @@ def image_dataset(
     )
     if shuffle:  # the paths, not the pixels: the buffer holds names
         ds = ds.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
-    decode = functools.partial(_decode, size=size, unreadable=found)
+    decode = functools.partial(_decode_batch, size=size, unreadable=found)
 
-    plain = tf.autograph.experimental.do_not_convert  # plain graph code: AutoGraph would write temporary files
+    @tf.autograph.experimental.do_not_convert  # plain graph code: AutoGraph would write temporary files
+    def load(batch, label):
+        images, ok = tf.numpy_function(decode, [batch], [tf.uint8, tf.bool], name="decode")
+        images.set_shape((None, size, size, 3))
+        ok.set_shape((None,))
+        if skip_unreadable:
+            images, label = tf.boolean_mask(images, ok), tf.boolean_mask(label, ok)
+        return images if labels is None else (images, label)
 
-    @plain
-    def load(path, label):
-        image, ok = tf.numpy_function(decode, [path], [tf.uint8, tf.bool], name="decode")
-        image.set_shape((size, size, 3))
-        ok.set_shape(())
-        return image, label, ok
-
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if skip_unreadable:
-        ds = ds.filter(plain(lambda image, label, ok: ok))
-    ds = ds.map(
-        plain(lambda image, label, ok: image) if labels is None else plain(lambda image, label, ok: (image, label))
-    )
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if skip_unreadable:  # a batch of nothing but unreadable files would be an empty step
+        ds = ds.filter(tf.autograph.experimental.do_not_convert(lambda *batch: tf.shape(batch[0])[0] > 0))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 class _FeatureFile:
