@@ -224,21 +224,9 @@ def _load_lite0(backbone: Backbone, cache_dir: str | None) -> Embedder:
 
 
 def _load_lite0_tflite(backbone: Backbone, cache_dir: str | None) -> Embedder:
-    """EfficientNet-Lite0 on the TFLite interpreter: the converted model from the cache, or
-    converted now from the Keras embedder (which is then kept for ``runtime="keras"``)."""
-    from auditor.embed.backbones import efficientnet_lite as lite
-    from auditor.embed.backbones import lite_runtime as rt
-    from auditor.io.store import default_cache_dir
+    from auditor.embed.backbones.lite_runtime import load_lite0
 
-    layers_info, reference = lite.reference_statistics()
-    outputs = ("embedding", "probs", "bn_stats")
-    widths = {"embedding": 1280, "probs": 1000, "bn_stats": 2 * sum(c for _, c in layers_info)}
-    key = rt.model_key(backbone.id, _digest(lite.packaged_weights_path()))
-
-    def keras_model():
-        return backbone.embedder(cache_dir, "keras").model
-
-    model = rt.lite_model(key, cache_dir or default_cache_dir(), outputs, widths, backbone.input_size, keras_model)
+    model, outputs, layers_info, reference = load_lite0(backbone, cache_dir)
     return Embedder(backbone, model, PREPROCESSORS["raw"], outputs, layers_info, reference, runtime="lite",
                     fixed_batch=False, fallback=lambda: backbone.embedder(cache_dir, "keras"))  # fmt: skip
 

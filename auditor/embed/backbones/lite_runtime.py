@@ -326,3 +326,24 @@ def lite_model(
         raise ValueError(f"converted model disagrees with Keras (least cosine {bad}, need {MIN_COSINE})")
     save_model(path, key, data, checks)
     return model
+
+
+def load_lite0(backbone, cache_dir: str | None) -> tuple[LiteModel, tuple[str, ...], list, dict]:
+    """EfficientNet-Lite0 on the TFLite interpreter: ``(model, outputs, stat layers, their
+    ImageNet running statistics)``, the model from the cache or converted now from
+    ``backbone``'s Keras embedder (``backbone.embedder(cache_dir, "keras")``, then kept for
+    that runtime)."""
+    from auditor.embed.backbones import efficientnet_lite as lite
+    from auditor.io.decode import file_digest
+    from auditor.io.store import default_cache_dir
+
+    layers_info, reference = lite.reference_statistics()
+    outputs = ("embedding", "probs", "bn_stats")
+    widths = {"embedding": 1280, "probs": 1000, "bn_stats": 2 * sum(c for _, c in layers_info)}
+    key = model_key(backbone.id, file_digest(lite.packaged_weights_path(), digest_size=8))
+
+    def keras_model():
+        return backbone.embedder(cache_dir, "keras").model
+
+    model = lite_model(key, cache_dir or default_cache_dir(), outputs, widths, backbone.input_size, keras_model)
+    return model, outputs, layers_info, reference
