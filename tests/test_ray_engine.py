@@ -31,12 +31,16 @@ from auditor.pipeline.ray_engine import EngineWarning
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def _need_ray() -> None:
     if not os.environ.get("AUDITOR_REQUIRE_RAY"):  # .ci/run sets it: there these tests cannot skip
         pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'image-auditor[ray]'")
-    import ray
     import ray.data  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    _need_ray()
+    import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
@@ -148,3 +152,18 @@ def test_engine_ray_without_ray_exits_2_saying_how_to_install_it(tmp_path):
 def test_unknown_engine_is_a_usage_error(tmp_path):
     res = runner.invoke(app, ["scan", str(tmp_path), "--engine", "spark"])
     assert res.exit_code == 2
+
+
+def test_a_cluster_address_nobody_answers_is_an_input_error(tmp_path):
+    """Ray itself would try to connect for minutes; the scan says so at once."""
+    _need_ray()
+    from PIL import Image
+
+    (tmp_path / "ds").mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "ds" / "a.png")
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}
+    cmd = [sys.executable, "-m", "auditor", "scan", str(tmp_path / "ds"), "--engine", "ray", "--no-embed",
+           "--no-cache", "--out", str(tmp_path / "o")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no Ray cluster answers at 127.0.0.1:1" in proc.stderr

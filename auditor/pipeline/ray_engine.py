@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -162,6 +163,8 @@ class RayEngine:
         kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         if address is None and self.workers is not None:
             address, kwargs["num_cpus"] = "local", self.workers  # a new instance of that size
+        if address is not None:
+            _answers(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -190,6 +193,19 @@ class RayEngine:
         import ray
 
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _answers(address: str) -> None:
+    """EngineError at once where nothing listens at a ``host:port`` address (Ray would keep
+    trying to connect for minutes); other forms (``auto``, ``local``) are Ray's to resolve."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise EngineError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): start one with "
+                          "`ray start --head`, or correct RAY_ADDRESS") from None  # fmt: skip
 
 
 def _todo_files(paths: list[str], store: Store, version: int) -> tuple[list[str], dict[str, tuple[int, int]]]:
