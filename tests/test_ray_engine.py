@@ -93,6 +93,13 @@ def test_ray_engine_writes_the_local_report_without_embeddings(cluster, datasets
     _engines_agree(datasets[name], tmp_path, "--no-embed")
 
 
+def test_workers_compute_as_the_driver_environment_says(cluster, datasets, tmp_path, monkeypatch):
+    """AUDITOR_NO_JIT=1 on the driver: the workers use the numpy measurements too (they differ
+    from the compiled ones in the last float32 bits, which report.json shows)."""
+    monkeypatch.setenv("AUDITOR_NO_JIT", "1")
+    _engines_agree(datasets["coco"], tmp_path, "--no-embed")
+
+
 def _crash_once(marker: str):
     """A measure function whose first call kills its worker process (and leaves ``marker``)."""
     from auditor.pipeline.ray_engine import measure_records

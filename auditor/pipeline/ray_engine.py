@@ -49,6 +49,10 @@ ENGINES = ("local", "ray")
 #: What to run where Ray is missing.
 INSTALL_HINT = "pip install 'image-auditor[ray]'"
 
+#: Environment variables that change what a worker computes (the numpy measurements instead of
+#: the compiled ones; the embedding runtime): the workers get the driver's values.
+RESULT_ENV = ("AUDITOR_NO_JIT", "AUDITOR_EMBED_RUNTIME")
+
 #: One measured file, as a worker returns it: (path, content hash or None, properties, thumbnail).
 Record = tuple[str, str | None, dict, bytes | None]
 ProgressFn = Callable[[int], None]
@@ -195,6 +199,12 @@ class RayEngine:
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def _runtime_env() -> dict | None:
+    """The driver's :data:`RESULT_ENV` for the workers (None when it sets none of them)."""
+    env = {k: os.environ[k] for k in RESULT_ENV if k in os.environ}
+    return {"env_vars": env} if env else None
+
+
 def _answers(address: str) -> None:
     """EngineError at once where nothing listens at a ``host:port`` address (Ray would keep
     trying to connect for minutes); other forms (``auto``, ``local``) are Ray's to resolve."""
@@ -285,6 +295,7 @@ def measure_into_store(
         with _named_args_to_come():
             ds = ds.map_batches(_measure_block, batch_size=None, batch_format="pyarrow", num_cpus=1,
                                 concurrency=engine.workers if joined else None, max_retries=engine.max_retries,
+                                runtime_env=_runtime_env(),
                                 fn_kwargs={"options": options, "measure": engine.measure})  # fmt: skip
         try:
             for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -345,7 +356,7 @@ def embed_into_store(
                                  override_num_blocks=max(1, math.ceil(len(todo) / per_call)))  # fmt: skip
         with _named_args_to_come():
             ds = ds.map_batches(EmbedActor, batch_size=per_call, batch_format="pyarrow", concurrency=actors,
-                                num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
+                                num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None, runtime_env=_runtime_env(),
                                 fn_constructor_kwargs={"backbone": backbone, "batch_size": batch_size,
                                                        "cache_dir": cache_dir},
                                 max_restarts=engine.max_retries, max_task_retries=engine.max_retries)  # fmt: skip
