@@ -201,6 +201,32 @@ def _noise_blocks(rgb, block, sig, mean):
                 mean[c, bi, bj] = sm / n
 
 
+@njit(nogil=True)
+def _pca_patches(rgb, step, x):
+    """measure.pca_noise_sigma's patches of each channel, centred: ``x`` float64 (3, n, 16),
+    row k of channel c the flattened 4x4 patch at the k-th point of the ``step`` grid. The
+    same numbers as numpy's gather, mean and subtraction: the column sums are exact
+    integers, divided once (as ``mean`` does)."""
+    _, n, _ = x.shape
+    h, w = rgb.shape[0], rgb.shape[1]
+    sums = np.zeros(16, np.int64)
+    for c in range(3):
+        sums[:] = 0
+        k = 0
+        for y in range(0, h - 3, step):
+            for xx in range(0, w - 3, step):
+                for a in range(4):
+                    for b in range(4):
+                        v = rgb[y + a, xx + b, c]
+                        x[c, k, 4 * a + b] = v
+                        sums[4 * a + b] += v
+                k += 1
+        for col in range(16):
+            mean = np.float64(sums[col]) / n
+            for k in range(n):
+                x[c, k, col] -= mean
+
+
 def _jit_cached(fn, cache_dir: str | os.PathLike | None):
     """``njit`` with numba's on-disk cache under ``cache_dir`` (or the user's
     ``NUMBA_CACHE_DIR``); uncached where that cannot be written (then each process compiles,
@@ -227,12 +253,13 @@ def _jit_cached(fn, cache_dir: str | os.PathLike | None):
     return compiled
 
 
-def _measure(rgb, block, fine):
+def _measure(rgb, block, fine, pca_step):
     """Every compiled measurement of one image: (gray_u8, luma histogram, spread
     histogram, colour moments, [sharp m1, kept] per axis for the 11- and the ``fine``-pixel
     re-blur, Laplacian sums, Haar energies,
-    noise block RMS and means). The one entry point, and the only function numba caches:
-    the helpers are compiled into it."""
+    noise block RMS and means, the centred PCA patches of each channel on the ``pca_step``
+    grid (3, n, 16), n = 0 for images under 8 px a side). The one entry point, and the only
+    function numba caches: the helpers are compiled into it."""
     h, w = rgb.shape[0], rgb.shape[1]
     gray = np.empty((h, w), np.float32)
     gray_u8 = np.empty((h, w), np.uint8)
@@ -257,7 +284,13 @@ def _measure(rgb, block, fine):
     sig = np.empty((3, bh, bw), np.float64)
     mean = np.empty((3, bh, bw), np.float64)
     _noise_blocks(rgb, block, sig, mean)
-    return gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean
+    n_pca = 0
+    if min(h, w) >= 8:  # 2 * pixels.PCA_PATCH
+        n_pca = ((h - 3 + pca_step - 1) // pca_step) * ((w - 3 + pca_step - 1) // pca_step)
+    patches = np.empty((3, n_pca, 16), np.float64)
+    if n_pca:
+        _pca_patches(rgb, pca_step, patches)
+    return gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean, patches
 
 
 _COMPILED: list = []  # [the compiled _measure], once this process has made it
@@ -286,7 +319,7 @@ def warm(cache_dir: str | os.PathLike | None = None) -> None:
     try:
         for writeable in (True, False):  # decoded images are read-only arrays: numba's other signature
             image.setflags(write=writeable)
-            kernel(image, m.NOISE_BLOCK, m.FINE_BLUR_SIZE)
+            kernel(image, m.NOISE_BLOCK, m.FINE_BLUR_SIZE, 1)
     except OSError:
         _COMPILED[0] = njit(nogil=True)(_measure)
         warm()
@@ -300,7 +333,10 @@ def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     n = h * w
     if not n:
         return m.measure_pixels(rgb), np.zeros((h, w), np.uint8)
-    gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean = _kernel()(rgb, m.NOISE_BLOCK, m.FINE_BLUR_SIZE)
+    step = m.pca_step(h, w) if min(h, w) >= 2 * m.PCA_PATCH else 1  # (no patches below that)
+    gray_u8, hist, spread_hist, moments, blur, lap, haar, sig, mean, patches = _kernel()(
+        rgb, m.NOISE_BLOCK, m.FINE_BLUR_SIZE, step
+    )
     mean_rgb, cov = _colour_stats(moments, n)
     luma = np.array([_WR, _WG, _WB], np.float64)
     out = {
@@ -321,7 +357,7 @@ def measure_rgb(rgb: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
         out["laplacian_var"] = max(lap[1] / lap[2] - mean_lap * mean_lap, 0.0)
     if min(h, w) >= 8:
         out["detail_ratio"] = float(np.log((haar[0] + 1e-3) / (haar[1] + 1e-3)))
-    out["noise_sigma"] = _noise(rgb, sig, mean)
+    out["noise_sigma"] = _noise(rgb, sig, mean, patches)
     out["channel_spread"] = m.hist_percentile(spread_hist, 99)
     rg, yb = np.array([1.0, -1.0, 0.0]), np.array([0.5, 0.5, -1.0])
     std_rg, std_yb = np.sqrt(max(rg @ cov @ rg, 0.0)), np.sqrt(max(yb @ cov @ yb, 0.0))
@@ -340,10 +376,12 @@ def _colour_stats(moments: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(s, np.float64) / n, cov
 
 
-def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray) -> float:
+def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray, patches: np.ndarray) -> float:
     """measure.measure_pixels' noise sigma: per channel the smaller of the block estimate
     (from the compiled per-block values; the quantile in numpy; images too small for it use
-    the reference) and the patch-PCA estimate, averaged over the channels."""
+    the reference) and the patch-PCA estimate (from the compiled centred patches; the
+    covariance and its eigenvalues in numpy, as the reference does), averaged over the
+    channels."""
     if sig.shape[1] * sig.shape[2] < 16:
         return float(np.mean([m.plane_noise_sigma(p) for p in m.rgb_planes(rgb)]))
     values = []
@@ -352,5 +390,6 @@ def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray) -> float:
         block = float(np.quantile(usable, m.NOISE_QUANTILE) / m.NOISE_CORRECTION) if usable.size >= 8 else None
         if block is None:
             block = m.noise_sigma(np.ascontiguousarray(rgb[..., c], dtype=np.float32))
-        values.append(m.plane_noise_sigma(rgb[..., c], block))  # the PCA gathers its patches from uint8
+        pca = m.pca_sigma_of_patches(patches[c])
+        values.append(block if np.isnan(pca) else min(block, pca))
     return float(np.mean(values))

@@ -212,15 +212,27 @@ def pca_noise_sigma(plane: np.ndarray) -> float:
     h, w = plane.shape
     if h < 2 * p or w < 2 * p:
         return float("nan")
-    ny, nx = h - p + 1, w - p + 1
-    step = max(1, int(np.ceil(np.sqrt(ny * nx / PCA_MAX_PATCHES))))
-    ys, xs, offs = np.arange(0, ny, step), np.arange(0, nx, step), np.arange(p)
-    patches = plane[(ys[:, None] + offs)[:, None, :, None], (xs[:, None] + offs)[None, :, None, :]]
-    x = patches.reshape(-1, p * p).astype(np.float64)
+    step = pca_step(h, w)
+    # every window (y, x, row, col) = plane[y + row, x + col]; the grid's, one per row of x
+    windows = np.lib.stride_tricks.sliding_window_view(plane, (p, p))[::step, ::step]
+    x = np.array(windows, dtype=np.float64).reshape(-1, p * p)
     x -= x.mean(axis=0)
+    return pca_sigma_of_patches(x)
+
+
+def pca_step(h: int, w: int) -> int:
+    """The grid step of :func:`pca_noise_sigma`'s patches in an ``h`` x ``w`` plane (at most
+    ``PCA_MAX_PATCHES`` of them)."""
+    ny, nx = h - PCA_PATCH + 1, w - PCA_PATCH + 1
+    return max(1, int(np.ceil(np.sqrt(ny * nx / PCA_MAX_PATCHES))))
+
+
+def pca_sigma_of_patches(x: np.ndarray) -> float:
+    """:func:`pca_noise_sigma` from its patches: ``x`` float64 (n, 16), one flattened 4x4
+    patch a row, each column minus its mean."""
     n = len(x)
     smallest = float(np.linalg.eigvalsh(x.T @ x / n)[0])
-    return float(np.sqrt(max(smallest, 0.0)) / (1.0 - np.sqrt(p * p / n)))
+    return float(np.sqrt(max(smallest, 0.0)) / (1.0 - np.sqrt(PCA_PATCH * PCA_PATCH / n)))
 
 
 def plane_noise_sigma(plane: np.ndarray, block_estimate: float | None = None) -> float:
