@@ -73,11 +73,13 @@ print(f"CV_TIMES {t1 - t0:.4f} {t2 - t1:.4f} {int(lab.issue_summary['num_images'
 # -- data --------------------------------------------------------------------------
 
 
-def make_images(folder: Path, n: int, seed: int) -> list[Path]:
-    """Write ``n`` JPEGs (random crops/resizes of the shipped photos) into ``folder``."""
+def make_images(folder: Path, n: int, seed: int, kind: str = "jpeg", sides: tuple[int, int] = (256, 640)) -> list[Path]:
+    """Write ``n`` images (random crops/resizes of the shipped photos) into ``folder``:
+    ``kind`` "jpeg" (longer side uniform in ``sides``, quality 70-95) or "png" (lossless)."""
     from auditor.demo import synth
 
-    expected = [folder / f"img_{i:05d}.jpg" for i in range(n)]
+    ext = {"jpeg": "jpg", "png": "png"}[kind]
+    expected = [folder / f"img_{i:05d}.{ext}" for i in range(n)]
     if folder.is_dir() and sorted(folder.iterdir()) == expected:
         return expected
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,14 +93,25 @@ def make_images(folder: Path, n: int, seed: int) -> list[Path]:
         ch, cw = (max(16, int(s * rng.uniform(0.3, 1.0))) for s in (h, w))
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         crop = photo[y : y + ch, x : x + cw]
-        long_side = int(rng.integers(256, 641))
+        long_side = int(rng.integers(sides[0], sides[1] + 1))
         scale = long_side / max(ch, cw)
         size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
         img = Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.LANCZOS)
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        path.write_bytes(synth.jpeg_bytes(np.asarray(img), quality=int(rng.integers(70, 96))))
+        if kind == "png":
+            img.save(path, "PNG")
+        else:
+            path.write_bytes(synth.jpeg_bytes(np.asarray(img), quality=int(rng.integers(70, 96))))
     return expected
+
+
+def data_folder(kind: str, sides: tuple[int, int], n: int) -> Path:
+    """The default folder of a data set: ``speed`` for the original one (1,000 JPEGs,
+    256-640 px), else named by its parameters (make_images only checks file names)."""
+    if (kind, sides, n) == ("jpeg", (256, 640), 1000):
+        return ROOT / "benchmarks" / "data" / "speed"
+    return ROOT / "benchmarks" / "data" / f"speed-{kind}-{sides[0]}-{sides[1]}-{n}"
 
 
 # -- runners -------------------------------------------------------------------------
@@ -179,7 +192,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "data" / "speed")
+    ap.add_argument("--kind", choices=("jpeg", "png"), default="jpeg", help="image format of the data set")
+    ap.add_argument("--sides", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                    help="longer side in px, uniform in [MIN, MAX] (default: 256 640 jpeg, 112 112 png)")  # fmt: skip
+    ap.add_argument("--data", type=Path, default=None, help="default: benchmarks/data/speed[-KIND-MIN-MAX-N]")
     ap.add_argument("--skip-rescan", action="store_true")
     ap.add_argument("--embed-rescan-repeats", type=int, default=1,
                     help="first/second default scans (with embeddings) of a train/val copy; 0 skips")  # fmt: skip
@@ -187,11 +203,13 @@ def main() -> None:
     if not BENCH_PY.exists():
         sys.exit(f"{BENCH_PY} missing: python3 -m venv .venv-bench && .venv-bench/bin/pip install cleanvision")
 
+    sides = tuple(args.sides or ((256, 640) if args.kind == "jpeg" else (112, 112)))
+    args.data = args.data or data_folder(args.kind, sides, args.n_images)
     t0 = time.perf_counter()
-    files = make_images(args.data, args.n_images, args.seed)
+    files = make_images(args.data, args.n_images, args.seed, args.kind, sides)
     mpx = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files) / 1e6
     mb = sum(f.stat().st_size for f in files) / 1e6
-    print(f"data: {len(files)} JPEGs in {args.data} ({mb:.1f} MB, {mpx:.1f} Mpx), "
+    print(f"data: {len(files)} {args.kind.upper()}s in {args.data} ({mb:.1f} MB, {mpx:.1f} Mpx), "
           f"ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)  # fmt: skip
     n = len(files)
 
@@ -223,7 +241,8 @@ def main() -> None:
     med = statistics.median
     a, c, cc = med(audit_t), med(cv_t), med(cv_call)
     fmt = lambda ts: ", ".join(f"{t:.2f}" for t in ts)  # noqa: E731
-    print(f"\n### Scan speed, {n} JPEGs ({mpx:.0f} Mpx), {args.workers} workers each, "
+    print(f"\n### Scan speed, {n} {args.kind.upper()}s, longer side {sides[0]}-{sides[1]} px ({mpx:.0f} Mpx), "
+          f"{args.workers} workers each, "
           f"median of {args.repeats} alternating runs\n")  # fmt: skip
     print("| tool | wall (s), median | runs (s) | images/s |")
     print("|---|---|---|---|")
