@@ -67,3 +67,27 @@ def test_scan_gives_the_same_properties_with_and_without_the_compiled_kernels(tm
     _assert_close({k: with_jit[1][k] for k in numeric}, numeric)
     exact = {k: v for k, v in without[1].items() if not isinstance(v, float)}
     assert {k: with_jit[1][k] for k in exact} == exact  # hashes, sizes, mode: identical
+
+
+def test_quantile_linear_is_numpys_quantile_bit_for_bit():
+    rng = np.random.default_rng(3)
+    for trial in range(3000):
+        values = rng.random(int(rng.integers(1, 400))) * 10.0 ** int(rng.integers(-2, 4))
+        if trial % 3 == 0:
+            values = np.round(values, 1)  # ties
+        for q in (0.0, 0.1, 0.5, 0.73, 1.0):
+            assert measure.quantile_linear(values, q) == np.quantile(values, q)
+
+
+def test_noise_pca_gathered_in_the_kernel_matches_the_reference_bit_for_bit():
+    rng = np.random.default_rng(4)
+    images = [synth.load_photo(n) for n in ("astronaut", "coffee")]
+    images += [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((16, 300), (33, 70), (112, 81))]
+    for rgb in images:
+        rgb = measure.downscale_to(rgb, 1024)
+        h, w = rgb.shape[:2]
+        step = measure.pca_step(h, w)
+        patches = kernels._kernel()(np.ascontiguousarray(rgb), measure.NOISE_BLOCK, measure.FINE_BLUR_SIZE, step)[-1]
+        batched = measure.pca_sigmas_of_patches(patches)
+        for c in range(3):
+            assert batched[c] == measure.pca_sigma_of_patches(patches[c]) == measure.pca_noise_sigma(rgb[..., c])

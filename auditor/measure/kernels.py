@@ -378,18 +378,20 @@ def _colour_stats(moments: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray, patches: np.ndarray) -> float:
     """measure.measure_pixels' noise sigma: per channel the smaller of the block estimate
-    (from the compiled per-block values; the quantile in numpy; images too small for it use
-    the reference) and the patch-PCA estimate (from the compiled centred patches; the
+    (from the compiled per-block values, their quantile as numpy's; images too small for it
+    use the reference) and the patch-PCA estimate (from the compiled centred patches; the
     covariance and its eigenvalues in numpy, as the reference does), averaged over the
     channels."""
     if sig.shape[1] * sig.shape[2] < 16:
         return float(np.mean([m.plane_noise_sigma(p) for p in m.rgb_planes(rgb)]))
+    pcas = m.pca_sigmas_of_patches(patches)
     values = []
     for c in range(3):
         usable = sig[c][(mean[c] > 8.0) & (mean[c] < 247.0)]
-        block = float(np.quantile(usable, m.NOISE_QUANTILE) / m.NOISE_CORRECTION) if usable.size >= 8 else None
-        if block is None:
+        if usable.size >= 8:
+            block = float(m.quantile_linear(usable, m.NOISE_QUANTILE) / m.NOISE_CORRECTION)
+        else:
             block = m.noise_sigma(np.ascontiguousarray(rgb[..., c], dtype=np.float32))
-        pca = m.pca_sigma_of_patches(patches[c])
+        pca = pcas[c]
         values.append(block if np.isnan(pca) else min(block, pca))
     return float(np.mean(values))

@@ -8,6 +8,8 @@ explanations. Inputs are numpy arrays: ``rgb`` is uint8 (H, W, 3); ``gray`` is f
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: Bump when any measurement changes meaning, so cached values are recomputed.
@@ -225,6 +227,32 @@ def pca_step(h: int, w: int) -> int:
     ``PCA_MAX_PATCHES`` of them)."""
     ny, nx = h - PCA_PATCH + 1, w - PCA_PATCH + 1
     return max(1, int(np.ceil(np.sqrt(ny * nx / PCA_MAX_PATCHES))))
+
+
+def quantile_linear(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (the default "linear" method) for a 1-D float array without
+    NaN, computed the way numpy does (same bits; a test compares them) in a fifth of the
+    time on the few dozen values of an image's noise blocks."""
+    s = np.sort(values)
+    n = len(s)
+    virtual = (n - 1) * q
+    if virtual >= n - 1:
+        return s[-1]
+    i = math.floor(virtual)
+    gamma = virtual - i
+    a, b = s[i], s[i + 1]
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+def pca_sigmas_of_patches(x: np.ndarray) -> list[float]:
+    """:func:`pca_sigma_of_patches` of each of a stack of patch sets, ``x`` (k, n, 16): one
+    batched product and eigenvalue call, the same numbers (numpy runs the same BLAS and
+    LAPACK routine on each matrix of a stack)."""
+    n = x.shape[1]
+    smallest = np.linalg.eigvalsh(np.matmul(x.transpose(0, 2, 1), x) / n)[:, 0]
+    corr = 1.0 - np.sqrt(PCA_PATCH * PCA_PATCH / n)
+    return [float(np.sqrt(max(float(v), 0.0)) / corr) for v in smallest]
 
 
 def pca_sigma_of_patches(x: np.ndarray) -> float:
