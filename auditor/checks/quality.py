@@ -95,10 +95,13 @@ def peer_z(
 
 def _findings(check: str, rows: pd.DataFrame, score: pd.Series, message, details) -> list[Finding]:
     """One finding per row, worst (highest score) first."""
+    order = score.loc[rows.index].sort_values(ascending=False, kind="stable")
+    # the rows as dicts once (a DataFrame row lookup per finding cost 0.7 s for 1,900 findings)
+    records = rows.to_dict("index")
     out = []
-    for idx in score.loc[rows.index].sort_values(ascending=False, kind="stable").index:
-        row = rows.loc[idx]
-        out.append(Finding(check, [row["path"]], float(score.loc[idx]), message(row), details(row)))
+    for idx, value in zip(order.index, order.to_numpy(), strict=True):
+        row = records[idx]
+        out.append(Finding(check, [row["path"]], float(value), message(row), details(row)))
     return out
 
 
