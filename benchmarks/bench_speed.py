@@ -42,6 +42,7 @@ How it is measured
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -117,20 +118,41 @@ def data_folder(kind: str, sides: tuple[int, int], n: int) -> Path:
 # -- runners -------------------------------------------------------------------------
 
 
-def timed(cmd: list[str]) -> tuple[float, str]:
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         sys.exit(f"command failed (rc={out.returncode}): {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
     return wall, out.stdout
 
 
-def run_audit(folder: Path, workers: int, tmp: Path) -> float:
+def run_audit(folder: Path, workers: int, tmp: Path, tree: Path | None = None) -> float:
+    """Wall time of one first scan; ``tree``: run that checkout of the auditor instead (a
+    worktree of ``--baseline``, first on ``PYTHONPATH``, the same interpreter and packages)."""
     out = tempfile.mkdtemp(prefix="audit-out-", dir=tmp)
-    cmd = [str(AUDIT), "scan", str(folder), "--no-embed", "--no-cache", "--out", out,
-           "--workers", str(workers), "-q"]  # fmt: skip
-    return timed(cmd)[0]
+    args = ["scan", str(folder), "--no-embed", "--no-cache", "--out", out, "--workers", str(workers), "-q"]
+    if tree is None:
+        return timed([str(AUDIT), *args])[0]
+    cmd = [str(AUDIT.parent / "python"), "-c", "from auditor.cli.app import main; main()", *args]
+    return timed(cmd, env={**os.environ, "PYTHONPATH": str(tree)})[0]
+
+
+@contextlib.contextmanager
+def baseline_tree(rev: str | None, tmp: Path, warm_folder: Path, workers: int):
+    """A detached worktree of ``rev`` (None: no baseline), scanned once on ``warm_folder``
+    before it is timed (its compiled kernels are cached per file: the first scan compiles)."""
+    if rev is None:
+        yield None
+        return
+    tree = tmp / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        run_audit(warm_folder, workers, tmp, tree)
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
 def run_cleanvision(folder: Path, workers: int) -> tuple[float, float, float, int]:
@@ -196,6 +218,7 @@ def main() -> None:
     ap.add_argument("--sides", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
                     help="longer side in px, uniform in [MIN, MAX] (default: 256 640 jpeg, 112 112 png)")  # fmt: skip
     ap.add_argument("--data", type=Path, default=None, help="default: benchmarks/data/speed[-KIND-MIN-MAX-N]")
+    ap.add_argument("--baseline", default=None, help="also time this git revision's audit, alternating")
     ap.add_argument("--skip-rescan", action="store_true")
     ap.add_argument("--embed-rescan-repeats", type=int, default=1,
                     help="first/second default scans (with embeddings) of a train/val copy; 0 skips")  # fmt: skip
@@ -213,16 +236,21 @@ def main() -> None:
           f"ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)  # fmt: skip
     n = len(files)
 
-    audit_t, cv_t, cv_init, cv_call = [], [], [], []
+    audit_t, base_t, cv_t, cv_init, cv_call = [], [], [], [], []
     flagged = 0
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmpname:
         tmp = Path(tmpname)
-        for rep in range(args.repeats):
-            audit_t.append(run_audit(args.data, args.workers, tmp))
-            wall, init, call, flagged = run_cleanvision(args.data, args.workers)
-            cv_t.append(wall), cv_init.append(init), cv_call.append(call)
-            print(f"repeat {rep + 1}: audit {audit_t[-1]:.2f} s, cleanvision {wall:.2f} s "
-                  f"(find_issues {call:.2f} s)", file=sys.stderr)  # fmt: skip
+        with baseline_tree(args.baseline, tmp, args.data, args.workers) as base:
+            run_audit(args.data, args.workers, tmp)  # this tree's kernels compiled (and cached) before timing
+            for rep in range(args.repeats):
+                if base is not None:
+                    base_t.append(run_audit(args.data, args.workers, tmp, base))
+                audit_t.append(run_audit(args.data, args.workers, tmp))
+                wall, init, call, flagged = run_cleanvision(args.data, args.workers)
+                cv_t.append(wall), cv_init.append(init), cv_call.append(call)
+                print(f"repeat {rep + 1}: audit {audit_t[-1]:.2f} s, cleanvision {wall:.2f} s "
+                      f"(find_issues {call:.2f} s)" + (f", baseline {base_t[-1]:.2f} s" if base_t else ""),
+                      file=sys.stderr)  # fmt: skip
         rescans = []
         if not args.skip_rescan:
             for rep in range(args.repeats):
@@ -249,9 +277,15 @@ def main() -> None:
     print(f"| audit scan --no-embed --no-cache -j {args.workers} | {a:.2f} | {fmt(audit_t)} | {n / a:.1f} |")
     print(f"| CleanVision find_issues(n_jobs={args.workers}), whole process | {c:.2f} | {fmt(cv_t)} | {n / c:.1f} |")
     print(f"| CleanVision find_issues only (in-call) | {cc:.2f} | {fmt(cv_call)} | {n / cc:.1f} |")
+    if base_t:
+        b = med(base_t)
+        print(f"| audit at {args.baseline} (baseline) | {b:.2f} | {fmt(base_t)} | {n / b:.1f} |")
     print(f"\n**audit / CleanVision images/s: {c / a:.2f}x** (whole process; {cc / a:.2f}x against "
           f"CleanVision's in-call time). CleanVision import+init median {med(cv_init):.2f} s; "
           f"it flagged {flagged} issue instances.")  # fmt: skip
+    if base_t:
+        print(f"Baseline {args.baseline} / CleanVision: {c / med(base_t):.2f}x; this tree is {med(base_t) / a:.2f}x "
+              "faster than the baseline.")  # fmt: skip
     if rescans:
         f, s = med(r[0] for r in rescans), med(r[1] for r in rescans)
         print(f"\n### audit rescan (default workers, fresh --cache-dir per repeat), median of {args.repeats}\n")
