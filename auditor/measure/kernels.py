@@ -382,9 +382,11 @@ def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray, patches: np.ndarr
     use the reference) and the patch-PCA estimate (from the compiled centred patches; the
     covariance and its eigenvalues in numpy, as the reference does), averaged over the
     channels."""
+    # the patches are the reference's (their values are the planes' integers either way)
+    pcas = m.pca_sigmas_of_patches(patches) if patches.shape[1] else [float("nan")] * 3
     if sig.shape[1] * sig.shape[2] < 16:
-        return float(np.mean([m.plane_noise_sigma(p) for p in m.rgb_planes(rgb)]))
-    pcas = m.pca_sigmas_of_patches(patches)
+        blocks = [m.noise_sigma(p) for p in m.rgb_planes(rgb)]
+        return float(np.mean([b if np.isnan(pca) else min(b, pca) for b, pca in zip(blocks, pcas, strict=True)]))
     values = []
     for c in range(3):
         usable = sig[c][(mean[c] > 8.0) & (mean[c] < 247.0)]
