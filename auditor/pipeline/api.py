@@ -25,6 +25,7 @@ from auditor.embed.backbones import Backbone, get_backbone
 from auditor.io.dataset import Discovery, discover, release_unused_memory
 from auditor.io.store import Store
 from auditor.measure.batch import ExtractOptions, measure_all
+from auditor.pipeline.columns import MeasuredColumns
 from auditor.policy.rules import Rules, apply_severities, load_rules
 from auditor.report.build import build_report
 
@@ -46,6 +47,11 @@ MEASURED_COLUMNS = (
 HASH_COLUMNS = ("phash", "dhash", "phash_mirror")
 
 
+#: Files measured at a time by a scan: their results are dicts of properties (about 4 kB each)
+#: until they are added to the table by column.
+MEASURE_CHUNK = 20_000
+
+
 #: What a row whose file does not exist (a manifest row) says, in place of measurements.
 MISSING_FILE = {"error_kind": "missing", "error": "no such file"}
 
@@ -58,35 +64,73 @@ def build_table(disc: Discovery, measured: dict[str, tuple[str | None, dict]]) -
     what one dict per item would give, and each item row takes its row of that frame. A
     manifest of a million missing files costs a few vectorised takes, not a million dicts.
     """
-    items = disc.items.reset_index(drop=True)
-    missing = disc.missing_mask()
-    present = np.flatnonzero(~missing)
-    rows = [measured[p] for p in items["abs_path"].iloc[present].tolist()]  # text of these rows only
-    rows = [{"content_hash": chash, **props} for chash, props in rows]
-    take = np.empty(len(items), np.intp)
-    take[present] = np.arange(len(present))
-    if len(present) < len(items):
+    builder = TableBuilder(disc)
+    builder.add([measured[p] for p in builder.present_paths])
+    return builder.table()
+
+
+class TableBuilder:
+    """:func:`build_table` fed a chunk of measurements at a time (``add``, in the order of
+    ``present_paths``), each chunk kept by column (:class:`auditor.pipeline.columns.MeasuredColumns`):
+    a scan of a million files never holds a million dicts of properties."""
+
+    def __init__(self, disc: Discovery):
+        self.items = disc.items.reset_index(drop=True)
+        self.missing = disc.missing_mask()
+        self.present = np.flatnonzero(~self.missing)
+        self.present_paths: list[str] = self.items["abs_path"].iloc[self.present].tolist()
         # the stand-in goes where the first missing row is, so columns appear in row order
-        at = int(np.argmax(missing))  # rows before it are all present: it is their count
-        rows.insert(at, {"content_hash": None, **MISSING_FILE})
-        take[present[at:]] += 1
-        take[missing] = at
-    # 64-bit hashes stay Python ints (object column): with a missing value (an unreadable
-    # file) pandas would make the column float64, which keeps only 53 of their 64 bits
-    exact = {c: _objects([r.pop(c, None) for r in rows]) for c in HASH_COLUMNS}
-    small = pd.DataFrame(rows) if rows else pd.DataFrame(index=pd.RangeIndex(0))
-    measured_cols = small.take(take).reset_index(drop=True) if len(items) else small.iloc[:0]
-    table = pd.concat([items, measured_cols], axis=1) if len(measured_cols.columns) else items.copy()
-    for col, values in exact.items():
-        table[col] = pd.Series(values[take], index=table.index, dtype=object)
-    for col in ("error_kind", "error", "format", "pixel_hash", "mode"):
-        if col not in table:
-            table[col] = None
-    for col in MEASURED_COLUMNS:  # a dataset where nothing decodes still has every column
-        if col not in table:
-            table[col] = np.nan
-    table["ok"] = table["error_kind"].isna()
-    return table
+        self.at = int(np.argmax(self.missing)) if len(self.present) < len(self.items) else -1
+        self.added = 0
+        self.stand_in = self.at < 0  # whether the stand-in row is in (or none is needed)
+        self.columns = MeasuredColumns()
+        # 64-bit hashes stay Python ints (object column): with a missing value (an unreadable
+        # file) pandas would make the column float64, which keeps only 53 of their 64 bits
+        self.exact: dict[str, list[np.ndarray]] = {c: [] for c in HASH_COLUMNS}
+
+    def add(self, measured: list[tuple[str | None, dict]]) -> None:
+        """The measurements of the next ``len(measured)`` present paths."""
+        rows = [{"content_hash": chash, **props} for chash, props in measured]
+        if not self.stand_in and self.at <= self.added + len(rows):  # rows before it are all present: it is their count
+            rows.insert(self.at - self.added, {"content_hash": None, **MISSING_FILE})
+            self.stand_in = True
+        self.added += len(measured)
+        for c in HASH_COLUMNS:
+            self.exact[c].append(_objects([r.pop(c, None) for r in rows]))
+        self.columns.add(rows)
+
+    def table(self) -> pd.DataFrame:
+        items, missing, present = self.items, self.missing, self.present
+        if self.added != len(present):
+            raise ValueError(f"{self.added} measurements for {len(present)} present files")
+        if not self.stand_in:  # every file is missing: the stand-in alone
+            self.add([])
+        take = np.empty(len(items), np.intp)
+        take[present] = np.arange(len(present))
+        if self.at >= 0:
+            take[present[self.at :]] += 1
+            take[missing] = self.at
+        exact = {c: np.concatenate(v) if v else _objects([]) for c, v in self.exact.items()}
+        self.exact = {}
+        small = self.columns.frame()
+        if not len(items):
+            measured_cols = small.iloc[:0]
+        elif self.at < 0:  # every row measured, in order: the frame as it is
+            measured_cols = small
+        else:
+            measured_cols = small.take(take).reset_index(drop=True)
+        del small
+        table = pd.concat([items, measured_cols], axis=1) if len(measured_cols.columns) else items.copy()
+        for col, values in exact.items():
+            table[col] = pd.Series(values if self.at < 0 else values[take], index=table.index, dtype=object)
+        for col in ("error_kind", "error", "format", "pixel_hash", "mode"):
+            if col not in table:
+                table[col] = None
+        for col in MEASURED_COLUMNS:  # a dataset where nothing decodes still has every column
+            if col not in table:
+                table[col] = np.nan
+        table["ok"] = table["error_kind"].isna()
+        return table
 
 
 def _objects(values: list) -> np.ndarray:
@@ -308,11 +352,18 @@ def _measure_table(disc: Discovery, store: Store, workers, options, progress: Pr
         measure_into_store(engine, present, store, options, _stage(progress, f"{stage} on ray", len(present)))
     if progress:
         progress(stage, 0, len(present))
-    measured = measure_all(
-        present, store, workers=workers, options=options,
-        progress=(lambda n: progress(stage, n, len(present))) if progress else None,
-    )  # fmt: skip
-    table = build_table(disc, measured)
+    del present
+    builder = TableBuilder(disc)
+    paths = builder.present_paths
+    for start in range(0, len(paths), MEASURE_CHUNK):  # a chunk's dicts of properties at a time
+        chunk = paths[start : start + MEASURE_CHUNK]
+        measured = measure_all(
+            chunk, store, workers=workers, options=options,
+            progress=(lambda n: progress(stage, n, len(paths))) if progress else None,
+        )  # fmt: skip
+        builder.add([measured[p] for p in chunk])
+        del measured
+    table = builder.table()
     release_unused_memory()
     return table
 

