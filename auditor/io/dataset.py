@@ -146,11 +146,22 @@ def _walk(root: Path, follow_symlinks: bool, skipped: Counter) -> list[Path]:
                 skipped["not_an_image"] += 1
                 continue
             out.append(f)
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+    return sorted(out, key=lambda p: _relative(root, p))
+
+
+def _relative(root: Path, f: Path) -> str:
+    """``f.relative_to(root).as_posix()`` for a path built under ``root``, by cutting the
+    string where that gives the same answer (a POSIX path that starts with root's): pathlib
+    took a fifth of a 10,000-image discovery computing it."""
+    head = str(root)
+    name = str(f)
+    if os.sep == "/" and head not in ("", ".") and name.startswith(head) and name[len(head) : len(head) + 1] == "/":
+        return name[len(head) + 1 :]
+    return f.relative_to(root).as_posix()
 
 
 def _detect_layout(root: Path, files: list[Path]) -> str:
-    tops = {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}
+    tops = {rel.split("/", 1)[0] for rel in (_relative(root, p) for p in files) if "/" in rel}
     if tops and any(t.lower() in SPLIT_NAMES for t in tops):
         return "split-folders"
     if tops:
@@ -161,7 +172,7 @@ def _detect_layout(root: Path, files: list[Path]) -> str:
 def _rows_from_folders(root: Path, files: list[Path], layout: str) -> list[dict]:
     rows = []
     for f in files:
-        parts = f.relative_to(root).parts
+        parts = _relative(root, f).split("/")
         split, label = None, None
         if layout == "split-folders":
             if parts[0].lower() in SPLIT_NAMES:
@@ -177,7 +188,7 @@ def _rows_from_folders(root: Path, files: list[Path], layout: str) -> list[dict]
 
 def _row(root: Path, f: Path, split: str | None, label: str | None) -> dict:
     return {
-        "path": f.relative_to(root).as_posix(),
+        "path": _relative(root, f),
         "abs_path": str(f.absolute()),
         "split": split,
         "label": label,
