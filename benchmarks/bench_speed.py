@@ -11,6 +11,9 @@ images and the ``audit`` CLI):
 
     /work/main/.venv/bin/python benchmarks/bench_speed.py
     /work/main/.venv/bin/python benchmarks/bench_speed.py --n-images 200 --repeats 1   # quick
+    # issue 17 part 4a: 112-px PNGs and 300-500 px JPEGs, this commit against an older one
+    /work/main/.venv/bin/python benchmarks/bench_speed.py --kind png --n-images 10000 \
+        --skip-rescan --embed-rescan-repeats 0 --current HEAD --baseline 02e1a31
 
 How it is measured
 ------------------
@@ -18,6 +21,11 @@ How it is measured
   made with numpy ``default_rng(--seed)``: a random crop (30-100 % of each side) of one of
   ``synth.COLOR_PHOTOS``, resized so its longer side is 256-640 px, randomly mirrored, JPEG
   quality 70-95. Regenerated only if the folder does not hold exactly the expected files.
+  ``--kind png`` writes lossless PNGs instead, ``--sides MIN MAX`` sets the longer side's
+  range (default 112 112 for PNGs); other sets go to ``benchmarks/data/speed-KIND-MIN-MAX-N``.
+* ``--baseline REV`` also times that revision's audit (a git worktree run with this venv),
+  ``--current REV`` times a revision instead of the working tree: each scanned once before
+  timing (numba caches compiled kernels per source file, so a fresh worktree compiles).
 * Both tools run as child processes and are timed wall-clock from the parent, so each figure
   includes interpreter start-up and imports:
     - audit:       ``.venv/bin/audit scan DIR --no-embed --no-cache --out TMP --workers W -q``
@@ -139,13 +147,13 @@ def run_audit(folder: Path, workers: int, tmp: Path, tree: Path | None = None) -
 
 
 @contextlib.contextmanager
-def baseline_tree(rev: str | None, tmp: Path, warm_folder: Path, workers: int):
-    """A detached worktree of ``rev`` (None: no baseline), scanned once on ``warm_folder``
-    before it is timed (its compiled kernels are cached per file: the first scan compiles)."""
+def baseline_tree(rev: str | None, tmp: Path, warm_folder: Path, workers: int, name: str = "baseline"):
+    """A detached worktree of ``rev`` (None: none), scanned once on ``warm_folder`` before it
+    is timed (its compiled kernels are cached per file: the first scan compiles)."""
     if rev is None:
         yield None
         return
-    tree = tmp / "baseline"
+    tree = tmp / name
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
                    check=True, capture_output=True)  # fmt: skip
     try:
@@ -219,6 +227,7 @@ def main() -> None:
                     help="longer side in px, uniform in [MIN, MAX] (default: 256 640 jpeg, 112 112 png)")  # fmt: skip
     ap.add_argument("--data", type=Path, default=None, help="default: benchmarks/data/speed[-KIND-MIN-MAX-N]")
     ap.add_argument("--baseline", default=None, help="also time this git revision's audit, alternating")
+    ap.add_argument("--current", default=None, help="time this git revision's audit instead of the working tree's")
     ap.add_argument("--skip-rescan", action="store_true")
     ap.add_argument("--embed-rescan-repeats", type=int, default=1,
                     help="first/second default scans (with embeddings) of a train/val copy; 0 skips")  # fmt: skip
@@ -240,12 +249,13 @@ def main() -> None:
     flagged = 0
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmpname:
         tmp = Path(tmpname)
-        with baseline_tree(args.baseline, tmp, args.data, args.workers) as base:
-            run_audit(args.data, args.workers, tmp)  # this tree's kernels compiled (and cached) before timing
+        with baseline_tree(args.baseline, tmp, args.data, args.workers) as base, \
+                baseline_tree(args.current, tmp, args.data, args.workers, "current") as cur:  # fmt: skip
+            run_audit(args.data, args.workers, tmp, cur)  # this tree's kernels compiled (and cached) before timing
             for rep in range(args.repeats):
                 if base is not None:
                     base_t.append(run_audit(args.data, args.workers, tmp, base))
-                audit_t.append(run_audit(args.data, args.workers, tmp))
+                audit_t.append(run_audit(args.data, args.workers, tmp, cur))
                 wall, init, call, flagged = run_cleanvision(args.data, args.workers)
                 cv_t.append(wall), cv_init.append(init), cv_call.append(call)
                 print(f"repeat {rep + 1}: audit {audit_t[-1]:.2f} s, cleanvision {wall:.2f} s "
@@ -274,7 +284,8 @@ def main() -> None:
           f"median of {args.repeats} alternating runs\n")  # fmt: skip
     print("| tool | wall (s), median | runs (s) | images/s |")
     print("|---|---|---|---|")
-    print(f"| audit scan --no-embed --no-cache -j {args.workers} | {a:.2f} | {fmt(audit_t)} | {n / a:.1f} |")
+    at = f" at {args.current}" if args.current else ""
+    print(f"| audit{at} scan --no-embed --no-cache -j {args.workers} | {a:.2f} | {fmt(audit_t)} | {n / a:.1f} |")
     print(f"| CleanVision find_issues(n_jobs={args.workers}), whole process | {c:.2f} | {fmt(cv_t)} | {n / c:.1f} |")
     print(f"| CleanVision find_issues only (in-call) | {cc:.2f} | {fmt(cv_call)} | {n / cc:.1f} |")
     if base_t:
