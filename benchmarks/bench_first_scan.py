@@ -35,7 +35,8 @@ def run(pythonpath: str | None, folder: Path, out: Path, workers: int) -> float:
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    cmd = [sys.executable, "-c", SCAN, "scan", str(folder), "--no-embed", "--no-cache", "--out", str(out), "-q",
+    # -P: no current folder on sys.path (run from the repository root, it would shadow the baseline)
+    cmd = [sys.executable, "-P", "-c", SCAN, "scan", str(folder), "--no-embed", "--no-cache", "--out", str(out), "-q",
            "--workers", str(workers)]  # fmt: skip
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -142,7 +142,8 @@ def run_audit(folder: Path, workers: int, tmp: Path, tree: Path | None = None) -
     args = ["scan", str(folder), "--no-embed", "--no-cache", "--out", out, "--workers", str(workers), "-q"]
     if tree is None:
         return timed([str(AUDIT), *args])[0]
-    cmd = [str(AUDIT.parent / "python"), "-c", "from auditor.cli.app import main; main()", *args]
+    # -P: no current folder on sys.path (run from the repository root, it would import this tree)
+    cmd = [str(AUDIT.parent / "python"), "-P", "-c", "from auditor.cli.app import main; main()", *args]
     return timed(cmd, env={**os.environ, "PYTHONPATH": str(tree)})[0]
 
 
