@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from auditor.demo import synth
 
@@ -87,3 +88,78 @@ def test_table_built_in_chunks_equals_the_table_built_at_once(tmp_path, monkeypa
                 pd.testing.assert_frame_equal(got, want, check_exact=True)
                 for col in api.HASH_COLUMNS:
                     assert [type(v) for v in got[col]] == [type(v) for v in want[col]]
+
+
+def test_disk_matrix_reads_back_the_float16_rows_as_float32(tmp_path):
+    from auditor.embed.blocks import DiskMatrix, RowSubset, iter_blocks
+
+    x = np.random.default_rng(0).normal(size=(1000, 40)).astype(np.float32)
+    want = x.astype(np.float16).astype(np.float32)
+    m = DiskMatrix(40, tmp_path)
+    for start in range(0, 1000, 300):  # appended in pieces, as arrays and as bytes
+        part = x[start : start + 300]
+        m.append(part if start % 600 else part.astype(np.float16).tobytes())
+    assert m.shape == (1000, 40) and len(m) == 1000 and list(tmp_path.iterdir()) == []  # an unnamed file
+    assert np.array_equal(np.asarray(m), want) and np.asarray(m).dtype == np.float32
+    rows = np.array([999, 3, 3, 500])
+    assert np.array_equal(m[rows], want[rows]) and np.array_equal(m[5], want[5])
+    assert np.array_equal(m[want[:, 0] > 0], want[want[:, 0] > 0])
+    assert np.array_equal(np.concatenate(list(m.blocks(size=64))), want)
+    assert np.array_equal(np.concatenate(list(m.blocks(rows, size=3))), want[rows])
+    cols = m.columns(10, 25)
+    assert cols.shape == (1000, 15) and np.array_equal(cols[rows], want[rows, 10:25])
+    assert np.array_equal(np.asarray(cols.columns(5)), want[:, 15:25])
+    sub = RowSubset(cols, rows)
+    assert len(sub) == 4 and np.array_equal(np.concatenate(list(sub.blocks(size=3))), want[rows, 10:25])
+    assert np.array_equal(np.concatenate(list(iter_blocks(want, rows, 2))), want[rows])
+    with pytest.raises(ValueError):
+        m.append(b"\0" * 6)
+
+
+def test_embeddings_gathered_on_disk_equal_the_store_rows(monkeypatch):
+    """embed_files' result: the store's float16 vectors (and ImageNet head outputs) of the
+    hashes it has, in order, read back from disk a chunk at a time."""
+    from auditor.embed import features
+    from auditor.io.store import Store
+
+    rng = np.random.default_rng(1)
+    hashes = [f"{i:04d}" for i in range(50)]
+    vec = rng.normal(size=(50, 16)).astype(np.float16)
+    extra = rng.random((50, 1000 + 6)).astype(np.float16)
+    backbone = SimpleNamespace(has_head=True, dims=16, to_dict=lambda: {"id": "fake", "dims": 16})
+    with Store(None) as store:
+        store.put_embeddings([(h, vec[i].tobytes(), extra[i].tobytes()) for i, h in enumerate(hashes) if i % 7], "k")
+        monkeypatch.setattr(features, "_bn_layout", lambda b, e: ([("l", 3)], {}))
+        emb = features._assemble(backbone, hashes, store, "k", {}, None, computed=0, chunk=8)
+        have = [i for i in range(50) if i % 7]
+        assert emb.hashes == [hashes[i] for i in have]
+        assert np.array_equal(np.asarray(emb.vectors), vec[have].astype(np.float32))
+        assert np.array_equal(np.asarray(emb.probs), extra[have, :1000].astype(np.float32))
+        assert np.array_equal(np.asarray(emb.bn_stats), extra[have, 1000:].astype(np.float32))
+        got, mask = emb.rows(["0003", "0007", None, "0048"])
+        assert mask.tolist() == [True, False, False, True]
+        assert np.array_equal(got[[0, 3]], vec[[3, 48]].astype(np.float32)) and not got[1:3].any()
+        # one row without head outputs: no probabilities for any
+        store.put_embeddings([("0000", vec[0].tobytes(), None)], "k")
+        emb = features._assemble(backbone, hashes, store, "k", {}, None, computed=0, chunk=8)
+        assert emb.probs is None and emb.bn_stats is None and len(emb.hashes) == 43
+
+
+def test_pretraining_gap_in_blocks_is_the_gap_of_the_whole_array():
+    from auditor.analysis.pretraining import pretraining_gap
+    from auditor.embed import blocks
+
+    rng = np.random.default_rng(2)
+    layers = [("a", 5), ("b", 7)]
+    ref = {"a": (rng.random(5), rng.random(5) + 0.5), "b": (rng.random(7), rng.random(7) + 0.5)}
+    stats = rng.random((9000, 24)).astype(np.float16).astype(np.float32)
+    probs = rng.dirichlet(np.ones(1000), 9000).astype(np.float16).astype(np.float32)
+    want = pretraining_gap(stats, layers, ref, probs)
+    m, p = blocks.DiskMatrix(24), blocks.DiskMatrix(1000)
+    m.append(stats)
+    p.append(probs)
+    rows = np.arange(9000)
+    assert pretraining_gap(blocks.RowSubset(m, rows), layers, ref, blocks.RowSubset(p, rows)) == want
+    odd = rows[::3]
+    assert pretraining_gap(blocks.RowSubset(m, odd), layers, ref, blocks.RowSubset(p, odd)) == pretraining_gap(
+        stats[odd], layers, ref, probs[odd])  # fmt: skip

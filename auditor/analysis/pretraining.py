@@ -26,15 +26,28 @@ GROUPS = (("early", slice(0, 7)), ("middle", slice(7, 13)), ("late", slice(13, N
 EPS = 1e-3
 
 
-def dataset_moments(bn_stats: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def dataset_moments(bn_stats, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Pool per-image channel statistics into the dataset's per-channel mean and variance.
 
     ``bn_stats``: (n, 2*C), per image all C channel means then all C standard deviations
-    (over spatial positions). Returns (mean (C,), variance (C,)) over images and positions."""
-    stats = np.asarray(bn_stats, dtype=np.float64)
-    means, stds = stats[:, :channels], stats[:, channels:]
-    mu = means.mean(axis=0)
-    var = np.maximum((stds**2 + means**2).mean(axis=0) - mu**2, 0.0)
+    (over spatial positions): an array, or rows read in blocks (a
+    :class:`auditor.embed.blocks.DiskMatrix` or :class:`~auditor.embed.blocks.RowSubset`).
+    Returns (mean (C,), variance (C,)) over images and positions. Summed a block at a time,
+    row after row as numpy sums a column: the same numbers as the whole array gives."""
+    from auditor.embed.blocks import iter_blocks
+
+    total_m = np.zeros((1, channels))
+    total_q = np.zeros((1, channels))
+    n = 0
+    for block in iter_blocks(bn_stats):
+        stats = np.asarray(block, dtype=np.float64)
+        means, stds = stats[:, :channels], stats[:, channels:]
+        # the running total first, then each row in order: numpy's column sum, continued
+        total_m = np.add.reduce(np.concatenate([total_m, means]), axis=0, keepdims=True)
+        total_q = np.add.reduce(np.concatenate([total_q, stds**2 + means**2]), axis=0, keepdims=True)
+        n += len(stats)
+    mu = total_m[0] / n
+    var = np.maximum(total_q[0] / n - mu**2, 0.0)
     return mu, var
 
 
@@ -45,12 +58,13 @@ def symmetric_kl(mu1: np.ndarray, var1: np.ndarray, mu2: np.ndarray, var2: np.nd
 
 
 def pretraining_gap(
-    bn_stats: np.ndarray | None,
+    bn_stats,
     stat_layers: list[tuple[str, int]],
     reference: dict[str, tuple[np.ndarray, np.ndarray]],
-    probs: np.ndarray | None,
+    probs,
 ) -> dict | None:
-    """The pretraining-gap measures of a set of images (rows = images).
+    """The pretraining-gap measures of a set of images (rows = images). ``bn_stats`` and
+    ``probs``: arrays, or rows read in blocks (see :func:`dataset_moments`), or None.
 
     Returns ``{"images", "feature_gap", "layers": {name: gap}, "groups": {early, middle,
     late}, "head_confidence", "head_entropy"}`` (a measure is None when the backbone does
@@ -72,10 +86,16 @@ def pretraining_gap(
         out["layers"] = dict(zip([n for n, _ in stat_layers], per_layer, strict=True))
         out["groups"] = {g: float(np.mean(per_layer[s])) for g, s in GROUPS if per_layer[s]}
     if probs is not None and len(probs):
-        p = np.asarray(probs, dtype=np.float64)
-        out["images"] = max(out["images"], len(p))
-        out["head_confidence"] = float(p.max(axis=1).mean())
-        out["head_entropy"] = float((-(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1)).mean())
+        from auditor.embed.blocks import iter_blocks
+
+        top, entropy = [], []
+        for block in iter_blocks(probs):  # per image, then the mean over all: as for the whole array
+            p = np.asarray(block, dtype=np.float64)
+            top.append(p.max(axis=1))
+            entropy.append(-(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1))
+        out["images"] = max(out["images"], len(probs))
+        out["head_confidence"] = float(np.concatenate(top).mean())
+        out["head_entropy"] = float(np.concatenate(entropy).mean())
     if out["feature_gap"] is None and out["head_confidence"] is None:
         return None
     return out

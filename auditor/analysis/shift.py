@@ -228,12 +228,14 @@ def dataset_gap(ctx: CheckContext) -> dict | None:
         emb = ctx.embeddings
         if emb is not None and (emb.bn_stats is not None or emb.probs is not None):
             from auditor.analysis.pretraining import pretraining_gap
+            from auditor.embed.blocks import RowSubset
 
             idx = emb.index()
             pos = sorted({idx[h] for h in ctx.ok["content_hash"] if isinstance(h, str) and h in idx})
+            # pooled a block at a time: the statistics are 12 kB an image, never held whole
             gap = pretraining_gap(
-                emb.bn_stats[pos] if emb.bn_stats is not None else None, emb.stat_layers, emb.bn_reference,
-                emb.probs[pos] if emb.probs is not None else None,
+                RowSubset(emb.bn_stats, pos) if emb.bn_stats is not None else None, emb.stat_layers, emb.bn_reference,
+                RowSubset(emb.probs, pos) if emb.probs is not None else None,
             )  # fmt: skip
         ctx.analyses.gap, ctx.analyses.gap_done = gap, True
     return ctx.analyses.gap

@@ -26,8 +26,12 @@ from itertools import islice
 import numpy as np
 
 from auditor.embed.backbones import CROP_FRACTION, Backbone, Embedder
+from auditor.embed.blocks import BLOCK_ROWS, DiskMatrix
 from auditor.io import decode as dec
 from auditor.io.store import Store
+
+#: Embeddings read from the store at a time when a scan gathers them.
+ASSEMBLE_CHUNK = 2048
 
 
 @dataclass
@@ -38,6 +42,10 @@ class Embeddings:
     softmax or None. ``bn_stats``: (n, 2*C) per-channel mean then std of the backbone's
     recorded BatchNorm inputs, or None; ``stat_layers`` names them with their channel counts
     and ``bn_reference`` holds each layer's ImageNet running (mean, variance).
+
+    :func:`embed_files` gives the three matrices as :class:`auditor.embed.blocks.DiskMatrix`
+    (float16 on disk, float32 rows on request: ``m[rows]``, ``m.blocks()``, ``np.asarray(m)``):
+    16 kB an image that a scan never holds whole. Arrays work too (tests, users' own).
     """
 
     backbone: dict
@@ -61,7 +69,10 @@ class Embeddings:
         pos = np.array([idx.get(h, -1) if isinstance(h, str) else -1 for h in hashes], dtype=np.int64)
         mask = pos >= 0
         out = np.zeros((len(pos), self.vectors.shape[1] if self.vectors.ndim == 2 else 0), np.float32)
-        out[mask] = self.vectors[pos[mask]]
+        have = np.flatnonzero(mask)
+        for start in range(0, len(have), BLOCK_ROWS):  # a block at a time: vectors on disk are read so
+            rows = have[start : start + BLOCK_ROWS]
+            out[rows] = self.vectors[pos[rows]]
         return out, mask
 
 
@@ -121,17 +132,18 @@ def embed_files(
     :meth:`auditor.embed.backbones.Backbone.embedder`); both share the cache key."""
     key = backbone.cache_key
     hashes = sorted(files)
-    cached = store.get_embeddings(hashes, key)
-    todo = [h for h in hashes if h not in cached]
-    if progress and cached:
-        progress(len(cached))
+    known = store.embedded(hashes, key)
+    todo = [h for h in hashes if h not in known]
+    if progress and known:
+        progress(len(known))
+    del known
     embedder: Embedder | None = None
     failures: dict[str, str] = {}
     if todo:
         embedder = backbone.embedder(cache_dir, runtime)
         failures = _compute(embedder, todo, files, store, key, batch_size, workers, progress, write_every)
-        cached = store.get_embeddings(hashes, key)  # everything now comes from the same float16 bytes
-    return _assemble(backbone, hashes, cached, failures, embedder, computed=len(todo) - len(failures))
+    # everything comes from the store's float16 bytes, a chunk at a time, onto disk
+    return _assemble(backbone, hashes, store, key, failures, embedder, computed=len(todo) - len(failures))
 
 
 def _compute(embedder, todo, files, store, key, batch_size, workers, progress, write_every) -> dict[str, str]:
@@ -181,18 +193,45 @@ def _compute(embedder, todo, files, store, key, batch_size, workers, progress, w
     return failures
 
 
-def _assemble(backbone, hashes, cached, failures, embedder, computed) -> Embeddings:
-    have = [h for h in hashes if h in cached]
-    vectors = np.stack([np.frombuffer(cached[h][0], np.float16) for h in have]).astype(np.float32) if have else (
-        np.zeros((0, backbone.dims or 0), np.float32))  # fmt: skip
+def _assemble(backbone, hashes, store: Store, key: str, failures, embedder, computed,
+              chunk: int = ASSEMBLE_CHUNK) -> Embeddings:  # fmt: skip
+    """The store's embeddings of ``hashes`` (those it has, in order), written a chunk at a
+    time into :class:`DiskMatrix` files in the cache folder."""
+    folder = None if store.path == ":memory:" else store.folder  # --no-cache: the system's temporary folder
+    have: list[str] = []
+    vectors: DiskMatrix | None = None
+    extra: DiskMatrix | None = None
+    with_extra = bool(backbone.has_head)
+    for start in range(0, len(hashes), chunk):
+        part = hashes[start : start + chunk]
+        got = store.get_embeddings(part, key)
+        rows = [h for h in part if h in got]
+        if not rows:
+            continue
+        if vectors is None:
+            vectors = DiskMatrix(len(got[rows[0]][0]) // 2, folder)
+        vectors.append(b"".join(got[h][0] for h in rows))
+        if with_extra and all(got[h][1] is not None for h in rows):
+            if extra is None:
+                extra = DiskMatrix(len(got[rows[0]][1]) // 2, folder)
+            extra.append(b"".join(got[h][1] for h in rows))
+        elif with_extra:  # a row without them: no probabilities for any
+            with_extra = False
+            if extra is not None:
+                extra.close()
+                extra = None
+        have.extend(rows)
+        del got
     info = backbone.to_dict()
-    if have:
+    if vectors is None:
+        matrix: np.ndarray | DiskMatrix = np.zeros((0, backbone.dims or 0), np.float32)
+    else:
+        matrix = vectors
         info["dims"] = int(vectors.shape[1])
-    result = Embeddings(info, have, vectors, failures=failures, computed=computed, cached=len(have) - computed)
-    if backbone.has_head and have and all(cached[h][1] is not None for h in have):
-        extra = np.stack([np.frombuffer(cached[h][1], np.float16) for h in have]).astype(np.float32)
-        result.probs = extra[:, :1000]
-        result.bn_stats = extra[:, 1000:]
+    result = Embeddings(info, have, matrix, failures=failures, computed=computed, cached=len(have) - computed)
+    if with_extra and extra is not None:
+        result.probs = extra.columns(0, 1000)
+        result.bn_stats = extra.columns(1000)
         result.stat_layers, result.bn_reference = _bn_layout(backbone, embedder)
     return result
 
