@@ -163,3 +163,39 @@ def test_pretraining_gap_in_blocks_is_the_gap_of_the_whole_array():
     odd = rows[::3]
     assert pretraining_gap(blocks.RowSubset(m, odd), layers, ref, blocks.RowSubset(p, odd)) == pretraining_gap(
         stats[odd], layers, ref, probs[odd])  # fmt: skip
+
+
+def test_label_probabilities_above_the_fit_cap():
+    """Above FIT_CAP each fold is fitted on a stratified sample; every row still gets
+    out-of-fold probabilities, the same ones on a rerun, and they still find the labels."""
+    from auditor.analysis.labels import out_of_fold_probabilities
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 32)) * 3
+    y = np.repeat(np.arange(4), [300, 200, 100, 12])
+    x = (centres[y] + rng.normal(size=(len(y), 32))).astype(np.float32)
+    full = out_of_fold_probabilities(x, y, 5, 0.1)
+    capped = out_of_fold_probabilities(x, y, 5, 0.1, fit_cap=150)
+    assert capped.shape == full.shape == (612, 4)
+    assert np.allclose(capped.sum(axis=1), 1.0)
+    assert np.array_equal(capped, out_of_fold_probabilities(x, y, 5, 0.1, fit_cap=150))
+    assert (capped.argmax(axis=1) == y).mean() > 0.95 and (full.argmax(axis=1) == y).mean() > 0.95
+
+
+def test_approximate_knn_finds_the_exact_graph_on_a_small_set(monkeypatch):
+    """Forced above EXACT_LIMIT, the pynndescent graph gives the same similar pairs (the
+    near-duplicate candidates) and nearly every exact neighbour."""
+    from auditor.embed import neighbors
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 24)).astype(np.float32)
+    x[500:] = x[:100] + 0.05 * rng.normal(size=(100, 24)).astype(np.float32)  # 100 planted near copies
+    exact_i, exact_s = neighbors.knn(x, 10)
+    monkeypatch.setattr(neighbors, "EXACT_LIMIT", 100)
+    approx_i, approx_s = neighbors.knn(x, 10)
+    assert neighbors.recall(approx_i, exact_i) >= 0.9  # 0.94: random 24-d points are a hard case
+    want = neighbors.similar_pairs(exact_i, exact_s, 0.95)[0]
+    got = neighbors.similar_pairs(approx_i, approx_s, 0.95)[0]
+    assert len(want) == 100 and np.array_equal(got, want)
+    again = neighbors.knn(x, 10)
+    assert np.array_equal(again[0], approx_i)  # seeded: the same graph every time

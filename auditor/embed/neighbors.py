@@ -89,6 +89,30 @@ def _approximate(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return out_i, out_s
 
 
+def recall(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact neighbours (rows of ``exact``, (n, k) indices) that the rows of
+    ``approx`` (the same rows' neighbours from an approximate index) also list."""
+    if exact.size == 0:
+        return 1.0
+    hits = sum(len(np.intersect1d(a, e)) for a, e in zip(approx, exact, strict=True))
+    return hits / exact.size
+
+
+def sample_recall(vectors: np.ndarray, indices: np.ndarray, sample: int = 1000, seed: int = 0) -> float:
+    """:func:`recall` of a kNN graph ``indices`` (n, k) of ``vectors`` against the exact
+    neighbours of ``sample`` rows drawn with ``seed``."""
+    x = normalize(vectors)
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=min(sample, len(x)), replace=False))
+    k = indices.shape[1]
+    idx = np.empty((len(rows), k), np.int64)
+    for start in range(0, len(rows), BLOCK):
+        q = rows[start : start + BLOCK]
+        s = x[q] @ x.T
+        s[np.arange(len(q)), q] = -np.inf
+        idx[start : start + len(q)] = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    return recall(indices[rows], idx)
+
+
 def similar_pairs(indices: np.ndarray, sims: np.ndarray, min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
     """Unique pairs (i < j) from a kNN graph with similarity >= ``min_similarity``:
     ``(pairs (m, 2), similarity (m,))``, sorted."""
