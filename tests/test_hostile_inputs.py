@@ -222,13 +222,10 @@ def test_manifest_discovery_resolves_folders_not_rows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os.path, "realpath", counting_realpath)
     monkeypatch.setattr(Path, "resolve", counting_resolve)
-    t0 = time.perf_counter()
     d = discover(tmp_path, manifest=tmp_path / "m.csv")
-    elapsed = time.perf_counter() - t0
     assert len(d.items) == 3003 and len(d.missing) == 3000
     assert sorted(set(d.items.path) - set(d.missing)) == [f"imgs/{k}/real.png" for k in range(3)]
-    assert calls["resolve"] <= 10  # the root and the 3 folders, not 3003 rows
-    assert elapsed < 2.0
+    assert calls["resolve"] <= 10  # the root and the 3 folders, not 3003 rows (speed: benchmarks/bench_hostile.py)
 
 
 @pytest.mark.parametrize("follow", [False, True])
@@ -380,7 +377,6 @@ def test_manifest_of_missing_files_costs_little_per_row(tmp_path):
     rows += [f"imgs/{k}/real.png,c0,train" for k in range(3)]
     (tmp_path / "m.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
     rules = load_rules(None)
-    t0 = time.perf_counter()
     disc = discover(tmp_path, manifest=tmp_path / "m.csv")
     with Store(None) as store:
         measured = measure_all(present_paths(disc), store, workers=1)
@@ -397,7 +393,6 @@ def test_manifest_of_missing_files_costs_little_per_row(tmp_path):
         tracemalloc.stop()
     result = SimpleNamespace(table=table, findings=findings, report=report)
     flags = image_table(result)
-    elapsed = time.perf_counter() - t0
     corrupt = [f for f in findings if f.check == "corrupt"]
     assert len(corrupt) == n and all(len(f.paths) == 1 for f in corrupt)
     assert corrupt[7].paths == ["imgs/7/7.png"] and corrupt[7].details == {"reason": "missing", "error": "no such file"}
@@ -410,7 +405,6 @@ def test_manifest_of_missing_files_costs_little_per_row(tmp_path):
     assert bytes(text) == (json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
     assert held / n < 900, f"{held / n:.0f} bytes a row"
     assert json_peak < 1.5 * len(text), f"writing report.json took {json_peak / len(text):.1f}x its size"
-    assert elapsed < 60
 
 
 def test_report_json_is_what_json_dumps_writes():
@@ -538,7 +532,7 @@ def test_box_overlap_is_linear_in_images():
     b = _random_boxes(n_images=5000, per_image=8, seed=3)
     t0 = time.perf_counter()
     found = box_duplicate(_ctx_with_boxes(b), OVERLAP_RULES)
-    assert found and time.perf_counter() - t0 < 3.0
+    assert found and time.perf_counter() - t0 < 30.0  # quadratic: minutes; slack for a loaded machine
 
 
 def test_image_with_too_many_boxes_is_one_finding_not_n_squared(tmp_path):
@@ -575,7 +569,7 @@ def test_sweep_handles_a_dense_image_below_the_bound():
     b = pd.concat([b, b.iloc[:5]], ignore_index=True)  # 5 exact duplicates
     t0 = time.perf_counter()
     found = box_duplicate(_ctx_with_boxes(b), OVERLAP_RULES)
-    assert len(found) >= 5 and time.perf_counter() - t0 < 3.0
+    assert len(found) >= 5 and time.perf_counter() - t0 < 30.0  # the matrix: minutes and 6 GB
 
 
 def test_coco_missing_images_resolved_in_one_pass(tmp_path):
@@ -591,7 +585,7 @@ def test_coco_missing_images_resolved_in_one_pass(tmp_path):
     ann = Annotations("coco", ["f.json"], boxes, images, {"1": "a"})
     t0 = time.perf_counter()
     _resolve_problems(ann)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 20.0  # once per missing image: minutes
     missing = [p for p in ann.problems if p["kind"] == "missing_image"]
     assert len(missing) == n_images and all(p["boxes"] == per_image for p in missing)
     assert (
