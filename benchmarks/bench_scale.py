@@ -26,6 +26,8 @@ largest single RSS (``getrusage(RUSAGE_CHILDREN)`` too).
     python benchmarks/bench_scale.py --sizes 10000 100000            # --no-embed
     python benchmarks/bench_scale.py --sizes 10000 --embed           # with embeddings
     python benchmarks/bench_scale.py --sizes 1000000 --json out.json
+    python benchmarks/bench_scale.py --sizes 100000 --embed --keep-cache
+    python benchmarks/bench_scale.py --sizes 100000 --recall benchmarks/data/scale/cache/n100000-embed
 
 Writes one JSON line per scan to stdout (and ``--json``): size, mode, wall seconds, peak RSS /
 PSS (MiB), the number of findings and the sizes of the outputs.
@@ -170,7 +172,7 @@ class Sampler(threading.Thread):
             self.stop.wait(self.every)
 
 
-def run_scan(root: Path, work: Path, embed: bool, poll: float, pss: bool, extra: list[str]) -> dict:
+def run_scan(root: Path, work: Path, embed: bool, poll: float, pss: bool, extra: list[str], keep_cache: bool) -> dict:
     mode = "embed" if embed else "no-embed"
     tag = f"{root.name}-{mode}"
     cache, out = work / "cache" / tag, work / "out" / tag
@@ -201,8 +203,27 @@ def run_scan(root: Path, work: Path, embed: bool, poll: float, pss: bool, extra:
         doc = json.loads(report.read_text())
         row["findings"] = len(doc.get("findings", []))
         row["outputs_mib"] = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(out.iterdir()) if p.is_file()}
-    shutil.rmtree(cache, ignore_errors=True)
+    if not keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
     return row
+
+
+def knn_recall(root: Path, cache: Path, sample: int, k: int = 10) -> dict:
+    """Recall of the scan's kNN graph (pynndescent above ``EXACT_LIMIT`` images) against exact
+    neighbours of ``sample`` images, on the embeddings an embed scan left in ``cache``."""
+    from auditor.embed import neighbors
+    from auditor.pipeline.api import embed
+
+    t0 = time.perf_counter()
+    got = embed(root, cache_dir=cache)  # every vector is cached: nothing is computed
+    x = np.asarray(got.embeddings.vectors)
+    t1 = time.perf_counter()
+    idx, _ = neighbors.knn(x, k)
+    t2 = time.perf_counter()
+    recall = neighbors.sample_recall(x, idx, sample)
+    return {"images": len(x), "k": k, "method": "pynndescent" if len(x) > neighbors.EXACT_LIMIT else "exact",
+            "recall_at_k": round(recall, 4), "sample": sample, "load_s": round(t1 - t0, 1),
+            "graph_s": round(t2 - t1, 1)}  # fmt: skip
 
 
 def machine() -> str:
@@ -231,6 +252,14 @@ def main() -> None:
     ap.add_argument("--no-pss", action="store_true", help="RSS only (PSS reads /proc smaps: slower)")
     ap.add_argument("--make-only", action="store_true")
     ap.add_argument("--json", type=Path, help="append one JSON line per scan here too")
+    ap.add_argument("--keep-cache", action="store_true", help="keep each scan's cache (WORK/cache/nN-MODE)")
+    ap.add_argument(
+        "--recall",
+        type=Path,
+        metavar="CACHE",
+        help="no scan: the kNN graph's recall on the embeddings an --embed scan left in CACHE",
+    )
+    ap.add_argument("--recall-sample", type=int, default=1000)
     ap.add_argument("extra", nargs="*", help="more audit scan options, after --")
     args = ap.parse_args()
     print(f"# machine: {machine()}", file=sys.stderr)
@@ -238,7 +267,10 @@ def main() -> None:
         root = make_set(args.work, n, args.seed, args.jobs)
         if args.make_only:
             continue
-        row = run_scan(root, args.work, args.embed, args.poll, not args.no_pss, args.extra)
+        if args.recall:
+            row = knn_recall(root, args.recall, args.recall_sample)
+        else:
+            row = run_scan(root, args.work, args.embed, args.poll, not args.no_pss, args.extra, args.keep_cache)
         row["machine"] = machine()
         line = json.dumps(row)
         print(line, flush=True)
