@@ -110,3 +110,21 @@ def test_feature_blocks_and_undecodable_files(tiny, tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), np.delete(whole, 3, axis=0))
     with pytest.raises(ft.FinetuneError, match="cannot be decoded"):  # in memory: refused, as before
         ft.head_features(model, [str(data / "train" / "cat" / "broken.jpg")], None, opts, use_cache=False)
+
+
+def test_cli_says_how_many_files_it_left_out(tiny, tmp_path):
+    """`audit finetune` names the files it could not decode on the terminal, not only in
+    evaluation.json."""
+    from typer.testing import CliRunner
+
+    from auditor.cli.app import app
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    synth.write(data / "train" / "cat" / "broken.jpg", synth.truncated_jpeg(synth.digit(3, 64), keep=0.3))
+    res = CliRunner().invoke(app, ["finetune", str(data), "--out", str(tmp_path / "m"), "--epochs", "1",
+                                   "--unfreeze", "0", "--no-augment", "--image-size", "32",
+                                   "--cache-dir", str(tmp_path / "c")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "warning: 1 file(s) could not be decoded and were left out" in res.output
+    assert "train/cat/broken.jpg" in res.output

@@ -437,6 +437,12 @@ def finetune(
         except FinetuneError as exc:
             _fail(str(exc))
     ev = result.evaluation
+    if ev.get("unreadable"):
+        bad = ev["unreadable"]
+        path, reason = next(iter(bad["examples"].items()))
+        err_console.print(f"warning: {bad['count']} file(s) could not be decoded and were left out of training and "
+                          f"evaluation (evaluation.json 'unreadable'), e.g. {term(path)}: {term(reason)}",
+                          style="yellow", highlight=False, soft_wrap=True)  # fmt: skip
     if "tuning" in ev:
         from auditor.pipeline.tune import describe
 
