@@ -205,3 +205,32 @@ def test_runtime_is_chosen_by_keyword_then_environment(embedders, monkeypatch):
 def test_importing_the_runtime_imports_no_tensorflow():
     code = "import sys, auditor.embed.backbones.lite_runtime\nassert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_shows_the_fallback_as_one_warning_line(tmp_path, embedders, monkeypatch):
+    """`audit scan` whose TFLite conversion fails: one `warning:` line on stderr (no Python
+    warning location), the scan done with Keras, exit 0."""
+    from typer.testing import CliRunner
+
+    from auditor.cli.app import app
+
+    _, keras, _ = embedders
+    bb = get_backbone()
+    monkeypatch.setattr(backbones, "_LOADED", {(bb.cache_key, "keras"): keras})
+
+    def broken(model):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(rt, "convert", broken)
+    data = tmp_path / "d"
+    for i, name in enumerate(synth.COLOR_PHOTOS[:4]):
+        (data / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
+        (data / ("a" if i % 2 else "b") / f"{name}.jpg").write_bytes(synth.jpeg_bytes(synth.load_photo(name), 90))
+    res = CliRunner().invoke(app, ["scan", str(data), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"),
+                                   "--no-projection", "-q"])  # fmt: skip
+    assert res.exit_code in (0, 1), res.output
+    lines = [ln for ln in res.stderr.splitlines() if "runtime" in ln]
+    assert lines == ["warning: the fast embedding runtime (TFLite) failed, embedding with Keras instead "
+                     "(RuntimeError: converter exploded)"], res.stderr  # fmt: skip
+    assert "EmbedRuntimeWarning" not in res.stderr
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["dataset"]["images"] == 4

@@ -154,9 +154,11 @@ def _engine_ready(engine: str) -> None:
 def _input_errors():
     """Input errors (a missing or invalid input, an output that cannot be written) -> one
     line on stderr and exit 2; Ctrl-C -> exit 130, cache kept; a cache that cannot be used
-    -> one ``warning:`` line, and the command goes on."""
+    -> one ``warning:`` line, and the command goes on; so does an embedding runtime that fell
+    back to Keras."""
     from auditor.core.fsutil import OutputError
     from auditor.embed.backbones import BackboneError
+    from auditor.embed.backbones.lite_runtime import EmbedRuntimeWarning
     from auditor.embed.backbones.torch_state import ModelFileError
     from auditor.io.dataset import DatasetError
     from auditor.io.store import CacheWarning
@@ -168,7 +170,7 @@ def _input_errors():
     default_show = warnings.showwarning
 
     def show(message, category, *args, **kwargs) -> None:
-        if not issubclass(category, CacheWarning):
+        if not issubclass(category, (CacheWarning, EmbedRuntimeWarning)):
             return default_show(message, category, *args, **kwargs)
         if str(message) not in shown:  # each store warns once; several stores, one line
             shown.add(str(message))
@@ -177,6 +179,7 @@ def _input_errors():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", CacheWarning)
+            warnings.simplefilter("always", EmbedRuntimeWarning)
             warnings.showwarning = show
             yield
     except (DatasetError, RulesError, BackboneError, ModelFileError, FileNotFoundError, ReportError,
