@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_speed import machine, make_images  # noqa: E402
 
-SCAN = "from auditor.cli.app import main; main()"
+#: The entry point, wherever the revision has it (auditor.cli was one module before it was a package).
+SCAN = ("try:\n    from auditor.cli.app import main\nexcept ImportError:\n    from auditor.cli import main\nmain()")
 
 
 def run(pythonpath: str | None, folder: Path, out: Path, workers: int) -> float:
