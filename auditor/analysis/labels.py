@@ -165,9 +165,14 @@ def _label_probabilities(ctx: CheckContext, params: dict) -> LabelProbabilities 
 
     code = {c: i for i, c in enumerate(keep_classes)}
     y = rows["label"].map(code).to_numpy()
-    probs = out_of_fold_probabilities(vectors[rows.index], y, params["folds"], params["regularization"])
+    # one copy of the rows judged, none when they are all the rows (every image labeled and
+    # embedded): each copy was 512 MB at 100,000 images
+    positions = rows.index.to_numpy()
+    whole = len(positions) == len(vectors) and bool((positions == np.arange(len(vectors))).all())
+    judged = vectors if whole else vectors[positions]
+    probs = out_of_fold_probabilities(judged, y, params["folds"], params["regularization"])
     if params["neighbour_weight"] > 0:
-        vote = knn_vote_probabilities(vectors[rows.index], y, params["neighbours"])
+        vote = knn_vote_probabilities(judged, y, params["neighbours"])
         probs = (1.0 - params["neighbour_weight"]) * probs + params["neighbour_weight"] * vote
     quality = get_label_quality_scores(y, probs, method="self_confidence")
     left_out = sorted(set(counts.index) - set(keep_classes))
