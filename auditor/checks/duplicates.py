@@ -34,7 +34,8 @@ NEAR_PARAMS = {"max_phash_distance": Int(0, 64), "max_dhash_distance": Int(0, 64
                "max_relative_phash_distance": NON_NEGATIVE, "max_mirror_phash_distance": Int(0, 64),
                "max_candidates_per_image": AT_LEAST_ONE, "max_pixel_difference": NON_NEGATIVE,
                "max_relative_pixel_difference": NON_NEGATIVE, "max_crop_difference": NON_NEGATIVE,
-               "max_relative_crop_difference": NON_NEGATIVE, "min_pixel_difference": NON_NEGATIVE}  # fmt: skip
+               "max_relative_crop_difference": NON_NEGATIVE, "min_pixel_difference": NON_NEGATIVE,
+               "crop_neighbours": Int(0, EMBEDDING_NEIGHBOURS)}  # fmt: skip
 
 
 def phash_radius(hashes: np.ndarray, params: dict) -> int:
@@ -156,7 +157,10 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
     Candidates: pHash within :func:`phash_radius` (confirmed by the dHash) as is or mirrored,
     and pairs of backbone neighbours at least :func:`embedding_threshold` similar whose pHashes
     (mirror allowed) are within ``max_mirror_phash_distance`` bits; at most
-    ``max_candidates_per_image`` per image. A candidate is a copy only when its pixels agree
+    ``max_candidates_per_image`` per image; and each image's ``crop_neighbours`` nearest
+    backbone neighbours whatever their similarity (an 80%-area crop of a 28-px digit is its
+    original's first to tenth neighbour at cosine 0.71-0.94, 4-20 pHash bits away), which pass
+    only by their pixels like every candidate. A candidate is a copy only when its pixels agree
     (:func:`auditor.measure.verify.verify_pairs` with :func:`pixel_thresholds`). Evidence kinds:
     ``"phash"`` (value: bits) or ``"embedding"`` (value: cosine). Pairs of identical pixels
     are not listed (:func:`near_graph` joins them)."""
@@ -181,9 +185,14 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
     if graph is not None:
         e_pairs, e_sims = similar_pairs(*graph, embedding_threshold(graph[1], params))
         keep = corroborated(t, ph, e_pairs, params)
-        pairs = np.concatenate([pairs, e_pairs[keep]])
-        kinds = np.concatenate([kinds, np.ones(int(keep.sum()), np.int8)])
-        values = np.concatenate([values, e_sims[keep].astype(np.float64)])
+        e_pairs, e_sims = e_pairs[keep], e_sims[keep]
+        k = int(params["crop_neighbours"])
+        if k > 0:  # crops of small images: far in pHash, below the similarity threshold, yet nearest
+            c_pairs, c_sims = similar_pairs(graph[0][:, :k], graph[1][:, :k], -1.0)
+            e_pairs, e_sims = np.concatenate([e_pairs, c_pairs]), np.concatenate([e_sims, c_sims])
+        pairs = np.concatenate([pairs, e_pairs])
+        kinds = np.concatenate([kinds, np.ones(len(e_pairs), np.int8)])
+        values = np.concatenate([values, e_sims.astype(np.float64)])
     pixel = t["pixel_hash"].to_numpy()
     evidence: dict[tuple[int, int], tuple[str, float, float, int]] = {}
     how = np.zeros(0, np.int8)
