@@ -193,7 +193,7 @@ def test_approximate_knn_finds_the_exact_graph_on_a_small_set(monkeypatch):
     exact_i, exact_s = neighbors.knn(x, 10)
     monkeypatch.setattr(neighbors, "EXACT_LIMIT", 100)
     approx_i, approx_s = neighbors.knn(x, 10)
-    assert neighbors.recall(approx_i, exact_i) >= 0.9  # 0.94: random 24-d points are a hard case
+    assert neighbors.recall(approx_i, exact_i) >= 0.97
     want = neighbors.similar_pairs(exact_i, exact_s, 0.95)[0]
     got = neighbors.similar_pairs(approx_i, approx_s, 0.95)[0]
     assert len(want) == 100 and np.array_equal(got, want)
