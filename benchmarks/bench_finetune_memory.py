@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -100,26 +99,10 @@ def run_one(data: Path, out: Path, recipe: str, image_size: int, baseline_file: 
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kib = int(
-            next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
-        )
-        mem = f", {kib / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        pass
     import tensorflow as tf
+    from bench_scale import machine as base
 
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} CPUs available{mem}, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}, TensorFlow {tf.__version__}")  # fmt: skip
+    return f"{base()}, TensorFlow {tf.__version__}"
 
 
 def main() -> None:

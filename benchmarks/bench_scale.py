@@ -227,18 +227,19 @@ def knn_recall(root: Path, cache: Path, sample: int, k: int = 10) -> dict:
 
 
 def machine() -> str:
-    import psutil
-
+    """One line: cores available, CPU model, RAM, OS and Python (also used by bench_finetune_memory)."""
     cpu = platform.processor() or platform.machine()
+    mem = ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        cpu = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
+        cpu = cpu.split(":", 1)[1].strip()
+        total = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+        kib = int(total.split()[1])
+        mem = f", {kib / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration):
         pass
-    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")  # fmt: skip
+    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}){mem}, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")  # fmt: skip
 
 
 def main() -> None:

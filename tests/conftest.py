@@ -40,3 +40,21 @@ def tree_digest(root: Path) -> dict[str, str]:
         if p.is_file() and not p.is_symlink():
             out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def measured_mixed_files(tmp_path: Path) -> tuple[list[str], dict]:
+    """Six files written into ``tmp_path`` and measured: three decodable PNGs of odd sizes, a
+    JPEG, a truncated PNG and an empty file. Returns (their names, measure_all's results)."""
+    from auditor.io.store import Store
+    from auditor.measure.batch import measure_all
+
+    files = {f"ok{i}.png": synth.png_bytes((np.random.default_rng(i).random((20 + i, 30, 3)) * 255).astype(np.uint8))
+             for i in range(3)}  # fmt: skip
+    files["q.jpg"] = synth.jpeg_bytes(np.full((30, 40, 3), 90, np.uint8), 80)
+    files["cut.png"] = files["ok0.png"][:60]
+    files["empty.png"] = b""
+    for name, data in files.items():
+        synth.write(tmp_path / name, data)
+    with Store(None) as store:
+        measured = measure_all([str(tmp_path / n) for n in files], store, workers=1)
+    return list(files), measured

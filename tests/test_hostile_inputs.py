@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tree_digest
+from conftest import measured_mixed_files, tree_digest
 
 from auditor.checks.boxes import _box, box_duplicate, box_label_conflict, valid_boxes
 from auditor.core.context import CheckContext
@@ -324,20 +324,9 @@ def test_table_by_columns_equals_the_row_by_row_table(tmp_path):
     and the 64-bit hashes as Python ints included)."""
     import itertools
 
-    from auditor.io.store import Store
-    from auditor.measure.batch import measure_all
     from auditor.pipeline.api import HASH_COLUMNS, build_table
 
-    files = {f"ok{i}.png": synth.png_bytes((np.random.default_rng(i).random((20 + i, 30, 3)) * 255).astype(np.uint8))
-             for i in range(3)}  # fmt: skip
-    files["q.jpg"] = synth.jpeg_bytes(np.full((30, 40, 3), 90, np.uint8), 80)
-    files["cut.png"] = files["ok0.png"][:60]
-    files["empty.png"] = b""
-    for name, data in files.items():
-        synth.write(tmp_path / name, data)
-    with Store(None) as store:
-        measured = measure_all([str(tmp_path / n) for n in files], store, workers=1)
-    names = list(files)
+    names, measured = measured_mixed_files(tmp_path)
     for k, n_missing, start in itertools.product((0, 1, 3, len(names)), (0, 1, 3), (0, 1)):
         if not k and not n_missing:
             continue

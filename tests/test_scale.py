@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-
-from auditor.demo import synth
+from conftest import measured_mixed_files
 
 
 def _rowwise(rows: list[dict]) -> pd.DataFrame:
@@ -54,20 +53,9 @@ def test_measured_columns_equal_one_frame_of_all_rows():
 def test_table_built_in_chunks_equals_the_table_built_at_once(tmp_path, monkeypatch):
     """The scan measures and adds its files a chunk at a time (MEASURE_CHUNK); decoded,
     undecodable and missing files in any order give the table build_table gives at once."""
-    from auditor.io.store import Store
-    from auditor.measure.batch import measure_all
     from auditor.pipeline import api
 
-    files = {f"ok{i}.png": synth.png_bytes((np.random.default_rng(i).random((20 + i, 30, 3)) * 255).astype(np.uint8))
-             for i in range(3)}  # fmt: skip
-    files["q.jpg"] = synth.jpeg_bytes(np.full((30, 40, 3), 90, np.uint8), 80)
-    files["cut.png"] = files["ok0.png"][:60]
-    files["empty.png"] = b""
-    for name, data in files.items():
-        synth.write(tmp_path / name, data)
-    with Store(None) as store:
-        measured = measure_all([str(tmp_path / n) for n in files], store, workers=1)
-    names = list(files)
+    names, measured = measured_mixed_files(tmp_path)
     for order in (names, names[::-1], names[4:] + names[:4]):
         for gone in ([], ["gone0.png"], ["gone0.png", "gone1.png", "gone2.png"]):
             entries = list(order)
