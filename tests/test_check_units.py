@@ -576,7 +576,6 @@ def test_near_duplicate_found_through_embeddings():
     assert found[0].score == pytest.approx(found[0].details["embedding_similarity"]) and found[0].score > 0.99
 
 
-
 def test_crop_found_among_the_nearest_neighbours_below_the_similarity_threshold():
     """An 80%-area crop of a small image sits far in pHash and below min_embedding_similarity,
     yet is its original's nearest backbone neighbour: with crop_neighbours (opt-in) the nearest
