@@ -385,8 +385,8 @@ def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray, patches: np.ndarr
     # the patches are the reference's (their values are the planes' integers either way)
     pcas = m.pca_sigmas_of_patches(patches) if patches.shape[1] else [float("nan")] * 3
     if sig.shape[1] * sig.shape[2] < 16:
-        blocks = [m.noise_sigma(p) for p in m.rgb_planes(rgb)]
-        return float(np.mean([b if np.isnan(pca) else min(b, pca) for b, pca in zip(blocks, pcas, strict=True)]))
+        planes = m.rgb_planes(rgb)
+        return float(np.mean([m.smaller_noise(m.noise_sigma(p), pca) for p, pca in zip(planes, pcas, strict=True)]))
     values = []
     for c in range(3):
         usable = sig[c][(mean[c] > 8.0) & (mean[c] < 247.0)]
@@ -394,6 +394,5 @@ def _noise(rgb: np.ndarray, sig: np.ndarray, mean: np.ndarray, patches: np.ndarr
             block = float(m.quantile_linear(usable, m.NOISE_QUANTILE) / m.NOISE_CORRECTION)
         else:
             block = m.noise_sigma(np.ascontiguousarray(rgb[..., c], dtype=np.float32))
-        pca = pcas[c]
-        values.append(block if np.isnan(pca) else min(block, pca))
+        values.append(m.smaller_noise(block, pcas[c]))
     return float(np.mean(values))

@@ -251,25 +251,33 @@ def pca_sigmas_of_patches(x: np.ndarray) -> list[float]:
     LAPACK routine on each matrix of a stack)."""
     n = x.shape[1]
     smallest = np.linalg.eigvalsh(np.matmul(x.transpose(0, 2, 1), x) / n)[:, 0]
-    corr = 1.0 - np.sqrt(PCA_PATCH * PCA_PATCH / n)
-    return [float(np.sqrt(max(float(v), 0.0)) / corr) for v in smallest]
+    return [_pca_sigma(float(v), n) for v in smallest]
 
 
 def pca_sigma_of_patches(x: np.ndarray) -> float:
     """:func:`pca_noise_sigma` from its patches: ``x`` float64 (n, 16), one flattened 4x4
     patch a row, each column minus its mean."""
     n = len(x)
-    smallest = float(np.linalg.eigvalsh(x.T @ x / n)[0])
+    return _pca_sigma(float(np.linalg.eigvalsh(x.T @ x / n)[0]), n)
+
+
+def _pca_sigma(smallest: float, n: int) -> float:
+    """Noise sigma from the smallest eigenvalue of ``n`` patches' covariance, the
+    Marchenko-Pastur bias of a finite sample undone."""
     return float(np.sqrt(max(smallest, 0.0)) / (1.0 - np.sqrt(PCA_PATCH * PCA_PATCH / n)))
 
 
-def plane_noise_sigma(plane: np.ndarray, block_estimate: float | None = None) -> float:
-    """The noise sigma of one plane: the smaller of the flattest-block estimate
-    (:func:`noise_sigma`, or ``block_estimate`` when the caller has it) and the patch-PCA one
-    (:func:`pca_noise_sigma`): each over-reads a different kind of content as noise."""
-    block = noise_sigma(plane) if block_estimate is None else block_estimate
-    pca = pca_noise_sigma(plane)
+def smaller_noise(block: float, pca: float) -> float:
+    """One plane's noise sigma from its two estimates: the smaller, each over-reading a
+    different kind of content as noise; the block one alone where the plane is too small for
+    patches (``pca`` NaN)."""
     return block if np.isnan(pca) else min(block, pca)
+
+
+def plane_noise_sigma(plane: np.ndarray) -> float:
+    """The noise sigma of one plane: :func:`smaller_noise` of the flattest-block estimate
+    (:func:`noise_sigma`) and the patch-PCA one (:func:`pca_noise_sigma`)."""
+    return smaller_noise(noise_sigma(plane), pca_noise_sigma(plane))
 
 
 def channel_spread(rgb: np.ndarray) -> float:
