@@ -39,18 +39,21 @@ def knn(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
         return np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
     if n > EXACT_LIMIT:
         return _approximate(x, k, seed)
-    return _exact_top_k(x, x, k, exclude_self=True)
+    return _exact_top_k(x, x, k, self_index=np.arange(n))
 
 
-def _exact_top_k(q: np.ndarray, b: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` inner products of unit rows, in blocks of :data:`BLOCK` queries."""
+def _exact_top_k(
+    q: np.ndarray, b: np.ndarray, k: int, self_index: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products of unit rows, in blocks of :data:`BLOCK` queries.
+    ``self_index``: each query's own row in ``b`` (never its neighbour), when the queries are
+    rows of ``b``."""
     idx = np.empty((len(q), k), np.int64)
     sim = np.empty((len(q), k), np.float32)
     for start in range(0, len(q), BLOCK):
         s = q[start : start + BLOCK] @ b.T
-        if exclude_self:
-            rows = np.arange(s.shape[0])
-            s[rows, rows + start] = -np.inf  # not its own neighbour
+        if self_index is not None:
+            s[np.arange(s.shape[0]), self_index[start : start + len(s)]] = -np.inf  # not its own neighbour
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]
         vals = np.take_along_axis(s, part, axis=1)
         order = np.lexsort((part, -vals), axis=1)  # by similarity, ties by index (deterministic)
@@ -107,14 +110,8 @@ def sample_recall(vectors: np.ndarray, indices: np.ndarray, sample: int = 1000, 
     neighbours of ``sample`` rows drawn with ``seed``."""
     x = normalize(vectors)
     rows = np.sort(np.random.default_rng(seed).choice(len(x), size=min(sample, len(x)), replace=False))
-    k = indices.shape[1]
-    idx = np.empty((len(rows), k), np.int64)
-    for start in range(0, len(rows), BLOCK):
-        q = rows[start : start + BLOCK]
-        s = x[q] @ x.T
-        s[np.arange(len(q)), q] = -np.inf
-        idx[start : start + len(q)] = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    return recall(indices[rows], idx)
+    exact, _ = _exact_top_k(x[rows], x, indices.shape[1], self_index=rows)
+    return recall(indices[rows], exact)
 
 
 def similar_pairs(indices: np.ndarray, sims: np.ndarray, min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
