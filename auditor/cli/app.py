@@ -150,6 +150,11 @@ def _engine_ready(engine: str) -> None:
         require_ray()
 
 
+def _warn(text: str) -> None:
+    """One ``warning:`` line on stderr (terminal control characters escaped); the command goes on."""
+    err_console.print(f"warning: {term(text)}", style="yellow", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def _input_errors():
     """Input errors (a missing or invalid input, an output that cannot be written) -> one
@@ -174,7 +179,7 @@ def _input_errors():
             return default_show(message, category, *args, **kwargs)
         if str(message) not in shown:  # each store warns once; several stores, one line
             shown.add(str(message))
-            err_console.print(f"warning: {term(message)}", style="yellow", highlight=False, soft_wrap=True)
+            _warn(str(message))
 
     try:
         with warnings.catch_warnings():
@@ -443,9 +448,10 @@ def finetune(
     if ev.get("unreadable"):
         bad = ev["unreadable"]
         path, reason = next(iter(bad["examples"].items()))
-        err_console.print(f"warning: {bad['count']} file(s) could not be decoded and were left out of training and "
-                          f"evaluation (evaluation.json 'unreadable'), e.g. {term(path)}: {term(reason)}",
-                          style="yellow", highlight=False, soft_wrap=True)  # fmt: skip
+        _warn(
+            f"{bad['count']} file(s) could not be decoded and were left out of training and evaluation "
+            f"(evaluation.json 'unreadable'), e.g. {path}: {reason}"
+        )
     if "tuning" in ev:
         from auditor.pipeline.tune import describe
 
