@@ -17,34 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_speed import machine, make_images  # noqa: E402
-
-#: The entry point, wherever the revision has it (auditor.cli was one module before it was a package).
-SCAN = ("try:\n    from auditor.cli.app import main\nexcept ImportError:\n    from auditor.cli import main\nmain()")
-
-
-def run(pythonpath: str | None, folder: Path, out: Path, workers: int) -> float:
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    # -P: no current folder on sys.path (run from the repository root, it would shadow the baseline)
-    cmd = [sys.executable, "-P", "-c", SCAN, "scan", str(folder), "--no-embed", "--no-cache", "--out", str(out), "-q",
-           "--workers", str(workers)]  # fmt: skip
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"scan failed ({pythonpath or 'current'}): {proc.stderr[-2000:]}")
-    return elapsed
+from bench_speed import baseline_tree, machine, make_images, run_audit  # noqa: E402
 
 
 def main() -> None:
@@ -58,27 +38,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "data" / "speed10k")
     args = ap.parse_args()
     make_images(args.data, args.n_images, args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
-                       check=True, capture_output=True)  # fmt: skip
-        current = None
-        if args.current:
-            current = Path(tmp) / "current"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(current), args.current],
-                           check=True, capture_output=True)  # fmt: skip
-        try:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        with baseline_tree(args.baseline, tmp, None, args.workers) as base, \
+                baseline_tree(args.current, tmp, None, args.workers, name="current") as current:  # fmt: skip
             times: dict[str, list[float]] = {"baseline": [], "current": []}
             for r in range(args.repeats):
-                times["baseline"].append(run(str(base), args.data, Path(tmp) / f"b{r}", args.workers))
-                times["current"].append(run(current and str(current), args.data, Path(tmp) / f"c{r}", args.workers))
+                times["baseline"].append(run_audit(args.data, args.workers, tmp, base))
+                times["current"].append(run_audit(args.data, args.workers, tmp, current))
                 print(f"repeat {r + 1}: baseline {times['baseline'][-1]:.1f} s, current {times['current'][-1]:.1f} s",
                       file=sys.stderr)  # fmt: skip
-        finally:
-            for tree in (base, current):
-                if tree is not None:
-                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
-                                   capture_output=True)  # fmt: skip
     b, c = statistics.median(times["baseline"]), statistics.median(times["current"])
     print(f"machine: {machine()}")
     print(f"{args.n_images} images, {args.workers} workers, median of {args.repeats}")

@@ -135,6 +135,10 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
     return wall, out.stdout
 
 
+#: ``python -c`` entry point of the auditor in any revision (auditor.cli was one module before it was a package).
+AUDIT_MAIN = "try:\n    from auditor.cli.app import main\nexcept ImportError:\n    from auditor.cli import main\nmain()"
+
+
 def run_audit(folder: Path, workers: int, tmp: Path, tree: Path | None = None) -> float:
     """Wall time of one first scan; ``tree``: run that checkout of the auditor instead (a
     worktree of ``--baseline``, first on ``PYTHONPATH``, the same interpreter and packages)."""
@@ -143,14 +147,14 @@ def run_audit(folder: Path, workers: int, tmp: Path, tree: Path | None = None) -
     if tree is None:
         return timed([str(AUDIT), *args])[0]
     # -P: no current folder on sys.path (run from the repository root, it would import this tree)
-    cmd = [str(AUDIT.parent / "python"), "-P", "-c", "from auditor.cli.app import main; main()", *args]
+    cmd = [str(AUDIT.parent / "python"), "-P", "-c", AUDIT_MAIN, *args]
     return timed(cmd, env={**os.environ, "PYTHONPATH": str(tree)})[0]
 
 
 @contextlib.contextmanager
-def baseline_tree(rev: str | None, tmp: Path, warm_folder: Path, workers: int, name: str = "baseline"):
-    """A detached worktree of ``rev`` (None: none), scanned once on ``warm_folder`` before it
-    is timed (its compiled kernels are cached per file: the first scan compiles)."""
+def baseline_tree(rev: str | None, tmp: Path, warm_folder: Path | None, workers: int, name: str = "baseline"):
+    """A detached worktree of ``rev`` (None: none), scanned once on ``warm_folder`` (None:
+    not) before it is timed (its compiled kernels are cached per file: the first scan compiles)."""
     if rev is None:
         yield None
         return
@@ -158,7 +162,8 @@ def baseline_tree(rev: str | None, tmp: Path, warm_folder: Path, workers: int, n
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
                    check=True, capture_output=True)  # fmt: skip
     try:
-        run_audit(warm_folder, workers, tmp, tree)
+        if warm_folder is not None:
+            run_audit(warm_folder, workers, tmp, tree)
         yield tree
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
