@@ -105,3 +105,18 @@ def test_downscale_keeps_a_one_pixel_strip():
     out = measure.downscale_to(strip, 1024)
     assert out.shape[1] == 1 and out.shape[0] >= 1
     assert measure.measure_pixels(out)["brightness_mean"] == pytest.approx(120, abs=0.5)
+
+
+def test_box_filter_is_scipys_uniform_filter1d_bit_for_bit():
+    # the numpy reference's sharpness box filter, written so a small scan needs no scipy
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(5)
+    planes = [measure.luminance(synth.load_photo(n)) for n in ("astronaut", "camera")]
+    planes += [(rng.random((int(h), int(w))) * 255).astype(np.float32) for h, w in rng.integers(3, 90, (150, 2))]
+    planes += [np.full((3, 40), 7.25, np.float32), rng.integers(0, 256, (4, 3)).astype(np.float32)]
+    for gray in planes:
+        for size in (measure.FINE_BLUR_SIZE, 11):
+            for axis in (0, 1):
+                ref = ndimage.uniform_filter1d(gray, size, axis=axis, mode="reflect")
+                got = measure.box_filter(gray, size, axis)
+                assert got.dtype == ref.dtype and got.flags.c_contiguous and np.array_equal(got, ref)
