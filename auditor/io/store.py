@@ -252,14 +252,17 @@ class Store:
 
         return self._write(statements)
 
-    def thumbnails(self, hashes: Iterable[str], version: int) -> Iterator[tuple[str, bytes]]:
-        """(content hash, JPEG thumbnail bytes) for those that have one."""
+    def thumbnails(self, hashes: Iterable[str], version: int | tuple[int, ...]) -> Iterator[tuple[str, bytes]]:
+        """(content hash, JPEG thumbnail bytes) for those that have one, from rows of ``version``
+        (or of any of several: the first found where more than one has it)."""
+        versions = (version,) if isinstance(version, int) else tuple(version)
+        where = ",".join("?" * len(versions))
         seen: set[str] = set()
         for chunk, marks in _in_chunks(hashes):
             for rows in self._read(lambda db, chunk=chunk, marks=marks: db.execute(
                 f"SELECT content_hash, thumbnail FROM measurements "
-                f"WHERE version = ? AND thumbnail IS NOT NULL AND content_hash IN ({marks})",
-                [version, *chunk],
+                f"WHERE version IN ({where}) AND thumbnail IS NOT NULL AND content_hash IN ({marks})",
+                [*versions, *chunk],
             ).fetchall()):  # fmt: skip
                 for chash, thumb in rows:
                     if chash not in seen:

@@ -26,7 +26,14 @@ from auditor.core.fsutil import readable
 from auditor.io import decode as dec
 from auditor.io.store import Store
 from auditor.measure.hashing import perceptual_hashes, pixel_hash
-from auditor.measure.pixels import MEASURE_VERSION, downscale_to, luminance, measure_pixels, rgb_planes
+from auditor.measure.pixels import (
+    MEASURE_VERSION,
+    REFERENCE_VERSION,
+    downscale_to,
+    luminance,
+    measure_pixels,
+    rgb_planes,
+)
 
 #: Longest side, in pixels, of the working copy the pixel properties are computed on.
 ANALYSIS_MAX_SIDE = 1024
@@ -34,6 +41,14 @@ ANALYSIS_MAX_SIDE = 1024
 THUMBNAIL_SIDE = 128
 #: Files per task sent to a worker (amortises inter-process overhead on small images).
 TASK_SIZE = 8
+#: A data set of at most this many images is measured with the numpy reference, not the compiled
+#: kernels: making the kernels ready (importing numba, which imports scipy.linalg, and loading
+#: their cached machine code: 0.3-0.45 s; compiling them into a new cache folder: 5-8 s) costs
+#: more than the reference's extra work on so few images (about 40 ns a pixel of the working
+#: copy: 5 ms for a 360 x 360 image, 40 ms at the 1024-px cap). Decided from the number of
+#: images alone, never from what the cache holds, so a data set is always measured the same way
+#: (see :func:`store_version`). benchmarks/RESULTS.md, "20-image scan".
+SMALL_SCAN_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,14 @@ class ExtractOptions:
     max_bytes: int = dec.DEFAULT_MAX_FILE_BYTES
     #: where the compiled kernels are cached (the store's cache folder; None: the default)
     cache_dir: str | None = None
+    #: measure with the compiled kernels (where they load); False: the numpy reference
+    compiled: bool = True
+
+
+def options_for_size(options: ExtractOptions, n_images: int) -> ExtractOptions:
+    """``options`` for measuring a data set of ``n_images`` images: the numpy reference for at
+    most :data:`SMALL_SCAN_IMAGES`, the compiled kernels above."""
+    return dataclasses.replace(options, compiled=n_images > SMALL_SCAN_IMAGES)
 
 
 DEFAULT_OPTIONS = ExtractOptions()
@@ -80,9 +103,25 @@ def pixel_kernels(cache_dir: str | None = None):
     return _KERNELS[0]
 
 
-def _pixel_properties(work: np.ndarray, cache_dir: str | None = None) -> tuple[dict, np.ndarray]:
+def store_version(options: ExtractOptions, load: bool = False) -> int:
+    """The store's version of the measurements ``options`` make: :data:`MEASURE_VERSION` for
+    the compiled kernels, :data:`REFERENCE_VERSION` for the numpy reference. The two agree
+    to float32 rounding, not bit for bit (tests/test_kernels.py), so a row made by one never
+    answers a scan that measures with the other: a data set's numbers are those of the path
+    its scan takes, whatever the cache holds. ``load``: make the kernels ready to be sure
+    they load (else, where numba is installed, assume they do; nothing is imported)."""
+    if not options.compiled or os.environ.get("AUDITOR_NO_JIT"):
+        return REFERENCE_VERSION
+    if load or _KERNELS:
+        return MEASURE_VERSION if pixel_kernels(options.cache_dir) is not None else REFERENCE_VERSION
+    from importlib.util import find_spec
+
+    return MEASURE_VERSION if find_spec("numba") is not None else REFERENCE_VERSION
+
+
+def _pixel_properties(work: np.ndarray, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[dict, np.ndarray]:
     """(measure.measure_pixels of the working copy, its rounded uint8 luminance)."""
-    kernels = pixel_kernels(cache_dir)
+    kernels = pixel_kernels(options.cache_dir) if options.compiled else None
     if kernels is not None:
         return kernels.measure_rgb(work)
     planes = rgb_planes(work)
@@ -108,7 +147,7 @@ def measure_file(path: str, options: ExtractOptions = DEFAULT_OPTIONS) -> tuple[
         props.update(error_kind=result.kind, error=result.message)
         return chash, props, None
     work = downscale_to(result.rgb, ANALYSIS_MAX_SIDE)
-    pixel_props, gray_u8 = _pixel_properties(work, options.cache_dir)
+    pixel_props, gray_u8 = _pixel_properties(work, options)
     props.update(
         width=result.width,
         height=result.height,
@@ -181,7 +220,8 @@ def _iter_results(paths: list[str], workers: int, options: ExtractOptions):
         for p in paths:
             yield (p, *measure_file(p, options))
         return
-    pixel_kernels(options.cache_dir)  # compiled (or loaded) once here; forked workers inherit it
+    if options.compiled:
+        pixel_kernels(options.cache_dir)  # compiled (or loaded) once here; forked workers inherit it
     tasks = [paths[i : i + TASK_SIZE] for i in range(0, len(paths), TASK_SIZE)]
     pending_tasks = list(reversed(tasks))
     suspects: list[str] = []  # files of tasks that were in flight when a worker died
@@ -263,24 +303,18 @@ def measure_all(
     if options.cache_dir is None:
         options = dataclasses.replace(options, cache_dir=str(store.folder))
     stats, stat_errors, known = _stat_known(paths, store)
-    results: dict[str, tuple[str | None, dict]] = {
-        p: (None, {"error_kind": "unreadable", "error": err}) for p, err in stat_errors.items()
-    }
-    cached = store.get_measurements(known.values(), MEASURE_VERSION, thumbnails=False)
-    todo: list[str] = []
-    for p in stats:
-        chash = known.get(p)
-        if chash is not None and chash in cached:
-            results[p] = (chash, cached[chash][0])
-        else:
-            todo.append(p)
+    version = store_version(options)
+    results, todo = _cached(stats, stat_errors, known, store, version)
+    if todo and version != store_version(options, load=True):  # the kernels failed to load here
+        version = REFERENCE_VERSION
+        results, todo = _cached(stats, stat_errors, known, store, version)
     if progress and results:
         progress(len(results))
     files_batch: list[tuple[str, int, int, str]] = []
     meas_batch: list[tuple[str, dict, bytes | None]] = []
 
     def flush() -> None:
-        store.put_batch(files_batch, meas_batch, MEASURE_VERSION)
+        store.put_batch(files_batch, meas_batch, version)
         files_batch.clear()
         meas_batch.clear()
 
@@ -296,6 +330,25 @@ def measure_all(
             progress(1)
     flush()
     return results
+
+
+def _cached(
+    stats: dict[str, tuple[int, int]], stat_errors: dict[str, str], known: dict[str, str], store: Store, version: int
+) -> tuple[dict[str, tuple[str | None, dict]], list[str]]:
+    """(path -> (hash, props) for unreadable files and those the store measured at
+    ``version``, the readable paths left to measure)."""
+    results: dict[str, tuple[str | None, dict]] = {
+        p: (None, {"error_kind": "unreadable", "error": err}) for p, err in stat_errors.items()
+    }
+    cached = store.get_measurements(known.values(), version, thumbnails=False)
+    todo: list[str] = []
+    for p in stats:
+        chash = known.get(p)
+        if chash is not None and chash in cached:
+            results[p] = (chash, cached[chash][0])
+        else:
+            todo.append(p)
+    return results, todo
 
 
 def hash_all(paths: Sequence[str], store: Store, max_bytes: int = dec.DEFAULT_MAX_FILE_BYTES) -> dict[str, str | None]:

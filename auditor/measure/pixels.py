@@ -14,6 +14,12 @@ import numpy as np
 
 #: Bump when any measurement changes meaning, so cached values are recomputed.
 MEASURE_VERSION = 6
+#: The store's version of measurements made by this numpy reference rather than the compiled
+#: kernels (the same numbers to float32 rounding, other bits): kept apart in the cache (see
+#: auditor.measure.batch.store_version). Thumbnails are the same bytes either way.
+REFERENCE_VERSION = -MEASURE_VERSION
+#: Every version a current scan writes (where to look for a thumbnail).
+THUMBNAIL_VERSIONS = (MEASURE_VERSION, REFERENCE_VERSION)
 
 
 def rgb_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -154,15 +154,15 @@ def check_context(
     shift_params = {n: rules.checks[n].params for n in ("domain_shift", "split_shift", "property_shift")}
     thumbnails = None
     if store is not None:
-        from auditor.measure.pixels import MEASURE_VERSION
+        from auditor.measure.pixels import THUMBNAIL_VERSIONS
 
         def thumbnails(hashes):
             if not store.closed:
-                return dict(store.thumbnails(hashes, MEASURE_VERSION))
+                return dict(store.thumbnails(hashes, THUMBNAIL_VERSIONS))
             if store.path == ":memory:":  # a ScanResult's context after an uncached scan
                 return {}
             with Store(store.path) as again:  # ... or after the scan closed the cache
-                return dict(again.thumbnails(hashes, MEASURE_VERSION))
+                return dict(again.thumbnails(hashes, THUMBNAIL_VERSIONS))
 
     return CheckContext(table=table, settings=rules.settings, embeddings=embeddings, reference=reference,
                         shift_params=shift_params, annotations=annotations, thumbnails=thumbnails)  # fmt: skip
@@ -343,7 +343,11 @@ def scan(
 
 def _measure_table(disc: Discovery, store: Store, workers, options, progress: ProgressFn | None, stage: str,
                    engine: Any = None):  # fmt: skip
+    from auditor.measure.batch import options_for_size
+
     present = present_paths(disc)
+    # a small data set is measured with the numpy reference (a cluster's workers always compile)
+    options = options_for_size(options, len(present)) if engine is None else options
     if engine is not None:  # the cluster measures into the store; measure_all then reads it as a rescan would
         from auditor.pipeline.ray_engine import measure_into_store
 

@@ -276,15 +276,16 @@ def measure_into_store(
     :func:`~auditor.measure.batch.measure_all`'s."""
     import ray
 
-    from auditor.measure.batch import pixel_kernels
-    from auditor.measure.pixels import MEASURE_VERSION
+    from auditor.measure.batch import store_version
 
-    todo, stats = _todo_files(paths, store, MEASURE_VERSION)
+    version = store_version(options)
+    todo, stats = _todo_files(paths, store, version)
     if not todo:
         return 0
     if progress:
         progress(len(paths) - len(todo))  # known already (the bar starts now)
-    pixel_kernels(options.cache_dir)  # compiled once here, so this machine's workers load them
+    # compiled once here, so this machine's workers load them (numpy rows where they cannot)
+    version = store_version(options, load=True)
     cpus = engine.cpus()
     per_task = max(1, min(engine.files_per_task, math.ceil(len(todo) / (2 * cpus))))
     done = 0
@@ -299,7 +300,7 @@ def measure_into_store(
                                 fn_kwargs={"options": options, "measure": engine.measure})  # fmt: skip
         try:
             for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                done += _write_measured(block, stats, store, MEASURE_VERSION)
+                done += _write_measured(block, stats, store, version)
                 if progress:
                     progress(block.num_rows)
         except Exception as exc:  # the cluster failed: the driver measures what is left

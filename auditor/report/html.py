@@ -13,7 +13,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemBytecodeCache, PackageLoader, select_autoescape
 
 from auditor.io.dataset import labeled as labeled_rows
-from auditor.measure.pixels import MEASURE_VERSION
+from auditor.measure.pixels import THUMBNAIL_VERSIONS
 from auditor.report.encode import rows_named
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def _scatter(frame, store: Store, size: int = 420, pad: int = 10) -> dict | None
     group, path, hashes = frame["group"].to_numpy(), frame["path"].to_numpy(), frame["content_hash"].to_numpy()
     hover_rows = set(rng.permutation(len(frame))[:MAX_HOVER_THUMBS].tolist())
     want = {i: hashes[i] if isinstance(hashes[i], str) else None for i in hover_rows}
-    jpegs = dict(store.thumbnails({h for h in want.values() if h}, MEASURE_VERSION))
+    jpegs = dict(store.thumbnails({h for h in want.values() if h}, THUMBNAIL_VERSIONS))
     thumbs = {str(i): _data_uri(_small(jpegs[h])) for i, h in want.items() if h in jpegs}
     points = [
         (round(float(pts[i, 0]), 1), round(float(size - pts[i, 1]), 1), color[group[i]],
@@ -316,7 +316,7 @@ def render_html(report: dict, table, projection, store: Store) -> str:
     wanted = dict.fromkeys(list(wanted)[:MAX_THUMBS_TOTAL])  # bounds the file: ~5 KB a thumbnail
     rows = table.loc[rows_named(table["path"], list(wanted)), ["path", "content_hash"]]
     hash_of = {p: h for p, h in zip(rows["path"], rows["content_hash"], strict=True) if isinstance(h, str)}
-    thumbs_by_hash = dict(store.thumbnails(hash_of.values(), MEASURE_VERSION))
+    thumbs_by_hash = dict(store.thumbnails(hash_of.values(), THUMBNAIL_VERSIONS))
     thumbs = {p: _data_uri(thumbs_by_hash[h]) for p, h in hash_of.items() if h in thumbs_by_hash}
     ok = table[table["ok"]]
     totals = {c: len(fs) for c, fs in sections.items()}
