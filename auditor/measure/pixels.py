@@ -107,21 +107,21 @@ def box_filter(gray: np.ndarray, size: int, axis: int) -> np.ndarray:
     half = size // 2
     # positions -half-1 .. n+size-half-2, reflected (d c b a | a b c d | d c b a): the first is
     # the value that leaves the window at the first step
-    where = np.arange(-half - 1, n + size - half - 1) % (2 * n)
-    ext = np.take(gray, np.where(where >= n, 2 * n - 1 - where, where), axis=axis)
+    edges = np.r_[-half - 1 : 0, n : n + size - half - 1] % (2 * n)
+    edges = np.where(edges >= n, 2 * n - 1 - edges, edges)
+    ext = np.concatenate([np.take(gray, edges[: half + 1], axis), gray, np.take(gray, edges[half + 1 :], axis)], axis)
 
     def cut(start: int, stop: int | None) -> tuple[slice, slice]:
         return (slice(start, stop), slice(None)) if axis == 0 else (slice(None), slice(start, stop))
 
-    out = np.empty(gray.shape, np.float64)
+    sums = np.empty(gray.shape, np.float64)
     first = ext[cut(1, 2)].astype(np.float64)
     for k in range(2, size + 1):  # the first window, summed in order
         first += ext[cut(k, k + 1)]
-    out[cut(0, 1)] = first
-    np.subtract(ext[cut(size + 1, None)], ext[cut(1, n)], out=out[cut(1, None)], dtype=np.float64)
-    np.cumsum(out, axis=axis, out=out)
-    out /= size
-    return out.astype(np.float32)
+    sums[cut(0, 1)] = first
+    np.subtract(ext[cut(size + 1, None)], ext[cut(1, n)], out=sums[cut(1, None)], dtype=np.float64)
+    np.cumsum(sums, axis=axis, out=sums)
+    return np.divide(sums, size, out=np.empty(gray.shape, np.float32), casting="same_kind")
 
 
 def sharpness(gray: np.ndarray, h_size: int = 11) -> float:
@@ -129,21 +129,28 @@ def sharpness(gray: np.ndarray, h_size: int = 11) -> float:
     et al. (2007): how much of the image's edge contrast survives a further ``h_size``-pixel
     box blur. It falls monotonically as an image is blurred and, being a ratio, depends far
     less on content than a Laplacian variance does."""
+    return sharpnesses(gray, (h_size,))[0]
+
+
+def sharpnesses(gray: np.ndarray, sizes: tuple[int, ...]) -> list[float]:
+    """:func:`sharpness` for each re-blur width in ``sizes`` (the same numbers), the image's own
+    differences taken once per axis for all of them."""
     if min(gray.shape) < 3:
-        return 0.0
-    blur = 0.0
+        return [0.0] * len(sizes)
+    blur = [0.0] * len(sizes)
     for axis in (0, 1):
-        blurred = box_filter(gray, h_size, axis)
         d_sharp = np.abs(np.diff(gray, axis=axis))
-        d_blur = np.abs(np.diff(blurred, axis=axis), out=blurred[:-1] if axis == 0 else None)
         m1 = float(d_sharp.sum(dtype=np.float64))
-        if m1 <= 1e-9:
-            blur = max(blur, 1.0)
-            continue
-        # m1 - sum(max(0, d_sharp - d_blur)) == sum(min(d_sharp, d_blur)): one pass, no temporary
-        kept = float(np.minimum(d_sharp, d_blur, out=d_blur).sum(dtype=np.float64))
-        blur = max(blur, kept / m1)
-    return float(1.0 - blur)
+        for i, size in enumerate(sizes):
+            if m1 <= 1e-9:
+                blur[i] = max(blur[i], 1.0)
+                continue
+            blurred = box_filter(gray, size, axis)
+            d_blur = np.abs(np.diff(blurred, axis=axis), out=blurred[:-1] if axis == 0 else None)
+            # m1 - sum(max(0, d_sharp - d_blur)) == sum(min(d_sharp, d_blur)): one pass, no temporary
+            kept = float(np.minimum(d_sharp, d_blur, out=d_blur).sum(dtype=np.float64))
+            blur[i] = max(blur[i], kept / m1)
+    return [float(1.0 - b) for b in blur]
 
 
 #: Box width of :func:`sharpness` for ``fine_sharpness``: a 3-pixel re-blur asks whether the
@@ -348,8 +355,7 @@ def measure_pixels(
     out = brightness_stats(gray, hist)
     out["contrast"] = contrast(gray)
     out["entropy"] = entropy_bits(gray, hist)
-    out["sharpness"] = sharpness(gray)
-    out["fine_sharpness"] = sharpness(gray, FINE_BLUR_SIZE)
+    out["sharpness"], out["fine_sharpness"] = sharpnesses(gray, (11, FINE_BLUR_SIZE))
     out["laplacian_var"] = laplacian_variance(gray)
     out["detail_ratio"] = detail_ratio(gray)
     # Per channel, then averaged: sensor noise is independent per channel, and a user's
