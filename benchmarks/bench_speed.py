@@ -139,11 +139,14 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
 AUDIT_MAIN = "try:\n    from auditor.cli.app import main\nexcept ImportError:\n    from auditor.cli import main\nmain()"
 
 
-def run_audit(folder: Path, workers: int, tmp: Path, tree: Path | None = None) -> float:
+def run_audit(folder: Path, workers: int, tmp: Path, tree: Path | None = None, fresh_cache: bool = False) -> float:
     """Wall time of one first scan; ``tree``: run that checkout of the auditor instead (a
-    worktree of ``--baseline``, first on ``PYTHONPATH``, the same interpreter and packages)."""
+    worktree of ``--baseline``, first on ``PYTHONPATH``, the same interpreter and packages).
+    ``--no-cache`` (compiled kernels and templates from the user's cache folder), or with
+    ``fresh_cache`` a new empty ``--cache-dir`` (nothing compiled or measured yet)."""
     out = tempfile.mkdtemp(prefix="audit-out-", dir=tmp)
-    args = ["scan", str(folder), "--no-embed", "--no-cache", "--out", out, "--workers", str(workers), "-q"]
+    cache = ["--cache-dir", tempfile.mkdtemp(prefix="audit-cache-", dir=tmp)] if fresh_cache else ["--no-cache"]
+    args = ["scan", str(folder), "--no-embed", *cache, "--out", out, "--workers", str(workers), "-q"]
     if tree is None:
         return timed([str(AUDIT), *args])[0]
     # -P: no current folder on sys.path (run from the repository root, it would import this tree)

@@ -1,7 +1,11 @@
-"""Timeline of one small first scan: ``audit scan DIR --no-embed --no-cache`` in this process,
-with a mark after each stage (where the fixed cost of a scan goes).
+"""Timeline of one small first scan: ``audit scan DIR --no-embed --cache-dir FRESH`` (a new,
+empty cache folder: nothing compiled or measured yet) in this process, with a mark after each
+stage (where the fixed cost of a scan goes). ``--no-cache`` instead of a fresh cache folder:
+``--no-cache`` as the second argument (the compiled kernels and templates then come from the
+user's cache folder).
 
     python -P benchmarks/profile_small_scan.py DIR
+    python -P benchmarks/profile_small_scan.py DIR --no-cache
     PYTHONPATH=/path/to/other/worktree python -P benchmarks/profile_small_scan.py DIR
 
 Marks: the CLI module imported; the command's imports, rules and discovery done; numba
@@ -55,7 +59,8 @@ def main() -> None:
 
     batch.pixel_kernels, api._measure_table, report.write_outputs = kernels, table, write
     with tempfile.TemporaryDirectory() as out:
-        sys.argv = ["audit", "scan", sys.argv[1], "--no-embed", "--no-cache", "--out", out, "-q"]
+        cache = ["--no-cache"] if sys.argv[2:] == ["--no-cache"] else ["--cache-dir", f"{out}/cache"]
+        sys.argv = ["audit", "scan", sys.argv[1], "--no-embed", *cache, "--out", f"{out}/report", "-q"]
         with contextlib.suppress(SystemExit):
             audit()
     mark("exit")
