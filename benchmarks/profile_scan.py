@@ -53,7 +53,7 @@ def main() -> None:
     from auditor.checks import catalog
 
     api.discover = timed("discover", api.discover)
-    api.measure_all = timed("measure (worker pool, store writes)", api.measure_all)
+    api._measure_table = timed("measure (worker pool, store writes, table)", api._measure_table)
     api.build_table = timed("items table", api.build_table)
     api.check_context = timed("check context", api.check_context)
     api.build_report = timed("build report dict", api.build_report)

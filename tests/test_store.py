@@ -89,6 +89,45 @@ def test_a_file_that_kills_its_worker_becomes_a_finding(tmp_path, tiles, monkeyp
     assert all("sharpness" in res[p][1] for p in paths if p != poison)
 
 
+def _many_files(tmp_path, tiles, n):
+    return [str(synth.write(tmp_path / f"{i}.jpg", synth.jpeg_bytes(tiles[i % len(tiles)][1]))) for i in range(n)]
+
+
+def test_chunks_are_measured_by_one_pool_started_once(tmp_path, tiles, monkeypatch):
+    """measure_chunks forks its workers once for every chunk: a pool forked per chunk maps the
+    parent's heap as it has grown by then (the table of the chunks before), once per worker."""
+    paths = _many_files(tmp_path, tiles, 100)
+    started = []
+    real_pool = extract._pool
+    monkeypatch.setattr(extract, "_pool", lambda workers: started.append(workers) or real_pool(workers))
+    monkeypatch.setattr(extract, "_mp_context", lambda: multiprocessing.get_context("fork"))
+    with Store(None) as s1, Store(None) as s2:
+        want = extract.measure_all(paths, s1, workers=1)
+        got = list(extract.measure_chunks(paths, s2, 40, workers=2))
+    assert started == [2]
+    assert [list(part) for part, _ in got] == [paths[:40], paths[40:80], paths[80:]]
+    assert {p: r for _, res in got for p, r in res.items()} == want
+
+
+def test_a_worker_killed_in_a_later_chunk_replaces_the_pool(tmp_path, tiles, monkeypatch):
+    paths = _many_files(tmp_path, tiles, 120)
+    poison = paths[57]  # in the second chunk of 40
+    real = extract.measure_file
+
+    def crashing(p, o=extract.DEFAULT_OPTIONS):
+        if p == poison:
+            os._exit(3)
+        return real(p, o)
+
+    monkeypatch.setattr(extract, "measure_file", crashing)
+    monkeypatch.setattr(extract, "_mp_context", lambda: multiprocessing.get_context("fork"))
+    with Store(None) as store:
+        res = {p: r for _, got in extract.measure_chunks(paths, store, 40, workers=2) for p, r in got.items()}
+    assert set(res) == set(paths)
+    assert res[poison][1]["error_kind"] == "decoder_crash"
+    assert all("sharpness" in res[p][1] for p in paths if p != poison)
+
+
 def test_projection_is_cached_by_its_input(tmp_path, monkeypatch):
     """An unchanged rescan does not run UMAP again: the projection of the same vectors and
     seed comes from the store; other vectors or another seed are computed."""

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -41,14 +41,20 @@ ANALYSIS_MAX_SIDE = 1024
 THUMBNAIL_SIDE = 128
 #: Files per task sent to a worker (amortises inter-process overhead on small images).
 TASK_SIZE = 8
-#: A data set of at most this many images is measured with the numpy reference, not the compiled
-#: kernels: making the kernels ready (importing numba, which imports scipy.linalg, and loading
-#: their cached machine code: 0.3-0.45 s; compiling them into a new cache folder: 5-8 s) costs
-#: more than the reference's extra work on so few images (about 40 ns a pixel of the working
-#: copy: 5 ms for a 360 x 360 image, 40 ms at the 1024-px cap). Decided from the number of
-#: images alone, never from what the cache holds, so a data set is always measured the same way
-#: (see :func:`store_version`). benchmarks/RESULTS.md, "20-image scan".
-SMALL_SCAN_IMAGES = 64
+#: A small data set is measured with the numpy reference, not the compiled kernels: making the
+#: kernels ready (importing numba, which imports scipy.linalg, and loading their cached machine
+#: code: 0.3-0.6 s; compiling them into a new cache folder: 5-8 s) costs more than the
+#: reference's extra work on a few images: 40-100 ns a pixel of the working copy, and some 1 ms
+#: an image for its many small numpy calls (counted as :data:`PER_IMAGE_PIXELS` pixels). Small:
+#: at most :data:`SMALL_SCAN_IMAGES` files whose working copies hold at most
+#: :data:`SMALL_SCAN_PIXELS` pixels together (their sizes read from the headers), about half the
+#: break-even, so the reference is a clear gain where it is taken (20 photos of 360 x 360 px, or
+#: 250 of 112 px, but not 5 of 1024 x 768). Decided from the files alone, never from what the
+#: cache holds, so a data set is always measured the same way (see :func:`store_version`).
+#: benchmarks/RESULTS.md, "20-image scan".
+SMALL_SCAN_IMAGES = 256
+SMALL_SCAN_PIXELS = 3_000_000
+PER_IMAGE_PIXELS = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,23 @@ class ExtractOptions:
     compiled: bool = True
 
 
-def options_for_size(options: ExtractOptions, n_images: int) -> ExtractOptions:
-    """``options`` for measuring a data set of ``n_images`` images: the numpy reference for at
-    most :data:`SMALL_SCAN_IMAGES`, the compiled kernels above."""
-    return dataclasses.replace(options, compiled=n_images > SMALL_SCAN_IMAGES)
+def options_for_files(options: ExtractOptions, paths: Sequence[str]) -> ExtractOptions:
+    """``options`` for measuring the files ``paths`` (a data set): the numpy reference where
+    they are small (see :data:`SMALL_SCAN_IMAGES`), the compiled kernels otherwise."""
+    return dataclasses.replace(options, compiled=not _small(paths, options.max_bytes))
+
+
+def _small(paths: Sequence[str], max_bytes: int) -> bool:
+    if len(paths) > SMALL_SCAN_IMAGES:
+        return False
+    total = 0
+    for p in paths:
+        w, h = dec.image_size(p, max_bytes) or (0, 0)  # a file the scan will not decode: its own cost only
+        scale = min(1.0, ANALYSIS_MAX_SIDE / max(w, h, 1))
+        total += int(w * h * scale * scale) + PER_IMAGE_PIXELS
+        if total > SMALL_SCAN_PIXELS:
+            return False
+    return True
 
 
 DEFAULT_OPTIONS = ExtractOptions()
@@ -214,52 +233,88 @@ def _mp_context():
     return mp.get_context("spawn")
 
 
-def _iter_results(paths: list[str], workers: int, options: ExtractOptions):
-    """Yield (path, hash, props, thumb) for each path, in any order. Bounded in flight."""
+class _Workers:
+    """The worker pool of a scan's measurement: started on the first chunk that needs it and
+    kept for every later chunk (:func:`measure_chunks`). Fork copies the parent's whole heap
+    into each worker, so a pool started per chunk maps the table built so far, once more in
+    every worker; started once, the workers hold little more than the interpreter and the
+    kernels. After a worker dies the pool is replaced (:meth:`broken`)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = _pool(self.workers)
+        return self._pool
+
+    def broken(self) -> None:
+        """A worker died: the pool cannot run tasks any more; the next :meth:`pool` is new."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _iter_results(paths: list[str], workers: int, options: ExtractOptions, pool: _Workers | None = None):
+    """Yield (path, hash, props, thumb) for each path, in any order. Bounded in flight.
+    ``pool``: the workers to use (kept open afterwards); default a pool for these paths alone."""
     if workers <= 1 or len(paths) < 4 * TASK_SIZE:
         for p in paths:
             yield (p, *measure_file(p, options))
         return
     if options.compiled:
         pixel_kernels(options.cache_dir)  # compiled (or loaded) once here; forked workers inherit it
+    own = pool is None
+    workers_ = _Workers(workers) if pool is None else pool
     tasks = [paths[i : i + TASK_SIZE] for i in range(0, len(paths), TASK_SIZE)]
     pending_tasks = list(reversed(tasks))
     suspects: list[str] = []  # files of tasks that were in flight when a worker died
-    while pending_tasks:
-        pool = _pool(workers)
-        in_flight: dict[Future, list[str]] = {}
-        broken = False
-        try:
-            while pending_tasks or in_flight:
-                while pending_tasks and len(in_flight) < workers * 4 and not broken:
-                    task = pending_tasks.pop()
-                    in_flight[pool.submit(_measure_task, task, options)] = task
-                if not in_flight:
-                    break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    task = in_flight.pop(fut)
-                    try:
-                        yield from fut.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        suspects.extend(task)
+    try:
+        while pending_tasks:
+            in_flight: dict[Future, list[str]] = {}
+            broken = False
+            executor = workers_.pool()
+            try:
+                while pending_tasks or in_flight:
+                    while pending_tasks and len(in_flight) < workers * 4 and not broken:
+                        task = pending_tasks.pop()
+                        in_flight[executor.submit(_measure_task, task, options)] = task
+                    if not in_flight:
+                        break
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        task = in_flight.pop(fut)
+                        try:
+                            yield from fut.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            suspects.extend(task)
+                    if broken:
+                        for fut, task in in_flight.items():
+                            fut.cancel()
+                            suspects.extend(task)
+                        in_flight.clear()
+                        break
+            finally:
                 if broken:
-                    for fut, task in in_flight.items():
-                        fut.cancel()
-                        suspects.extend(task)
-                    in_flight.clear()
-                    break
-        finally:
-            pool.shutdown(wait=not broken, cancel_futures=True)
-        # Re-run each suspect alone in a fresh one-worker pool: only the real culprit fails.
-        while suspects:
-            path = suspects.pop()
-            with _pool(1) as solo:
-                try:
-                    yield from solo.submit(_measure_task, [path], options).result()
-                except BrokenProcessPool:
-                    yield _crashed(path)
+                    workers_.broken()
+            # Re-run each suspect alone in a fresh one-worker pool: only the real culprit fails.
+            while suspects:
+                path = suspects.pop()
+                with _pool(1) as solo:
+                    try:
+                        yield from solo.submit(_measure_task, [path], options).result()
+                    except BrokenProcessPool:
+                        yield _crashed(path)
+    finally:
+        if own:
+            workers_.close()
 
 
 def _stat_known(
@@ -297,11 +352,55 @@ def measure_all(
     Thumbnails go to the store only (fetch them with :meth:`Store.thumbnails`).
 
     Unchanged files (same size and mtime as when cached) are neither read nor decoded.
-    ``progress(n)`` is called with the number of files just finished.
+    ``progress(n)`` is called with the number of files just finished. A million files are
+    better measured with :func:`measure_chunks` (a million dicts of properties is 4 GB).
     """
     workers = workers or os.cpu_count() or 1
+    return _measure(paths, store, workers, _with_cache_dir(options, store), progress, batch_size, None)
+
+
+def measure_chunks(
+    paths: Sequence[str],
+    store: Store,
+    chunk: int,
+    workers: int | None = None,
+    options: ExtractOptions = DEFAULT_OPTIONS,
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = 64,
+) -> Iterator[tuple[Sequence[str], dict[str, tuple[str | None, dict]]]]:
+    """:func:`measure_all` of ``paths[i : i + chunk]`` for i = 0, chunk, 2 chunk, ...: yields
+    (those paths, their path -> (hash, props)) in order, one chunk's results alive at a time.
+
+    One pool of worker processes serves every chunk: it starts with the first chunk that
+    has files to decode (with a fresh cache, before the caller holds anything of the results)
+    and ends when the iteration does (exhausted, closed, or an exception in the caller).
+    """
+    workers = workers or os.cpu_count() or 1
+    options = _with_cache_dir(options, store)
+    pool = _Workers(workers)
+    try:
+        for start in range(0, len(paths), chunk):
+            part = paths[start : start + chunk]
+            yield part, _measure(part, store, workers, options, progress, batch_size, pool)
+    finally:
+        pool.close()
+
+
+def _with_cache_dir(options: ExtractOptions, store: Store) -> ExtractOptions:
     if options.cache_dir is None:
-        options = dataclasses.replace(options, cache_dir=str(store.folder))
+        return dataclasses.replace(options, cache_dir=str(store.folder))
+    return options
+
+
+def _measure(
+    paths: Sequence[str],
+    store: Store,
+    workers: int,
+    options: ExtractOptions,
+    progress: Callable[[int], None] | None,
+    batch_size: int,
+    pool: _Workers | None,
+) -> dict[str, tuple[str | None, dict]]:
     stats, stat_errors, known = _stat_known(paths, store)
     version = store_version(options)
     results, todo = _cached(stats, stat_errors, known, store, version)
@@ -318,7 +417,7 @@ def measure_all(
         files_batch.clear()
         meas_batch.clear()
 
-    for path, chash, props, thumb in _iter_results(todo, workers, options):
+    for path, chash, props, thumb in _iter_results(todo, workers, options, pool):
         results[path] = (chash, props)
         # Only cache files we could read; unreadable ones are retried on every scan.
         if chash is not None and path in stats:

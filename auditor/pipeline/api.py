@@ -7,6 +7,7 @@ never prints; the CLI does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from auditor.core.types import ProgressFn, ScanResult
 from auditor.embed.backbones import Backbone, get_backbone
 from auditor.io.dataset import Discovery, discover, release_unused_memory
 from auditor.io.store import Store
-from auditor.measure.batch import ExtractOptions, measure_all
+from auditor.measure.batch import ExtractOptions, measure_chunks
 from auditor.pipeline.columns import MeasuredColumns
 from auditor.policy.rules import Rules, apply_severities, load_rules
 from auditor.report.build import build_report
@@ -343,30 +344,29 @@ def scan(
 
 def _measure_table(disc: Discovery, store: Store, workers, options, progress: ProgressFn | None, stage: str,
                    engine: Any = None):  # fmt: skip
-    from auditor.measure.batch import options_for_size
+    from auditor.measure.batch import options_for_files
 
     present = present_paths(disc)
     # a small data set is measured with the numpy reference (a cluster's workers always compile)
-    options = options_for_size(options, len(present)) if engine is None else options
-    if engine is not None:  # the cluster measures into the store; measure_all then reads it as a rescan would
+    options = options_for_files(options, present) if engine is None else options
+    if engine is not None:  # the cluster measures into the store; measure_chunks then reads it as a rescan would
         from auditor.pipeline.ray_engine import measure_into_store
 
         if options.cache_dir is None:
-            options = dataclasses.replace(options, cache_dir=str(store.folder))  # as measure_all's
+            options = dataclasses.replace(options, cache_dir=str(store.folder))  # as measure_chunks'
         measure_into_store(engine, present, store, options, _stage(progress, f"{stage} on ray", len(present)))
     if progress:
         progress(stage, 0, len(present))
     del present
     builder = TableBuilder(disc)
     paths = builder.present_paths
-    for start in range(0, len(paths), MEASURE_CHUNK):  # a chunk's dicts of properties at a time
-        chunk = paths[start : start + MEASURE_CHUNK]
-        measured = measure_all(
-            chunk, store, workers=workers, options=options,
-            progress=(lambda n: progress(stage, n, len(paths))) if progress else None,
-        )  # fmt: skip
-        builder.add([measured[p] for p in chunk])
-        del measured
+    # a chunk's dicts of properties at a time, through one pool of workers started before the table grows
+    chunks = measure_chunks(paths, store, MEASURE_CHUNK, workers=workers, options=options,
+                            progress=(lambda n: progress(stage, n, len(paths))) if progress else None)  # fmt: skip
+    with contextlib.closing(chunks):
+        for chunk, measured in chunks:
+            builder.add([measured[p] for p in chunk])
+            del measured
     table = builder.table()
     release_unused_memory()
     return table
