@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from auditor.demo import synth
@@ -72,8 +73,20 @@ def test_a_large_data_set_gives_the_same_report_whatever_the_cache_holds(small, 
     assert _versions(tmp_path / "c1") == {MEASURE_VERSION: 10, REFERENCE_VERSION: 10}
 
 
-def test_the_reference_is_used_up_to_the_threshold():
+def test_small_means_few_files_and_few_pixels_in_their_working_copies(small, tmp_path, monkeypatch):
     opts = batch.ExtractOptions()
-    assert not batch.options_for_size(opts, batch.SMALL_SCAN_IMAGES).compiled
-    assert batch.options_for_size(opts, batch.SMALL_SCAN_IMAGES + 1).compiled
-    assert batch.store_version(batch.options_for_size(opts, 1)) == REFERENCE_VERSION
+    paths = [str(p) for p in sorted(small.rglob("*.png"))]
+    assert not batch.options_for_files(opts, paths).compiled
+    assert batch.store_version(batch.options_for_files(opts, paths)) == REFERENCE_VERSION
+    monkeypatch.setattr(batch, "SMALL_SCAN_IMAGES", len(paths) - 1)
+    assert batch.options_for_files(opts, paths).compiled
+    monkeypatch.undo()
+    # 2048 x 1536 photos are measured at 1024 x 768: three fit in 3 M pixels, four do not
+    flat = synth.png_bytes(np.zeros((1536, 2048, 3), np.uint8))
+    big = [synth.write(tmp_path / f"big{i}.png", flat) for i in range(4)]
+    assert batch.SMALL_SCAN_PIXELS == 3_000_000
+    assert not batch.options_for_files(opts, [str(p) for p in big[:3]]).compiled
+    assert batch.options_for_files(opts, [str(p) for p in big]).compiled
+    # files the scan will not decode cost their per-image part only
+    junk = [str(tmp_path / "missing.png"), str(tmp_path), str(small / "a" / "1.png") + ".nope"]
+    assert not batch.options_for_files(opts, junk * 50).compiled

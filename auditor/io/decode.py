@@ -317,6 +317,26 @@ def decode_bytes(
     )
 
 
+def image_size(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header alone (no pixel is decoded), or None
+    where :func:`decode_file` would not decode it (not a regular file, unreadable, over
+    ``max_bytes``, not an image, a header Pillow refuses). Never raises."""
+    try:
+        with open_regular(path) as fh:
+            if os.fstat(fh.fileno()).st_size > max_bytes:
+                return None
+            fmt = sniff_format(fh.read(16))
+            if fmt is None:
+                return None
+            fh.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(fh, formats=[fmt]) as img:
+                    return img.size
+    except Exception:  # OSError, Pillow's header errors, a decompression bomb: no size
+        return None
+
+
 def decode_file(
     path: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
