@@ -206,7 +206,9 @@ def test_no_runtime_cache_is_written_into_the_installed_package(tmp_path, small)
     cache = tmp_path / "cache"
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "AUDITOR_NO_JIT")}
     env.update(PYTHONPATH=str(site), AUDITOR_CACHE_DIR=str(cache), PYTHONDONTWRITEBYTECODE="1")
+    # SMALL_SCAN_IMAGES 0: measured with the compiled kernels, as a larger data set would be
     code = (f"import auditor; assert auditor.__file__.startswith({str(site)!r}), auditor.__file__\n"
+            "import auditor.measure.batch as batch; batch.SMALL_SCAN_IMAGES = 0\n"
             "from auditor.cli.app import main; main()")  # fmt: skip
     for extra in ([], ["--no-cache"]):  # no store: the compiled-code caches still go to the cache folder
         done = subprocess.run([sys.executable, "-c", code, "scan", str(small), "--no-embed", "--workers", "2",

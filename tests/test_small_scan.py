@@ -81,11 +81,11 @@ def test_small_means_few_files_and_few_pixels_in_their_working_copies(small, tmp
     monkeypatch.setattr(batch, "SMALL_SCAN_IMAGES", len(paths) - 1)
     assert batch.options_for_files(opts, paths).compiled
     monkeypatch.undo()
-    # 2048 x 1536 photos are measured at 1024 x 768: three fit in 3 M pixels, four do not
+    # 2048 x 1536 photos are measured at 1024 x 768: five fit in 4 M pixels, six do not
     flat = synth.png_bytes(np.zeros((1536, 2048, 3), np.uint8))
-    big = [synth.write(tmp_path / f"big{i}.png", flat) for i in range(4)]
-    assert batch.SMALL_SCAN_PIXELS == 3_000_000
-    assert not batch.options_for_files(opts, [str(p) for p in big[:3]]).compiled
+    big = [synth.write(tmp_path / f"big{i}.png", flat) for i in range(6)]
+    assert batch.SMALL_SCAN_PIXELS == 4_000_000
+    assert not batch.options_for_files(opts, [str(p) for p in big[:5]]).compiled
     assert batch.options_for_files(opts, [str(p) for p in big]).compiled
     # files the scan will not decode cost their per-image part only
     junk = [str(tmp_path / "missing.png"), str(tmp_path), str(small / "a" / "1.png") + ".nope"]
