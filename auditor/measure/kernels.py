@@ -15,7 +15,10 @@ installed package must stay as installed (it may be read-only, and a leftover
 ``__pycache__`` of compiled code turns ``site-packages/auditor`` into a namespace package
 that shadows a later editable install). numba is a dependency (umap-learn's too); where it
 cannot be imported, or with ``AUDITOR_NO_JIT=1``, the scan uses the numpy reference instead
-(same results, slower).
+(the same numbers to float32 rounding, slower), and so does a small data set, for which
+importing numba and loading this kernel would cost more than it saves
+(:data:`auditor.measure.batch.SMALL_SCAN_IMAGES`). Rows of the two are cached apart
+(:func:`auditor.measure.batch.store_version`).
 """
 
 from __future__ import annotations
