@@ -1,15 +1,16 @@
 """Why 80%-area crop copies are missed, per validation domain (issue 15): where each injected
 crop ranks among its original's backbone neighbours, how far the template search
 (:func:`auditor.measure.verify.crop_difference`) finds it from its original against distinct
-top-5 neighbours, and how distinct the best window is (its correlation minus the best one at
-least 2 px away at the same scale); and the template search's CPU time per pair.
+top-5 neighbours, and how sharply the best window fits (the peak sharpness,
+:func:`auditor.measure.verify._peak_sharpness`) for true crops and for distinct neighbours that
+the template search finds close; and the template search's CPU time per pair.
 
     python benchmarks/validate.py --images 500 --data DATA --cache-dir CACHE   # builds DATA
     python benchmarks/crop_analysis.py --data DATA --cache-dir CACHE [--domains photos,digits]
 
 Reads ``DATA/<part>/<domain>/injected`` and its truth file as validate.py leaves them, and the
 embeddings from CACHE (computed there if missing). ``--false A,B`` adds a pair of files (paths
-under DATA/<part>) whose window margin is printed too (a pair a rule matched wrongly).
+under DATA/<part>) whose crop difference and peak sharpness are printed too (a pair a rule matched wrongly).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from auditor.demo.validation import read_truth
 from auditor.embed.backbones import get_backbone
@@ -32,23 +32,12 @@ from auditor.measure import verify as V
 from auditor.measure.hashing import perceptual_hashes
 
 
-def window_margin(a: bytes, b: bytes) -> float:
-    """Best correlation of one image inside the other (both ways, every crop scale) minus the
-    best at least 2 px from it at the same scale (NaN where the window grid is too small)."""
+def pair_sharpness(a: bytes, b: bytes) -> tuple[float, float]:
+    """(crop difference, peak sharpness) of one pair of files, as the verifier measures them."""
     thumbs = {"a": a, "b": b}
     sig, _ = V.signatures(thumbs, ["a", "b"])
-    best = (-np.inf, np.nan)
-    for x, y in (("a", 1), ("b", 0)):
-        for scale in V.CROP_SCALES:
-            win = sliding_window_view(V._scaled(thumbs, [x], scale)[0], (V.SIDE, V.SIDE))
-            p, q = win.shape[:2]
-            ncc = np.einsum("wij,ij->w", V._normalise(win.reshape(p * q, V.SIDE, V.SIDE)), sig[y]).reshape(p, q)
-            i, j = np.unravel_index(ncc.argmax(), ncc.shape)
-            yy, xx = np.mgrid[:p, :q]
-            far = np.maximum(abs(yy - i), abs(xx - j)) >= 2
-            if ncc.max() > best[0]:
-                best = (ncc.max(), ncc[far].max() if far.any() else np.nan)
-    return float(best[0] - best[1])
+    diff, sharp = V.crop_difference(thumbs, ["a", "b"], sig, np.array([0]), np.array([1]))
+    return float(diff[0]), float(sharp[0])
 
 
 def domain(data: Path, part: str, name: str, cache: str) -> None:
@@ -74,15 +63,14 @@ def domain(data: Path, part: str, name: str, cache: str) -> None:
     for t in (t for t in truth if t["defect"] == "crop_copy"):
         i, j = index[t["path"]], index[t["original"]]
         rank = int((sims[i] > sims[i, j]).sum()) + 1
-        diff = V.crop_difference(data_of, keys, sig, np.array([i]), np.array([j]))[0]
-        margin = window_margin(data_of[t["original"]], data_of[t["path"]])
+        diff, sharp = (float(v[0]) for v in V.crop_difference(data_of, keys, sig, np.array([i]), np.array([j])))
         print(f"  crop s{t['strength']} {t['path']}: cosine {sims[i, j]:.3f}, neighbour rank {rank}, "
-              f"crop difference {diff:.3f}, window margin {margin:.3f}")  # fmt: skip
+              f"crop difference {diff:.3f}, peak sharpness {sharp:.2f}")  # fmt: skip
     queries = np.random.default_rng(0).choice(len(keys), min(150, len(keys)), replace=False)
     pairs = [(i, j) for i in queries for j in np.argsort(-sims[i])[:5] if frozenset((keys[i], keys[j])) not in copies]
     a, b = np.array(pairs).T
     t0 = time.process_time()
-    diff = V.crop_difference(data_of, keys, sig, a, b)
+    diff, sharp = V.crop_difference(data_of, keys, sig, a, b)
     cost = (time.process_time() - t0) / len(a) * 1e3
     ph = np.array([perceptual_hashes(np.asarray(_gray(data_of[k])))["phash"] for k in keys], np.uint64)
     typical = V.typical_difference(lambda ks: {k: data_of[k] for k in ks}, keys, ph, np.arange(len(keys)))
@@ -90,6 +78,12 @@ def domain(data: Path, part: str, name: str, cache: str) -> None:
     print(f"  distinct top-5 neighbours ({len(diff)} pairs): crop difference quantiles 0.1% {q[0]:.3f}, "
           f"1% {q[1]:.3f}, 5% {q[2]:.3f}, 50% {q[3]:.3f}; typical difference {typical:.3f}; "
           f"template search {cost:.2f} ms of CPU a pair")  # fmt: skip
+    close = diff <= 0.5  # distinct pairs a crop limit (0.12-0.35) could come near
+    if close.any():
+        closest = sorted(zip(diff[close], sharp[close], strict=True))[:8]
+        print(f"  distinct pairs at crop difference <= 0.5: {int(close.sum())}, peak sharpness "
+              f"min {sharp[close].min():.2f}; closest (difference/sharpness): "
+              + ", ".join(f"{d:.3f}/{m:.2f}" for d, m in closest))  # fmt: skip
 
 
 def _gray(data: bytes):
@@ -110,7 +104,8 @@ def main() -> None:
         domain(args.data, args.part, name, args.cache_dir)
     for pair in args.false:
         a, b = (args.data / args.part / p for p in pair.split(","))
-        print(f"false pair {pair}: window margin {window_margin(a.read_bytes(), b.read_bytes()):.3f}")
+        diff, sharp = pair_sharpness(a.read_bytes(), b.read_bytes())
+        print(f"false pair {pair}: crop difference {diff:.3f}, peak sharpness {sharp:.2f}")
     sys.stdout.flush()
 
 

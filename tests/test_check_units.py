@@ -578,8 +578,9 @@ def test_near_duplicate_found_through_embeddings():
 
 def test_crop_found_among_the_nearest_neighbours_below_the_similarity_threshold():
     """An 80%-area crop of a small image sits far in pHash and below min_embedding_similarity,
-    yet is its original's nearest backbone neighbour: with crop_neighbours (opt-in) the nearest
-    are candidates too, and pass only if the template search finds one inside the other."""
+    yet is its original's nearest backbone neighbour: with crop_neighbours (default 5) the
+    nearest are candidates too, and pass only if the template search finds one inside the
+    other, at one place."""
     from auditor.demo.synth import crop_area
 
     pics = Pictures(5)
@@ -595,13 +596,13 @@ def test_crop_found_among_the_nearest_neighbours_below_the_similarity_threshold(
     vectors[-1] = 0.75 * vectors[2] + np.sqrt(1 - 0.75**2) * noise / np.linalg.norm(noise)  # cosine 0.75
     emb = Embeddings(backbone={"id": "fake"}, hashes=[r["content_hash"] for r in pics.records], vectors=vectors)
     assert params("near_duplicate")["min_embedding_similarity"] > 0.75
-    found = run("near_duplicate", pics.context(embeddings=emb), crop_neighbours=5)
+    assert params("near_duplicate")["crop_neighbours"] == 5
+    found = run("near_duplicate", pics.context(embeddings=emb))
     assert [f.paths for f in found] == [["train/cat/002.png", "train/cat/crop_of_002.png"]]
     assert found[0].details["evidence"] == "embedding" and found[0].details["embedding_similarity"] == pytest.approx(
         0.75, abs=1e-3)  # fmt: skip
-    # without the nearest-neighbour candidates (the default) it goes unseen; distinct neighbours never pass
-    assert params("near_duplicate")["crop_neighbours"] == 0
-    assert run("near_duplicate", pics.context(embeddings=emb)) == []
+    # without the nearest-neighbour candidates it goes unseen; distinct neighbours never pass
+    assert run("near_duplicate", pics.context(embeddings=emb), crop_neighbours=0) == []
 
 
 # --- labels --------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ NEAR_PARAMS = {"max_phash_distance": Int(0, 64), "max_dhash_distance": Int(0, 64
                "max_candidates_per_image": AT_LEAST_ONE, "max_pixel_difference": NON_NEGATIVE,
                "max_relative_pixel_difference": NON_NEGATIVE, "max_crop_difference": NON_NEGATIVE,
                "max_relative_crop_difference": NON_NEGATIVE, "min_pixel_difference": NON_NEGATIVE,
-               "crop_neighbours": Int(0, EMBEDDING_NEIGHBOURS)}  # fmt: skip
+               "crop_neighbours": Int(0, EMBEDDING_NEIGHBOURS), "min_crop_sharpness": NON_NEGATIVE}  # fmt: skip
 
 
 def phash_radius(hashes: np.ndarray, params: dict) -> int:
@@ -203,14 +203,19 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         pairs, kinds, values, rank = pairs[order], kinds[order], values[order], rank[order]
         first = np.ones(len(pairs), bool)
         first[1:] = np.any(pairs[1:] != pairs[:-1], axis=1)
+        # the crop search is for pairs the backbone put together (a pHash match that is also
+        # a backbone neighbour may still be a crop: an 80%-area crop of a texture)
+        by_backbone = np.maximum.reduceat(kinds, np.flatnonzero(first)) == 1
         pairs, kinds, values, rank = pairs[first], kinds[first], values[first], rank[first]
         distinct = pixel[pairs[:, 0]] != pixel[pairs[:, 1]]  # identical pixels need no verifying
         pairs, kinds, values, rank = pairs[distinct], kinds[distinct], values[distinct], rank[distinct]
+        by_backbone = by_backbone[distinct]
         keep = _cap_per_image(pairs, rank, int(params["max_candidates_per_image"]))
-        pairs, kinds, values = pairs[keep], kinds[keep], values[keep]
+        pairs, kinds, values, by_backbone = pairs[keep], kinds[keep], values[keep], by_backbone[keep]
         if ctx.thumbnails is not None and len(pairs):
             _, aligned, crop = pixel_thresholds(ctx, t, ph, params)
-            ok, diff, how = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop, kinds == 1)
+            ok, diff, how = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop, by_backbone,
+                                         params["min_crop_sharpness"])  # fmt: skip
             labels = t["label"].to_numpy()
             # a mirror or a crop can turn one class into another (b and d; an I cut from an
             # l): between labelled images, those are copies only under the same label

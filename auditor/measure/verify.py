@@ -25,6 +25,9 @@ import numpy as np
 SIDE = 32
 #: Gaussian blur (pixels at SIDE) applied to signatures before comparing.
 SMOOTH = 1.0
+#: Images with fewer pixels than this on a side are never verified as copies (only identical
+#: pixels join them): blown up to SIDE, any two 2x2 images are alike blobs.
+MIN_SIDE = 8
 #: Blocks per side over which :func:`block_difference` takes its worst block.
 BLOCKS = 4
 #: Window scales tried for crops: the crop's side over the original's (0.89 = 80% of the area).
@@ -58,7 +61,7 @@ def _smooth(img):
 
 def signatures(thumbs: dict[str, bytes], keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(n, SIDE, SIDE) float32 normalised grayscale signatures of ``keys`` (content hashes)
-    and a mask of those that have a usable one (a thumbnail, not flat)."""
+    and a mask of those that have a usable one (a thumbnail, at least MIN_SIDE px, not flat)."""
     from PIL import Image
 
     out = np.zeros((len(keys), SIDE, SIDE), np.float32)
@@ -68,7 +71,10 @@ def signatures(thumbs: dict[str, bytes], keys: list[str]) -> tuple[np.ndarray, n
         if not data:
             continue
         try:
-            g = _smooth(_gray(data).resize((SIDE, SIDE), Image.Resampling.BILINEAR))
+            g = _gray(data)
+            if min(g.size) < MIN_SIDE:
+                continue
+            g = _smooth(g.resize((SIDE, SIDE), Image.Resampling.BILINEAR))
         except Exception:  # noqa: BLE001 - a damaged thumbnail only means "cannot verify"
             continue
         out[i] = np.asarray(g, np.float32)
@@ -77,18 +83,61 @@ def signatures(thumbs: dict[str, bytes], keys: list[str]) -> tuple[np.ndarray, n
     return _normalise(out), ok & ~flat
 
 
-def _scaled(thumbs: dict[str, bytes], keys: list[str], scale: float) -> np.ndarray:
-    """Grayscale images resized so a crop of ``scale`` of the side spans SIDE pixels."""
+def _scaled(grays: list, scale: float) -> np.ndarray:
+    """Grayscale images (PIL, None where unusable) resized so a crop of ``scale`` of the side
+    spans SIDE pixels."""
     from PIL import Image
 
     big = int(round(SIDE / scale))
-    out = np.zeros((len(keys), big, big), np.float32)
-    for i, k in enumerate(keys):
-        data = thumbs.get(k)
-        if data:
+    out = np.zeros((len(grays), big, big), np.float32)
+    for i, g in enumerate(grays):
+        if g is not None:
             with contextlib.suppress(Exception):  # a damaged thumbnail stays blank
-                out[i] = np.asarray(_smooth(_gray(data).resize((big, big), Image.Resampling.BILINEAR)), np.float32)
+                out[i] = np.asarray(_smooth(g.resize((big, big), Image.Resampling.BILINEAR)), np.float32)
     return out
+
+
+def _grays(thumbs: dict[str, bytes], keys: list[str]) -> list:
+    """Each key's decoded grayscale thumbnail (None where missing or damaged), decoded once
+    for every crop scale."""
+    out = []
+    for k in keys:
+        data = thumbs.get(k)
+        g = None
+        if data:
+            with contextlib.suppress(Exception):
+                g = _gray(data)
+                g.load()
+        out.append(g)
+    return out
+
+
+#: Shift (pixels at SIDE) at which :func:`_peak_sharpness` compares a window with its place.
+MARGIN_SHIFT = 2
+
+
+def _peak_sharpness(window: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """How firmly a matched window (m, SIDE, SIDE), raw pixels, is placed on its target
+    (normalised signatures): how much correlation the window's centre loses when moved
+    MARGIN_SHIFT or more pixels (at its best such place), over the mismatch left at its own
+    place (1 - the centre's correlation). Above 1 the residual mismatch is smaller than what a
+    2-px misplacement costs, so the fit pins one position: crops on the tuning half 1.0-50
+    (a crop of any structure loses far more correlation 2 px away than it lacks in place).
+    Neighbouring tiles of a smooth gradient fit a window about as well wherever it sits: -0.2
+    to 0.4 (tiles of a dark micrograph, an even sky, blurred photos), so their match is no
+    evidence of a crop however small its difference."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    r = MARGIN_SHIFT
+    inner = SIDE - 2 * r
+    centre = _normalise(np.ascontiguousarray(target[:, r : SIDE - r, r : SIDE - r]))
+    shifted = sliding_window_view(window, (inner, inner), axis=(1, 2))  # (m, 2r+1, 2r+1, inner, inner)
+    w = 2 * r + 1
+    ncc = np.einsum("mwij,mij->mw", _normalise(shifted.reshape(len(window), w * w, inner, inner)), centre)
+    dy, dx = np.divmod(np.arange(w * w), w)
+    far = np.maximum(abs(dy - r), abs(dx - r)) >= r
+    here = ncc[:, (w * w) // 2]
+    return (here - ncc[:, far].max(axis=1)) / np.maximum(1.0 - here, 1e-4)
 
 
 def block_difference(x: np.ndarray, y: np.ndarray, blocks: int = BLOCKS) -> np.ndarray:
@@ -179,39 +228,77 @@ def typical_difference(
     return float(np.median(diff))
 
 
+def _window_spread(pics: np.ndarray) -> np.ndarray:
+    """For every SIDE x SIDE window of each of ``pics`` (n, H, W): the L2 norm of the window
+    minus its mean (n, H - SIDE + 1, W - SIDE + 1), from integral images."""
+    n = SIDE * SIDE
+    x = pics.astype(np.float64)
+
+    def box(v: np.ndarray) -> np.ndarray:
+        c = np.pad(v.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+        return c[:, SIDE:, SIDE:] - c[:, :-SIDE, SIDE:] - c[:, SIDE:, :-SIDE] + c[:, :-SIDE, :-SIDE]
+
+    total = box(x)
+    return np.sqrt(np.maximum(box(x * x) - total * total / n, 0.0))
+
+
+def _window_correlation(win: np.ndarray, spread: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Normalised cross-correlation (m, p, q) of every window ``win`` (m, p, q, SIDE, SIDE), a
+    view of the pictures, with its target (m, SIDE, SIDE), normalised (zero mean, unit norm);
+    ``spread``: the windows' :func:`_window_spread`. The target's zero mean makes the window's
+    mean drop out of the product, so no window is copied or normalised."""
+    dot = np.einsum("mpqij,mij->mpq", win, target)
+    return np.divide(dot, spread, out=np.zeros_like(spread), where=spread > 1e-6).astype(np.float32)
+
+
 def crop_difference(
     thumbs: dict[str, bytes], keys: list[str], sig: np.ndarray, a: np.ndarray, b: np.ndarray
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """For each pair, one image against every window of the other (both ways) at the
     :data:`CROP_SCALES`: the :func:`block_difference` at the best-correlated window (how well
-    one is a crop of the other)."""
+    one is a crop of the other), and that window's :func:`_peak_sharpness` (whether the fit
+    pins one place)."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     best_ncc = np.full(len(a), -np.inf, np.float32)
     best_diff = np.full(len(a), np.inf, np.float32)
     if not len(a):
-        return best_diff
+        return best_diff, np.zeros(0, np.float32)
+    best_window = np.zeros((len(a), SIDE, SIDE), np.float32)  # raw pixels of each pair's best window
+    best_target = np.zeros(len(a), np.int64)  # and the signature it was matched to
     involved = np.unique(np.concatenate([a, b]))
     pos = np.searchsorted(involved, np.concatenate([a, b])).reshape(2, -1)
-    sub_keys = [keys[i] for i in involved]
+    grays = _grays(thumbs, [keys[i] for i in involved])
     step = 256
     for scale in CROP_SCALES:
-        big = _scaled(thumbs, sub_keys, scale)
+        big = _scaled(grays, scale)
+        spread = _window_spread(big)
         for x, y in ((pos[0], b), (pos[1], a)):  # y a crop of x, then x a crop of y
             for s in range(0, len(x), step):
-                win = sliding_window_view(big[x[s : s + step]], (SIDE, SIDE), axis=(1, 2))  # (m, p, q, S, S)
+                pics = big[x[s : s + step]]
+                win = sliding_window_view(pics, (SIDE, SIDE), axis=(1, 2))  # (m, p, q, S, S), a view
                 m, p, q = win.shape[:3]
-                win = _normalise(win.reshape(m, p * q, SIDE, SIDE).astype(np.float32))
                 target = sig[y[s : s + step]]
-                ncc = np.einsum("mwij,mij->mw", win, target)
+                ncc = _window_correlation(win, spread[x[s : s + step]], target).reshape(m, p * q)
                 at = ncc.argmax(axis=1)
                 top = ncc[np.arange(m), at]
-                diff = block_difference(win[np.arange(m), at], target)
+                raw = win[np.arange(m), at // q, at % q]  # (m, S, S) the best windows' pixels
+                diff = block_difference(_normalise(raw), target)
                 better = top > best_ncc[s : s + step]
                 best_ncc[s : s + step] = np.where(better, top, best_ncc[s : s + step])
                 best_diff[s : s + step] = np.where(better, diff, best_diff[s : s + step])
-    return best_diff
+                rows = s + np.flatnonzero(better)
+                best_window[rows] = raw[better]
+                best_target[rows] = y[rows]
+    sharp = np.concatenate(
+        [_peak_sharpness(best_window[s : s + step], sig[best_target[s : s + step]]) for s in range(0, len(a), step)]
+    )
+    return best_diff, sharp.astype(np.float32)
 
+
+#: Candidate pairs :func:`verify_pairs` verifies at a time (thumbnails of at most twice as
+#: many images in memory, ~15 KB each while the crop search runs).
+PAIR_CHUNK = 8192
 
 #: How a verified pair matched (:func:`verify_pairs`).
 ALIGNED, MIRROR, CROP = 0, 1, 2
@@ -224,20 +311,46 @@ def verify_pairs(
     max_difference: float,
     max_crop_difference: float,
     may_be_crop: np.ndarray | None = None,
+    min_crop_sharpness: float = -np.inf,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which candidate ``pairs`` (m, 2) of positions into ``keys`` (content hashes) are copies:
     :func:`block_difference` at most ``max_difference`` as they are or mirrored, else, for the
     pairs ``may_be_crop`` marks (default all), at most ``max_crop_difference`` for one as a
-    crop of the other (the template search costs most; a pHash match means the layouts
-    already agree, so only embedding candidates need it).
+    crop of the other with a :func:`_peak_sharpness` of at least ``min_crop_sharpness`` (the
+    template search costs most; a pHash match means the layouts already agree, so only
+    embedding candidates need it).
 
     Returns (verified mask (m,), the difference at the best alignment (m,) float32, and how
     each verified pair matched: :data:`ALIGNED`, :data:`MIRROR` or :data:`CROP`). A pair whose
     images have no usable thumbnail (none stored, or a flat image) is not verified."""
     m = len(pairs)
+    ok = np.zeros(m, bool)
+    diff = np.full(m, np.inf, np.float32)
     how = np.full(m, ALIGNED, np.int8)
-    if not m:
-        return np.zeros(0, bool), np.zeros(0, np.float32), how
+    # in chunks of pairs (by first image), so thumbnails and the crop search's scaled copies
+    # of a million-image dataset never sit in memory at once
+    order = np.argsort(pairs[:, 0], kind="stable") if m > PAIR_CHUNK else np.arange(m)
+    for s in range(0, m, PAIR_CHUNK):
+        rows = order[s : s + PAIR_CHUNK]
+        crop = None if may_be_crop is None else may_be_crop[rows]
+        ok[rows], diff[rows], how[rows] = _verify_chunk(
+            thumbnails, keys, pairs[rows], max_difference, max_crop_difference, crop, min_crop_sharpness
+        )
+    return ok, diff, how
+
+
+def _verify_chunk(
+    thumbnails: ThumbnailFn,
+    keys: list[str],
+    pairs: np.ndarray,
+    max_difference: float,
+    max_crop_difference: float,
+    may_be_crop: np.ndarray | None,
+    min_crop_sharpness: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`verify_pairs` of one chunk of pairs."""
+    m = len(pairs)
+    how = np.full(m, ALIGNED, np.int8)
     involved = np.unique(pairs.ravel())
     sub_keys = [keys[i] for i in involved]
     thumbs = thumbnails(set(sub_keys))
@@ -252,8 +365,8 @@ def verify_pairs(
     how[ok & mirror] = MIRROR
     todo = np.flatnonzero(both & ~ok & (True if may_be_crop is None else may_be_crop))
     if len(todo):
-        c = crop_difference(thumbs, sub_keys, sig, a[todo], b[todo])
-        hit = todo[c <= max_crop_difference]
+        c, sharp = crop_difference(thumbs, sub_keys, sig, a[todo], b[todo])
+        hit = todo[(c <= max_crop_difference) & (sharp >= min_crop_sharpness)]
         ok[hit] = True
         how[hit] = CROP
         diff[todo] = np.minimum(diff[todo], c)
