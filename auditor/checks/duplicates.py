@@ -20,7 +20,7 @@ from auditor.core.context import CheckContext
 from auditor.core.findings import Finding
 from auditor.embed.neighbors import ok_knn, similar_pairs
 from auditor.measure.hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
-from auditor.measure.verify import ALIGNED, typical_difference, verify_pairs
+from auditor.measure.verify import ALIGNED, CROP, typical_difference, verify_pairs
 
 
 def _split_key(split) -> str:
@@ -179,7 +179,7 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         a, b = m_pairs[cross, 0], m_pairs[cross, 1] - n
         m_pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
         pairs, dist = np.concatenate([pairs, m_pairs]), np.concatenate([dist, m_dist[cross]])
-    kinds = np.zeros(len(pairs), np.int8)  # 0 phash, 1 embedding
+    kinds = np.zeros(len(pairs), np.int8)  # 0 phash, 1 embedding, 2 nearest neighbour (crop search only)
     values = dist.astype(np.float64)
     graph = ok_knn(ctx, EMBEDDING_NEIGHBOURS)
     if graph is not None:
@@ -189,10 +189,11 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         k = int(params["crop_neighbours"])
         if k > 0:  # crops of small images: far in pHash, below the similarity threshold, yet nearest
             c_pairs, c_sims = similar_pairs(graph[0][:, :k], graph[1][:, :k], -1.0)
-            e_pairs, e_sims = np.concatenate([e_pairs, c_pairs]), np.concatenate([e_sims, c_sims])
-        pairs = np.concatenate([pairs, e_pairs])
-        kinds = np.concatenate([kinds, np.ones(len(e_pairs), np.int8)])
-        values = np.concatenate([values, e_sims.astype(np.float64)])
+        else:
+            c_pairs, c_sims = np.zeros((0, 2), np.int64), np.zeros(0)
+        pairs = np.concatenate([pairs, e_pairs, c_pairs])
+        kinds = np.concatenate([kinds, np.ones(len(e_pairs), np.int8), np.full(len(c_pairs), 2, np.int8)])
+        values = np.concatenate([values, e_sims.astype(np.float64), c_sims.astype(np.float64)])
     pixel = t["pixel_hash"].to_numpy()
     evidence: dict[tuple[int, int], tuple[str, float, float, int]] = {}
     how = np.zeros(0, np.int8)
@@ -205,7 +206,7 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         first[1:] = np.any(pairs[1:] != pairs[:-1], axis=1)
         # the crop search is for pairs the backbone put together (a pHash match that is also
         # a backbone neighbour may still be a crop: an 80%-area crop of a texture)
-        by_backbone = np.maximum.reduceat(kinds, np.flatnonzero(first)) == 1
+        by_backbone = np.maximum.reduceat(kinds, np.flatnonzero(first)) >= 1
         pairs, kinds, values, rank = pairs[first], kinds[first], values[first], rank[first]
         distinct = pixel[pairs[:, 0]] != pixel[pairs[:, 1]]  # identical pixels need no verifying
         pairs, kinds, values, rank = pairs[distinct], kinds[distinct], values[distinct], rank[distinct]
@@ -222,6 +223,10 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
             same = np.array([not (isinstance(labels[a], str) and isinstance(labels[b], str)) or labels[a] == labels[b]
                              for a, b in pairs.tolist()], bool).reshape(-1)  # fmt: skip
             ok &= (how == ALIGNED) | same
+            # a pair that is only among the nearest neighbours (kind 2: neither similar enough
+            # nor close in pHash) is a copy only as a crop: as it stands, it is two pictures
+            # the backbone and the hashes both called distinct (an I and an l of one font)
+            ok &= (kinds != 2) | (how == CROP)
             pairs, kinds, values, diff, how = pairs[ok], kinds[ok], values[ok], diff[ok], how[ok]
         else:
             diff, how = np.full(len(pairs), np.nan), np.zeros(len(pairs), np.int8)
