@@ -187,3 +187,96 @@ def test_approximate_knn_finds_the_exact_graph_on_a_small_set(monkeypatch):
     assert len(want) == 100 and np.array_equal(got, want)
     again = neighbors.knn(x, 10)
     assert np.array_equal(again[0], approx_i)  # seeded: the same graph every time
+
+
+def _embedded_context(n: int, dims: int, seed: int, classes: int = 3):
+    """A check context of ``n`` decoded, labeled images whose embeddings (float16-exact, some
+    exact copies: tied similarities) are in a DiskMatrix, as a scan holds them."""
+    from auditor.core.context import CheckContext
+    from auditor.embed.blocks import DiskMatrix
+    from auditor.embed.features import Embeddings
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dims)) * 2
+    y = rng.integers(0, classes, n)
+    x = (centres[y] + rng.normal(size=(n, dims))).astype(np.float16)
+    x[n // 2 : n // 2 + 20] = x[:20]  # exact copies
+    matrix = DiskMatrix(dims)
+    matrix.append(x[::-1])  # the matrix's row order is not the table's
+    hashes = [f"h{i:05d}" for i in range(n)][::-1]
+    table = pd.DataFrame({"path": [f"train/c{c}/{i}.png" for i, c in enumerate(y)], "label": [f"c{c}" for c in y],
+                          "split": "train", "ok": True, "content_hash": [f"h{i:05d}" for i in range(n)]})  # fmt: skip
+    emb = Embeddings(backbone={"id": "fake"}, hashes=hashes, vectors=matrix)
+    return CheckContext(table=table, embeddings=emb), x.astype(np.float32)
+
+
+def test_knn_graph_from_blocks_equals_the_graph_of_the_whole_matrix(monkeypatch):
+    """ok_knn scales the rows to unit length a block at a time from the DiskMatrix (not the
+    whole float32 matrix beside its unit copy): the same bits, the same graph."""
+    from auditor.embed import neighbors
+
+    monkeypatch.setattr(neighbors, "BLOCK_ROWS", 700)  # five blocks, the last one short
+    ctx, x = _embedded_context(3000, 24, 5)
+    unit, mask = neighbors._unit_ok_rows(ctx)
+    assert mask.all() and np.array_equal(unit, neighbors.normalize(x))
+    got = neighbors.ok_knn(ctx, 10)
+    want = neighbors.knn(ctx.ok_vectors()[0], 10)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    ctx.analyses.knn = None  # with the vectors already held: the same again
+    again = neighbors.ok_knn(ctx, 10)
+    assert np.array_equal(again[0], want[0]) and np.array_equal(again[1], want[1])
+
+
+def test_label_vote_on_the_scan_graph_equals_its_own_graph(monkeypatch):
+    """Above EXACT_LIMIT the label vote takes the scan's kNN graph (same rows, same unit
+    vectors, same pynndescent build): the same probabilities as building its own."""
+    from auditor.analysis import labels
+    from auditor.embed import neighbors
+
+    monkeypatch.setattr(neighbors, "EXACT_LIMIT", 200)
+    params = {"folds": 3, "min_class_images": 5, "regularization": 0.1, "neighbours": 10, "neighbour_weight": 0.5}
+    ctx, _ = _embedded_context(900, 16, 6)
+    neighbors.ok_knn(ctx, 5)  # a check asked for the graph first, with a smaller k
+    reused = labels._label_probabilities(ctx, params)
+    assert ctx.analyses.knn[0].shape[1] == 10
+    monkeypatch.setattr(labels, "_scan_graph", lambda *a: None)
+    own = labels._label_probabilities(ctx, params)
+    assert np.array_equal(reused.probs, own.probs) and np.array_equal(reused.quality, own.quality)
+
+
+def test_support_distances_equal_the_knn_path():
+    """drift.support's nearest similarities from the block maximum: the same numbers knn(xn, 1)
+    and cross_nearest(yn, xn, 1) gave (with exact ties: copies in the reference)."""
+    from auditor.analysis import drift
+    from auditor.embed import neighbors
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2500, 32)).astype(np.float16).astype(np.float32)
+    x[1000:1100] = x[:100]
+    y = rng.normal(size=(700, 32)).astype(np.float16).astype(np.float32) + 0.2
+    y[:50] = x[200:250]
+    got = drift.support(x, y)
+    xn, yn = neighbors.normalize(x), neighbors.normalize(y)
+    ref = 1.0 - neighbors.knn(xn, 1)[1][:, 0].astype(np.float64)
+    tgt = 1.0 - neighbors.cross_nearest(yn, xn, 1)[1][:, 0].astype(np.float64)
+    assert np.array_equal(got.reference_distance, ref) and np.array_equal(got.target_distance, tgt)
+
+
+def test_projection_reads_the_drawn_rows_alone(monkeypatch):
+    """project_pairs draws its rows first and reads only those: the same vectors, in the same
+    order, as reading every row of a side and then drawing."""
+    from auditor.analysis import drift, projection, shift
+
+    ctx, _ = _embedded_context(1200, 16, 8)
+    ctx.table["split"] = np.where(np.arange(1200) % 4 == 0, "val", "train")
+    ctx.analyses.shift = {p.key: {"embedding": {}} for p in shift.pairs(ctx)}
+    seen = []
+    monkeypatch.setattr(projection, "cached_project", lambda v, seed, store: (seen.append(v), (v[:, :2], "fake"))[1])
+    frame = projection.project_pairs(ctx, max_per_group=500)
+    rng = np.random.default_rng(0)
+    want = []
+    for split in ("train", "val"):
+        rows = ctx.ok[ctx.ok["split"] == split]
+        v, mask = ctx.embeddings.rows(rows["content_hash"])
+        want.append(v[mask][drift.subsample(int(mask.sum()), 500, rng)])
+    assert len(frame) == 800 and np.array_equal(seen[0], np.vstack(want))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auditor.embed.neighbors import cross_nearest, knn, normalize
+from auditor.embed.neighbors import EXACT_LIMIT, cross_nearest, knn, nearest_similarity, normalize
 
 #: Permutations processed per matrix product (bounds memory at N x chunk floats).
 _PERM_CHUNK = 128
@@ -276,9 +276,17 @@ def support(x: np.ndarray, y: np.ndarray, quantile: float = 0.95) -> SupportResu
     their own nearest neighbour."""
     xn = normalize(x)
     yn = normalize(y)
-    _, ref_sims = knn(xn, 1)
+    if 1 < len(xn) <= EXACT_LIMIT:
+        # the similarities knn(xn, 1) and cross_nearest(yn, xn, 1) give (both normalise their
+        # input again), without their index arrays: 1.1 GB less at 20,000 x 10,000 rows
+        b = normalize(xn)
+        ref_sims = nearest_similarity(b, b, self_index=np.arange(len(b)))[:, None]
+        tgt_sims = nearest_similarity(normalize(yn), b)[:, None]
+        del b
+    else:
+        _, ref_sims = knn(xn, 1)
+        _, tgt_sims = cross_nearest(yn, xn, 1)
     ref_d = 1.0 - ref_sims[:, 0].astype(np.float64)
-    _, tgt_sims = cross_nearest(yn, xn, 1)
     tgt_d = 1.0 - tgt_sims[:, 0].astype(np.float64)
     thr = float(np.quantile(ref_d, quantile))
     return SupportResult(tgt_d, ref_d, thr, float(np.mean(tgt_d > thr)), quantile)

@@ -115,16 +115,19 @@ def _stratified_sample(rows: np.ndarray, labels: np.ndarray, size: int, rng: np.
     return np.sort(np.concatenate(picked))
 
 
-def knn_vote_probabilities(vectors: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0) -> np.ndarray:
+def knn_vote_probabilities(
+    vectors: np.ndarray, labels: np.ndarray, k: int = 10, seed: int = 0, graph: tuple | None = None
+) -> np.ndarray:
     """Leave-one-out class probabilities (n, n_classes) from the labels of each row's ``k``
     nearest other rows (cosine similarity of ``vectors``), weighted by similarity, with one
     pseudo-vote spread over the classes in proportion to their frequency (so that a row with
     unanimous neighbours is not certain). Where frozen ImageNet features are weak as a
-    linear basis (silhouettes, glyphs), the nearest neighbours still agree with the label."""
+    linear basis (silhouettes, glyphs), the nearest neighbours still agree with the label.
+    ``graph``: ``knn(vectors, min(k, n - 1), seed)``'s ``(indices, sims)`` when the caller has it."""
     from auditor.embed.neighbors import knn
 
     n_classes = int(labels.max()) + 1
-    idx, sims = knn(vectors, min(k, len(vectors) - 1), seed=seed)
+    idx, sims = graph if graph is not None else knn(vectors, min(k, len(vectors) - 1), seed=seed)
     w = np.clip(np.nan_to_num(sims, nan=0.0, neginf=0.0), 0.0, None)
     votes = np.zeros((len(vectors), n_classes))
     np.add.at(votes, (np.repeat(np.arange(len(vectors)), idx.shape[1]), labels[idx].ravel()), w.ravel())
@@ -172,11 +175,32 @@ def _label_probabilities(ctx: CheckContext, params: dict) -> LabelProbabilities 
     judged = vectors if whole else vectors[positions]
     probs = out_of_fold_probabilities(judged, y, params["folds"], params["regularization"])
     if params["neighbour_weight"] > 0:
-        vote = knn_vote_probabilities(judged, y, params["neighbours"])
+        graph = _scan_graph(ctx, whole, params["neighbours"])
+        vote = knn_vote_probabilities(judged, y, params["neighbours"], graph=graph)
         probs = (1.0 - params["neighbour_weight"]) * probs + params["neighbour_weight"] * vote
     quality = get_label_quality_scores(y, probs, method="self_confidence")
     left_out = sorted(set(counts.index) - set(keep_classes))
     return LabelProbabilities(rows, keep_classes, y, probs, quality, [str(c) for c in left_out])
+
+
+def _scan_graph(ctx: CheckContext, whole: bool, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scan's kNN graph (:func:`auditor.embed.neighbors.ok_knn`) where it is the graph the
+    vote would build: the rows judged are all the ok rows, in order, and the graph is
+    pynndescent's built with :data:`~auditor.embed.neighbors.APPROX_NEIGHBOURS` neighbours
+    (whose first k are taken, for any k below that) from the same unit rows and seed. Building it
+    twice cost a second 512 MB unit copy, pynndescent's own copy and about 45 s at 100,000
+    images. The exact graph (up to ``EXACT_LIMIT`` rows) is built again: cheap there, and its
+    ties at the k-th place are broken within the k asked."""
+    from auditor.embed.neighbors import APPROX_NEIGHBOURS, EXACT_LIMIT, ok_knn
+
+    n = len(ctx.ok)
+    k = min(k, n - 1)
+    cached = ctx.analyses.knn
+    if not whole or n <= EXACT_LIMIT or not 0 < k < APPROX_NEIGHBOURS:
+        return None
+    if cached is not None and cached[0].shape[1] >= APPROX_NEIGHBOURS:  # built with more neighbours
+        return None
+    return ok_knn(ctx, k)
 
 
 def noise_by_split(got: LabelProbabilities | str | None) -> dict | None:

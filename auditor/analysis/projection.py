@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from auditor.core.context import CheckContext
+from auditor.embed.blocks import RowSubset
 
 #: Points per group (source/dataset, or split) drawn into the projection.
 MAX_PER_GROUP = 1500
@@ -123,14 +124,16 @@ def project_pairs(
     rng = np.random.default_rng(seed)
     parts, vecs = [], []
     for name, (which, rows) in groups.items():
-        v, mask = ctx.embeddings.rows(rows["content_hash"])
-        rows, v = rows[mask], v[mask]
+        # the drawn rows alone are read: all of a 90,000-image train split were 460 MB, twice
+        pos = ctx.embeddings.positions(rows["content_hash"])
+        mask = pos >= 0
+        rows, pos = rows[mask], pos[mask]
         from auditor.analysis.drift import subsample
 
         keep = subsample(len(rows), max_per_group, rng)
         parts.append(pd.DataFrame({"set": which, "group": name, "path": rows["path"].to_numpy()[keep],
                                    "content_hash": rows["content_hash"].to_numpy()[keep]}))  # fmt: skip
-        vecs.append(v[keep])
+        vecs.append(RowSubset(ctx.embeddings.vectors, pos)[keep])
     frame = pd.concat(parts, ignore_index=True)
     if len(frame) < 2:
         return None

@@ -22,6 +22,7 @@ from auditor.analysis import drift
 from auditor.analysis.explain import compare_labels, compare_properties
 from auditor.core.context import NO_EMBEDDINGS, CheckContext
 from auditor.core.paths import EVAL_SPLITS
+from auditor.embed.blocks import RowSubset
 
 #: Rows per side for FID (covariances are O(n d^2)).
 FID_CAP = 10_000
@@ -59,13 +60,17 @@ def pairs(ctx: CheckContext) -> list[Pair]:
     return [Pair("split", "train", s, train, ok[ok["split"] == s]) for s in others]
 
 
-def _vectors(ctx: CheckContext, rows: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
-    vectors, mask = ctx.embeddings.rows(rows["content_hash"])
-    return vectors[mask], rows[mask]
+def _vectors(ctx: CheckContext, rows: pd.DataFrame) -> tuple[RowSubset, pd.DataFrame]:
+    """(the embeddings of ``rows`` that have one, those rows). Read on indexing: the tests
+    draw samples (:func:`_embedding_stats`), and the train split of 100,000 images would
+    hold 460 MB (twice over while masked)."""
+    pos = ctx.embeddings.positions(rows["content_hash"])
+    mask = pos >= 0
+    return RowSubset(ctx.embeddings.vectors, pos[mask]), rows[mask]
 
 
 def _class_shift(
-    x: np.ndarray, y: np.ndarray, xl: pd.Series, yl: pd.Series, bandwidth: float, params: dict
+    x: RowSubset, y: RowSubset, xl: pd.Series, yl: pd.Series, bandwidth: float, params: dict
 ) -> list[dict]:
     """Per shared class with at least ``class_min_images`` images on both sides (at most
     ``class_max_samples`` drawn): MMD² and its permutation p-value; ``significant`` after a
@@ -89,7 +94,7 @@ def _class_shift(
     return sorted(out, key=lambda d: (-d["mmd2"], d["class"]))
 
 
-def _embedding_stats(x: np.ndarray, y: np.ndarray, xr: pd.DataFrame, yr: pd.DataFrame, params: dict) -> dict:
+def _embedding_stats(x: RowSubset, y: RowSubset, xr: pd.DataFrame, yr: pd.DataFrame, params: dict) -> dict:
     rng = np.random.default_rng(0)
     cap = params["max_samples"]
     xi, yi = drift.subsample(len(x), cap, rng), drift.subsample(len(y), cap, rng)

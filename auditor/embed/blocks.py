@@ -117,13 +117,18 @@ class DiskMatrix:
 
 class RowSubset:
     """Some rows of a matrix (a :class:`DiskMatrix` or an array), read block by block:
-    what :func:`auditor.analysis.pretraining.pretraining_gap` pools without holding them."""
+    what :func:`auditor.analysis.pretraining.pretraining_gap` pools without holding them;
+    or read on indexing: ``s[key]`` (as numpy indexes rows) is the float32 rows ``key`` of the
+    subset, what the shift tests draw their samples from."""
 
     def __init__(self, matrix, rows: np.ndarray):
         self.matrix, self.rows = matrix, np.asarray(rows, np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.matrix[self.rows[key]], np.float32)
 
     def blocks(self, size: int | None = None) -> Iterator[np.ndarray]:
         return iter_blocks(self.matrix, self.rows, size)

@@ -62,11 +62,15 @@ class Embeddings:
     def index(self) -> dict[str, int]:
         return {h: i for i, h in enumerate(self.hashes)}
 
+    def positions(self, hashes: Iterable[str | None]) -> np.ndarray:
+        """Row of each hash in the matrices (int64; -1 where it has no embedding)."""
+        idx = self.index()
+        return np.array([idx.get(h, -1) if isinstance(h, str) else -1 for h in hashes], dtype=np.int64)
+
     def rows(self, hashes: Iterable[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """(vectors for the given hashes, boolean mask of those that have one); rows
         without an embedding are zeros."""
-        idx = self.index()
-        pos = np.array([idx.get(h, -1) if isinstance(h, str) else -1 for h in hashes], dtype=np.int64)
+        pos = self.positions(hashes)
         mask = pos >= 0
         out = np.zeros((len(pos), self.vectors.shape[1] if self.vectors.ndim == 2 else 0), np.float32)
         have = np.flatnonzero(mask)

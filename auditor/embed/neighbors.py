@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from auditor.core.context import CheckContext
+from auditor.embed.blocks import BLOCK_ROWS
 
 EXACT_LIMIT = 20_000
 BLOCK = 2048
@@ -32,7 +33,11 @@ def knn(vectors: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     Returns ``(indices, similarities)``, both (n, k'), with k' = min(k, n - 1), sorted by
     decreasing similarity; similarities in [-1, 1]. A row never lists itself.
     """
-    x = normalize(vectors)
+    return unit_knn(normalize(vectors), k, seed)
+
+
+def unit_knn(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn` of rows already scaled to unit length (``normalize``'s float32 rows)."""
     n = len(x)
     k = min(k, n - 1)
     if k <= 0:
@@ -60,6 +65,19 @@ def _exact_top_k(
         idx[start : start + len(s)] = np.take_along_axis(part, order, axis=1)
         sim[start : start + len(s)] = np.take_along_axis(vals, order, axis=1)
     return idx, sim
+
+
+def nearest_similarity(q: np.ndarray, b: np.ndarray, self_index: np.ndarray | None = None) -> np.ndarray:
+    """The largest inner product of each unit row of ``q`` with the unit rows of ``b`` (float32
+    (n,)); ``self_index`` as in :func:`_exact_top_k`. The similarity :func:`_exact_top_k` gives
+    with k=1 (the same blocks of products), without its (block, len(b)) index arrays."""
+    out = np.empty(len(q), np.float32)
+    for start in range(0, len(q), BLOCK):
+        s = q[start : start + BLOCK] @ b.T
+        if self_index is not None:
+            s[np.arange(s.shape[0]), self_index[start : start + len(s)]] = -np.inf
+        out[start : start + len(s)] = s.max(axis=1)
+    return out
 
 
 def cross_nearest(queries: np.ndarray, base: np.ndarray, k: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -132,16 +150,15 @@ def ok_knn(ctx: CheckContext, k: int) -> tuple[np.ndarray, np.ndarray] | None:
     (n_ok, k), indices positional into ``ctx.ok``; rows without an embedding have no
     neighbours (similarity -inf). Computed once per context (for the largest k asked) and
     kept in ``ctx.analyses.knn``."""
-    got = ctx.ok_vectors()
-    if got is None:
+    if ctx.embeddings is None:
         return None
     cached = ctx.analyses.knn
     if cached is None or cached[0].shape[1] < k:
-        vectors, mask = got
+        x, mask = _unit_ok_rows(ctx)
         have = np.flatnonzero(mask)
         kk = max(k, 10)
-        # every row embedded (the usual case): the rows as they are, not a copy (512 MB at 100k)
-        sub_i, sub_s = knn(vectors if len(have) == len(mask) else vectors[have], kk)
+        sub_i, sub_s = unit_knn(x, kk)
+        del x
         width = sub_i.shape[1]
         idx = np.zeros((len(mask), width), np.int64)
         sims = np.full((len(mask), width), -np.inf, np.float32)
@@ -149,3 +166,21 @@ def ok_knn(ctx: CheckContext, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         sims[have] = sub_s
         cached = ctx.analyses.knn = (idx, sims)
     return cached[0][:, :k], cached[1][:, :k]
+
+
+def _unit_ok_rows(ctx: CheckContext) -> tuple[np.ndarray, np.ndarray]:
+    """(the embedded ``ctx.ok`` rows scaled to unit length, float32 (n_embedded, d); the mask of
+    the ``ctx.ok`` rows that have one). ``normalize(ctx.ok_vectors()[0][mask])``, row for row
+    the same bits (each row is scaled on its own), but read and scaled a block at a time
+    when the context does not hold the vectors yet: the graph is the first to ask for them,
+    and the raw float32 rows beside their unit copy were 512 MB more at 100,000 images."""
+    if ctx.analyses.vectors is not None:
+        vectors, mask = ctx.analyses.vectors
+        return normalize(vectors if mask.all() else vectors[mask]), mask
+    pos = ctx.embeddings.positions(ctx.ok["content_hash"])
+    mask = pos >= 0
+    rows = pos[mask]
+    x = np.empty((len(rows), ctx.embeddings.vectors.shape[1] if len(rows) else 0), np.float32)
+    for start in range(0, len(rows), BLOCK_ROWS):
+        x[start : start + BLOCK_ROWS] = normalize(ctx.embeddings.vectors[rows[start : start + BLOCK_ROWS]])
+    return x, mask
