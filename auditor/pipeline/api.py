@@ -347,8 +347,8 @@ def _measure_table(disc: Discovery, store: Store, workers, options, progress: Pr
     from auditor.measure.batch import options_for_files
 
     present = present_paths(disc)
-    # a small data set is measured with the numpy reference (a cluster's workers always compile)
-    options = options_for_files(options, present) if engine is None else options
+    # a small data set is measured with the numpy reference (on a cluster too: the same bytes)
+    options = options_for_files(options, present)
     if engine is not None:  # the cluster measures into the store; measure_chunks then reads it as a rescan would
         from auditor.pipeline.ray_engine import measure_into_store
 

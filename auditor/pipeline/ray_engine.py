@@ -284,7 +284,8 @@ def measure_into_store(
         return 0
     if progress:
         progress(len(paths) - len(todo))  # known already (the bar starts now)
-    # compiled once here, so this machine's workers load them (numpy rows where they cannot)
+    # compiled once here (unless the data set is small), so this machine's workers load them;
+    # the reference's rows where they cannot load
     version = store_version(options, load=True)
     cpus = engine.cpus()
     per_task = max(1, min(engine.files_per_task, math.ceil(len(todo) / (2 * cpus))))
