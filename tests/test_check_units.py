@@ -605,30 +605,41 @@ def test_crop_found_among_the_nearest_neighbours_below_the_similarity_threshold(
     assert run("near_duplicate", pics.context(embeddings=emb), crop_neighbours=0) == []
 
 
-def test_a_nearest_neighbour_alone_is_a_copy_only_as_a_crop():
+def test_a_nearest_neighbour_alone_links_two_labels_never():
     """crop_neighbours makes an image's nearest backbone neighbours candidates whatever their
-    similarity or pHash: such a pair counts only if one is a crop of the other. Two pictures
-    that match as they stand, though the hashes and the backbone both called them distinct
-    (a sans-serif I and l), stay two pictures."""
-    pics = Pictures(5)
-    imgs = pics.distinct(30)
-    twin = pics.add("train/cat/twin_of_002.png", imgs[2])  # same pixels as they stand ...
-    twin["pixel_hash"] = "other"
-    twin["phash"] ^= (1 << 40) - 1  # ... but far in pHash, mirrored or not
-    twin["phash_mirror"] ^= (1 << 40) - 1
-    rng = np.random.default_rng(5)
-    vectors = rng.normal(size=(len(pics.records), 32)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    noise = rng.normal(size=32)
-    noise -= (noise @ vectors[2]) * vectors[2]
-    vectors[-1] = 0.75 * vectors[2] + np.sqrt(1 - 0.75**2) * noise / np.linalg.norm(noise)  # cosine 0.75
-    emb = Embeddings(backbone={"id": "fake"}, hashes=[r["content_hash"] for r in pics.records], vectors=vectors)
-    assert run("near_duplicate", pics.context(embeddings=emb)) == []
-    # the same pair as an embedding candidate (similar enough) verifies as it stands
-    vectors[-1] = vectors[2]
-    emb = Embeddings(backbone={"id": "fake"}, hashes=[r["content_hash"] for r in pics.records], vectors=vectors)
-    found = run("near_duplicate", pics.context(embeddings=emb), max_mirror_phash_distance=64)
+    similarity or pHash. Such a pair joins two images under one label (a JPEG copy of a 28-px
+    digit in val), but never two labels: the hashes and the backbone both called it two
+    pictures (a sans-serif I and l match as they stand), so no label_conflict rests on it."""
+
+    def pictures(twin_label: str) -> tuple[Pictures, np.ndarray]:
+        pics = Pictures(5)
+        imgs = pics.distinct(30)
+        twin = pics.add(f"train/{twin_label}/twin_of_002.png", imgs[2], label=twin_label)  # same pixels ...
+        twin["pixel_hash"] = "other"
+        twin["phash"] ^= (1 << 40) - 1  # ... but far in pHash, mirrored or not
+        twin["phash_mirror"] ^= (1 << 40) - 1
+        rng = np.random.default_rng(5)
+        vectors = rng.normal(size=(len(pics.records), 32)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        noise = rng.normal(size=32)
+        noise -= (noise @ vectors[2]) * vectors[2]
+        vectors[-1] = 0.75 * vectors[2] + np.sqrt(1 - 0.75**2) * noise / np.linalg.norm(noise)  # cosine 0.75
+        return pics, vectors
+
+    def embeddings(pics: Pictures, vectors: np.ndarray) -> Embeddings:
+        return Embeddings(backbone={"id": "fake"}, hashes=[r["content_hash"] for r in pics.records], vectors=vectors)
+
+    pics, vectors = pictures("cat")  # 002.png is a cat
+    found = run("near_duplicate", pics.context(embeddings=embeddings(pics, vectors)))
     assert [f.paths for f in found] == [["train/cat/002.png", "train/cat/twin_of_002.png"]]
+    pics, vectors = pictures("dog")
+    ctx = pics.context(embeddings=embeddings(pics, vectors))
+    assert run("near_duplicate", ctx) == [] and run("label_conflict", ctx) == []
+    # the same pair as an embedding candidate (similar enough) is a label conflict
+    vectors[-1] = vectors[2]
+    ctx = pics.context(embeddings=embeddings(pics, vectors))
+    found = run("label_conflict", ctx, max_mirror_phash_distance=64)
+    assert [sorted(f.paths) for f in found] == [["train/cat/002.png", "train/dog/twin_of_002.png"]]
 
 
 # --- labels --------------------------------------------------------------------------------

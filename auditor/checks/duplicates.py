@@ -20,7 +20,7 @@ from auditor.core.context import CheckContext
 from auditor.core.findings import Finding
 from auditor.embed.neighbors import ok_knn, similar_pairs
 from auditor.measure.hashing import flip_distance, group_pairs, hamming, near_pairs, to_uint64, typical_nearest_distance
-from auditor.measure.verify import ALIGNED, CROP, typical_difference, verify_pairs
+from auditor.measure.verify import ALIGNED, typical_difference, verify_pairs
 
 
 def _split_key(split) -> str:
@@ -222,11 +222,10 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
             # l): between labelled images, those are copies only under the same label
             same = np.array([not (isinstance(labels[a], str) and isinstance(labels[b], str)) or labels[a] == labels[b]
                              for a, b in pairs.tolist()], bool).reshape(-1)  # fmt: skip
-            ok &= (how == ALIGNED) | same
-            # a pair that is only among the nearest neighbours (kind 2: neither similar enough
-            # nor close in pHash) is a copy only as a crop: as it stands, it is two pictures
-            # the backbone and the hashes both called distinct (an I and an l of one font)
-            ok &= (kinds != 2) | (how == CROP)
+            # and so does a pair that is only among the nearest neighbours (kind 2: neither
+            # similar enough nor close in pHash): the backbone and the hashes both called it
+            # two pictures (a sans-serif I and l of one font)
+            ok &= ((how == ALIGNED) & (kinds != 2)) | same
             pairs, kinds, values, diff, how = pairs[ok], kinds[ok], values[ok], diff[ok], how[ok]
         else:
             diff, how = np.full(len(pairs), np.nan), np.zeros(len(pairs), np.int8)
