@@ -576,6 +576,22 @@ def test_near_duplicate_found_through_embeddings():
     assert found[0].score == pytest.approx(found[0].details["embedding_similarity"]) and found[0].score > 0.99
 
 
+def _far_neighbour(pics: Pictures, of: int, path: str, rgb: np.ndarray, label: str = "cat") -> tuple[dict, np.ndarray]:
+    """Add ``rgb`` at ``path``, far in pHash from everything (mirrored or not), and random unit
+    embeddings in which it is image ``of``'s nearest neighbour at cosine 0.75: below
+    min_embedding_similarity. Returns its row and the vectors."""
+    added = pics.add(path, rgb, label=label)
+    added["phash"] ^= (1 << 40) - 1
+    added["phash_mirror"] ^= (1 << 40) - 1
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(len(pics.records), 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    noise = rng.normal(size=32)
+    noise -= (noise @ vectors[of]) * vectors[of]
+    vectors[-1] = 0.75 * vectors[of] + np.sqrt(1 - 0.75**2) * noise / np.linalg.norm(noise)
+    return added, vectors
+
+
 def test_crop_found_among_the_nearest_neighbours_below_the_similarity_threshold():
     """An 80%-area crop of a small image sits far in pHash and below min_embedding_similarity,
     yet is its original's nearest backbone neighbour: with crop_neighbours (default 5) the
@@ -585,16 +601,8 @@ def test_crop_found_among_the_nearest_neighbours_below_the_similarity_threshold(
 
     pics = Pictures(5)
     imgs = pics.distinct(30)
-    crop = pics.add("train/cat/crop_of_002.png", crop_area(imgs[2], 0.8))
-    crop["phash"] ^= (1 << 40) - 1  # far in pHash, mirrored or not
-    crop["phash_mirror"] ^= (1 << 40) - 1
-    rng = np.random.default_rng(5)
-    vectors = rng.normal(size=(len(pics.records), 32)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    noise = rng.normal(size=32)
-    noise -= (noise @ vectors[2]) * vectors[2]
-    vectors[-1] = 0.75 * vectors[2] + np.sqrt(1 - 0.75**2) * noise / np.linalg.norm(noise)  # cosine 0.75
-    emb = Embeddings(backbone={"id": "fake"}, hashes=[r["content_hash"] for r in pics.records], vectors=vectors)
+    _, vectors = _far_neighbour(pics, 2, "train/cat/crop_of_002.png", crop_area(imgs[2], 0.8))
+    emb = _embeddings(pics.records, vectors)
     assert params("near_duplicate")["min_embedding_similarity"] > 0.75
     assert params("near_duplicate")["crop_neighbours"] == 5
     found = run("near_duplicate", pics.context(embeddings=emb))
@@ -611,33 +619,22 @@ def test_a_nearest_neighbour_alone_links_two_labels_never():
     digit in val), but never two labels: the hashes and the backbone both called it two
     pictures (a sans-serif I and l match as they stand), so no label_conflict rests on it."""
 
-    def pictures(twin_label: str) -> tuple[Pictures, np.ndarray]:
+    def pictures(label: str) -> tuple[Pictures, np.ndarray]:
         pics = Pictures(5)
         imgs = pics.distinct(30)
-        twin = pics.add(f"train/{twin_label}/twin_of_002.png", imgs[2], label=twin_label)  # same pixels ...
+        twin, vectors = _far_neighbour(pics, 2, f"train/{label}/twin_of_002.png", imgs[2], label)  # same pixels
         twin["pixel_hash"] = "other"
-        twin["phash"] ^= (1 << 40) - 1  # ... but far in pHash, mirrored or not
-        twin["phash_mirror"] ^= (1 << 40) - 1
-        rng = np.random.default_rng(5)
-        vectors = rng.normal(size=(len(pics.records), 32)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        noise = rng.normal(size=32)
-        noise -= (noise @ vectors[2]) * vectors[2]
-        vectors[-1] = 0.75 * vectors[2] + np.sqrt(1 - 0.75**2) * noise / np.linalg.norm(noise)  # cosine 0.75
         return pics, vectors
 
-    def embeddings(pics: Pictures, vectors: np.ndarray) -> Embeddings:
-        return Embeddings(backbone={"id": "fake"}, hashes=[r["content_hash"] for r in pics.records], vectors=vectors)
-
     pics, vectors = pictures("cat")  # 002.png is a cat
-    found = run("near_duplicate", pics.context(embeddings=embeddings(pics, vectors)))
+    found = run("near_duplicate", pics.context(embeddings=_embeddings(pics.records, vectors)))
     assert [f.paths for f in found] == [["train/cat/002.png", "train/cat/twin_of_002.png"]]
     pics, vectors = pictures("dog")
-    ctx = pics.context(embeddings=embeddings(pics, vectors))
+    ctx = pics.context(embeddings=_embeddings(pics.records, vectors))
     assert run("near_duplicate", ctx) == [] and run("label_conflict", ctx) == []
     # the same pair as an embedding candidate (similar enough) is a label conflict
     vectors[-1] = vectors[2]
-    ctx = pics.context(embeddings=embeddings(pics, vectors))
+    ctx = pics.context(embeddings=_embeddings(pics.records, vectors))
     found = run("label_conflict", ctx, max_mirror_phash_distance=64)
     assert [sorted(f.paths) for f in found] == [["train/cat/002.png", "train/dog/twin_of_002.png"]]
 
