@@ -188,3 +188,23 @@ def test_pairs_verified_in_chunks_give_the_same_answer(monkeypatch):
     for x, y in zip(whole, chunked, strict=True):
         np.testing.assert_array_equal(x, y)
     assert {verify.CROP, verify.MIRROR} <= set(whole[2][whole[0]].tolist())
+
+
+def test_window_correlation_from_integral_images_equals_normalising_every_window():
+    """The template search takes each window's mean and norm from integral images instead of
+    normalising every window: the same correlations (float32 rounding), flat windows 0."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    rng = np.random.default_rng(0)
+    side = verify.SIDE
+    pics = np.concatenate([synth.digit(i, side + 5)[None, ..., 0] for i in range(6)]).astype(np.float32)
+    pics[5] = 172.6  # a flat picture: every window is flat (its norm from sums is rounding, ~1e-4)
+    targets = verify._normalise(rng.normal(size=(6, side, side)).astype(np.float32))
+    win = sliding_window_view(pics, (side, side), axis=(1, 2))
+    fast = verify._window_correlation(win, verify._window_spread(pics), targets)
+    m, p, q = win.shape[:3]
+    slow = np.einsum(
+        "mwij,mij->mw", verify._normalise(win.reshape(m, p * q, side, side).astype(np.float32)), targets
+    ).reshape(m, p, q)
+    np.testing.assert_allclose(fast, slow, atol=2e-5)
+    assert not fast[5].any()

@@ -248,7 +248,9 @@ def _window_correlation(win: np.ndarray, spread: np.ndarray, target: np.ndarray)
     ``spread``: the windows' :func:`_window_spread`. The target's zero mean makes the window's
     mean drop out of the product, so no window is copied or normalised."""
     dot = np.einsum("mpqij,mij->mpq", win, target)
-    return np.divide(dot, spread, out=np.zeros_like(spread), where=spread > 1e-6).astype(np.float32)
+    # flat: a window's norm from integral images carries rounding of ~1e-4 (float64 sums of
+    # ~1e7), far below any structure (one grey level of spread in a window: 32)
+    return np.divide(dot, spread, out=np.zeros_like(spread), where=spread > 1e-2).astype(np.float32)
 
 
 def crop_difference(
