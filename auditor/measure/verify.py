@@ -232,14 +232,17 @@ def _window_spread(pics: np.ndarray) -> np.ndarray:
     """For every SIDE x SIDE window of each of ``pics`` (n, H, W): the L2 norm of the window
     minus its mean (n, H - SIDE + 1, W - SIDE + 1), from integral images."""
     n = SIDE * SIDE
-    x = pics.astype(np.float64)
 
     def box(v: np.ndarray) -> np.ndarray:
         c = np.pad(v.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
         return c[:, SIDE:, SIDE:] - c[:, :-SIDE, SIDE:] - c[:, SIDE:, :-SIDE] + c[:, :-SIDE, :-SIDE]
 
-    total = box(x)
-    return np.sqrt(np.maximum(box(x * x) - total * total / n, 0.0))
+    out = np.empty((len(pics), pics.shape[1] - SIDE + 1, pics.shape[2] - SIDE + 1), np.float64)
+    for s in range(0, len(pics), 1024):  # float64 temporaries of 1,024 images at a time (~55 MB)
+        x = pics[s : s + 1024].astype(np.float64)
+        total = box(x)
+        out[s : s + 1024] = np.sqrt(np.maximum(box(x * x) - total * total / n, 0.0))
+    return out
 
 
 def _window_correlation(win: np.ndarray, spread: np.ndarray, target: np.ndarray) -> np.ndarray:
