@@ -62,18 +62,19 @@ def _smooth(img):
 def signatures(thumbs: dict[str, bytes], keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(n, SIDE, SIDE) float32 normalised grayscale signatures of ``keys`` (content hashes)
     and a mask of those that have a usable one (a thumbnail, at least MIN_SIDE px, not flat)."""
+    return _signatures(_grays(thumbs, keys))
+
+
+def _signatures(grays: list) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`signatures` of decoded grayscale thumbnails (None where there is none)."""
     from PIL import Image
 
-    out = np.zeros((len(keys), SIDE, SIDE), np.float32)
-    ok = np.zeros(len(keys), bool)
-    for i, k in enumerate(keys):
-        data = thumbs.get(k)
-        if not data:
+    out = np.zeros((len(grays), SIDE, SIDE), np.float32)
+    ok = np.zeros(len(grays), bool)
+    for i, g in enumerate(grays):
+        if g is None or min(g.size) < MIN_SIDE:
             continue
         try:
-            g = _gray(data)
-            if min(g.size) < MIN_SIDE:
-                continue
             g = _smooth(g.resize((SIDE, SIDE), Image.Resampling.BILINEAR))
         except Exception:  # noqa: BLE001 - a damaged thumbnail only means "cannot verify"
             continue
@@ -99,7 +100,7 @@ def _scaled(grays: list, scale: float) -> np.ndarray:
 
 def _grays(thumbs: dict[str, bytes], keys: list[str]) -> list:
     """Each key's decoded grayscale thumbnail (None where missing or damaged), decoded once
-    for every crop scale."""
+    for the signatures and every crop scale."""
     out = []
     for k in keys:
         data = thumbs.get(k)
@@ -257,12 +258,18 @@ def _window_correlation(win: np.ndarray, spread: np.ndarray, target: np.ndarray)
 
 
 def crop_difference(
-    thumbs: dict[str, bytes], keys: list[str], sig: np.ndarray, a: np.ndarray, b: np.ndarray
+    thumbs: dict[str, bytes],
+    keys: list[str],
+    sig: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    grays: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each pair, one image against every window of the other (both ways) at the
     :data:`CROP_SCALES`: the :func:`block_difference` at the best-correlated window (how well
     one is a crop of the other), and that window's :func:`_peak_sharpness` (whether the fit
-    pins one place)."""
+    pins one place). ``grays``: the keys' decoded thumbnails (:func:`_grays`) where the
+    caller has them."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     best_ncc = np.full(len(a), -np.inf, np.float32)
@@ -273,7 +280,7 @@ def crop_difference(
     best_target = np.zeros(len(a), np.int64)  # and the signature it was matched to
     involved = np.unique(np.concatenate([a, b]))
     pos = np.searchsorted(involved, np.concatenate([a, b])).reshape(2, -1)
-    grays = _grays(thumbs, [keys[i] for i in involved])
+    grays = _grays(thumbs, [keys[i] for i in involved]) if grays is None else [grays[i] for i in involved]
     step = 256
     for scale in CROP_SCALES:
         big = _scaled(grays, scale)
@@ -359,7 +366,8 @@ def _verify_chunk(
     involved = np.unique(pairs.ravel())
     sub_keys = [keys[i] for i in involved]
     thumbs = thumbnails(set(sub_keys))
-    sig, usable = signatures(thumbs, sub_keys)
+    grays = _grays(thumbs, sub_keys)  # decoded once, for the signatures and the crop search
+    sig, usable = _signatures(grays)
     remap = np.searchsorted(involved, pairs)
     a, b = remap[:, 0], remap[:, 1]
     both = usable[a] & usable[b]
@@ -370,7 +378,7 @@ def _verify_chunk(
     how[ok & mirror] = MIRROR
     todo = np.flatnonzero(both & ~ok & (True if may_be_crop is None else may_be_crop))
     if len(todo):
-        c, sharp = crop_difference(thumbs, sub_keys, sig, a[todo], b[todo])
+        c, sharp = crop_difference(thumbs, sub_keys, sig, a[todo], b[todo], grays)
         hit = todo[(c <= max_crop_difference) & (sharp >= min_crop_sharpness)]
         ok[hit] = True
         how[hit] = CROP
