@@ -16,7 +16,9 @@ the high-water mark of the whole process, TensorFlow included). Two recipes:
   to a file and read a batch at a time), then one fine-tuning epoch on the image stream.
 
 ``--baseline REV`` also runs ``auditor/pipeline/finetune.py`` as it was at git revision REV
-(e.g. the commit before streaming: every image decoded into one array) for comparison.
+(e.g. the commit before streaming: every image decoded into one array) for comparison, with
+the modules split from it (``finetune_data.py``, ``finetune_model.py``) as they were at REV
+where REV has them; the rest of the package is the current tree's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
+#: Modules split from auditor/pipeline/finetune.py, in import order (each imports only those before it).
+SPLIT_MODULES = ("finetune_data", "finetune_model")
 
 
 def build(root: Path, n: int, size: int, seed: int = 0) -> None:
@@ -68,6 +72,15 @@ def child(args) -> None:
     if args.baseline_file:
         import importlib.util
 
+        import auditor.pipeline  # noqa: F401  (the parent of the baseline's split modules)
+
+        for name in SPLIT_MODULES:  # REV's copies, under the names REV's finetune.py imports them by
+            path = args.baseline_file.parent / f"{name}.py"
+            if path.is_file():
+                spec = importlib.util.spec_from_file_location(f"auditor.pipeline.{name}", path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
         spec = importlib.util.spec_from_file_location("baseline_finetune", args.baseline_file)
         ft = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = ft  # dataclasses look their module up
@@ -125,11 +138,15 @@ def main() -> None:
     work = args.work.resolve()
     baseline_file = None
     if args.baseline:
-        text = subprocess.run(["git", "show", f"{args.baseline}:auditor/pipeline/finetune.py"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout  # fmt: skip
-        baseline_file = work / "baseline_finetune.py"
-        baseline_file.parent.mkdir(parents=True, exist_ok=True)
-        baseline_file.write_text(text)
+        folder = work / "baseline"
+        shutil.rmtree(folder, ignore_errors=True)  # no module left from another REV
+        folder.mkdir(parents=True)
+        for name in ("finetune", *SPLIT_MODULES):
+            shown = subprocess.run(["git", "show", f"{args.baseline}:auditor/pipeline/{name}.py"], cwd=ROOT,
+                                   check=name == "finetune", capture_output=True, text=True)  # fmt: skip
+            if shown.returncode == 0:  # the split modules are absent before the split
+                (folder / f"{name}.py").write_text(shown.stdout)
+        baseline_file = folder / "finetune.py"
     print(f"machine: {machine()}")
     rows = []
     for n in args.sizes:

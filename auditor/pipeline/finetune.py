@@ -18,6 +18,10 @@ Memory does not grow with the dataset: images are streamed (:func:`image_dataset
 ahead of the model), and the frozen phase's features go to a file in the model folder
 (removed afterwards) written and read in blocks. A file that cannot be decoded is left out of
 training and evaluation (``evaluation.json`` counts and names them under ``unreadable``).
+
+This module is the recipe (training both phases, the search, evaluation, the files written);
+the images and features it reads are :mod:`auditor.pipeline.finetune_data`'s, the model and its
+options :mod:`auditor.pipeline.finetune_model`'s, and it re-exports their names.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -38,10 +41,30 @@ from typing import Any
 
 import numpy as np
 
-from auditor.core.paths import EVAL_SPLITS
 from auditor.embed.backbones import quiet_tensorflow
 
-AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
+# Re-exported: the names that were defined here before the split stay importable from here.
+from auditor.pipeline.finetune_data import FinetuneError as FinetuneError
+from auditor.pipeline.finetune_data import _decode as _decode
+from auditor.pipeline.finetune_data import _decode_batch as _decode_batch
+from auditor.pipeline.finetune_data import _FeatureFile as _FeatureFile
+from auditor.pipeline.finetune_data import _items as _items
+from auditor.pipeline.finetune_data import _load_images as _load_images
+from auditor.pipeline.finetune_data import image_dataset as image_dataset
+from auditor.pipeline.finetune_model import AUGMENTATIONS as AUGMENTATIONS
+from auditor.pipeline.finetune_model import BLOCK_PATTERNS as BLOCK_PATTERNS
+from auditor.pipeline.finetune_model import KERAS_IN_MODEL as KERAS_IN_MODEL
+from auditor.pipeline.finetune_model import KERAS_TF_MODE as KERAS_TF_MODE
+from auditor.pipeline.finetune_model import KERAS_TORCH_MODE as KERAS_TORCH_MODE
+from auditor.pipeline.finetune_model import FinetuneOptions as FinetuneOptions
+from auditor.pipeline.finetune_model import _augmentation as _augmentation
+from auditor.pipeline.finetune_model import _base as _base
+from auditor.pipeline.finetune_model import _classifier as _classifier
+from auditor.pipeline.finetune_model import _lite0_weights as _lite0_weights
+from auditor.pipeline.finetune_model import block_of as block_of
+from auditor.pipeline.finetune_model import build as build
+from auditor.pipeline.finetune_model import unfreeze_top as unfreeze_top
+
 #: Always on when augmenting; the photometric ones are added when the audit asks for them.
 BASE_AUGMENTATIONS = ("flip", "rotation", "zoom", "translation")
 #: property_shift property -> the augmentation that makes a model robust to that difference.
@@ -64,34 +87,6 @@ def augmentations_from_audit(report: dict) -> tuple[tuple[str, ...], list[str]]:
     return tuple(chosen), reasons
 
 
-class FinetuneError(ValueError):
-    """The dataset cannot be fine-tuned on (exit code 2)."""
-
-
-@dataclass
-class FinetuneOptions:
-    epochs: int = 10  # per phase (early stopping may end a phase sooner)
-    unfreeze: int = 3  # top blocks trained in phase 2 (0: phase 2 skipped)
-    learning_rate: float = 1e-3  # phase 1; phase 2 uses a tenth of it
-    image_size: int = 224
-    batch_size: int = 32
-    augment: tuple[str, ...] = AUGMENTATIONS  # empty: no augmentation
-    dropout: float = 0.2
-    l2: float = 1e-4
-    patience: int = 3
-    seed: int = 0
-    val_fraction: float = 0.2  # carved from train (stratified) when there is no val split
-    #: classes are weighed equally (inverse frequency) when the largest class has more than this
-    #: many times the images of the smallest
-    balance_above: float = 1.5
-    backbone: str = "efficientnet-lite0"  # or a keras.applications name (needs --weights offline)
-    weights: str | None = None  # keras.applications weights: a local file, "imagenet" (download) or "none"
-    #: search learning_rate, l2, dropout and unfreeze first (auditor.pipeline.tune), then train with the winner
-    tune: bool = False
-    trials: int = 8  # head settings tried (the fine-tuning trials come on top: TOP_HEADS x unfreeze choices)
-    budget_minutes: float | None = None  # wall-clock limit of the search (None: none)
-
-
 @dataclass
 class FinetuneResult:
     model_path: Path
@@ -103,173 +98,6 @@ class FinetuneResult:
     predictions: Any = None
 
 
-def _items(dataset: str | os.PathLike, seed: int, val_fraction: float):
-    """(train paths, train labels, val paths, val labels, classes) from a split/class or
-    class-folder dataset (e.g. ``audit clean``'s output). Without a val split, a stratified
-    ``val_fraction`` of train is held out (seeded)."""
-    from auditor.io.dataset import discover, labeled
-
-    disc = discover(dataset)
-    items = labeled(disc.items)
-    items = items[~items["path"].str.startswith("_quarantine/")]
-    if items.empty:
-        raise FinetuneError(f"{dataset}: no labeled images (expected DATASET/<split>/<class>/ or DATASET/<class>/)")
-    splits = set(items["split"].dropna())
-    val_name = next((s for s in EVAL_SPLITS if s in splits and s != "test"), None)
-    train = items[items["split"] == "train"] if "train" in splits else items[items["split"].isna()]
-    if val_name is not None:
-        val = items[items["split"] == val_name]
-    else:
-        from sklearn.model_selection import train_test_split
-
-        counts = train["label"].value_counts()
-        strat = train["label"] if counts.min() >= 2 else None
-        train, val = train_test_split(train, test_size=val_fraction, random_state=seed, stratify=strat)
-    classes = sorted(set(train["label"]))
-    if len(classes) < 2:
-        raise FinetuneError(f"{dataset}: need at least 2 classes in train, found {classes}")
-    val = val[val["label"].isin(classes)]
-    if val.empty:
-        raise FinetuneError(f"{dataset}: the validation split has no images of the train classes")
-    code = {c: i for i, c in enumerate(classes)}
-    return (list(train["abs_path"]), np.array([code[c] for c in train["label"]]), list(val["abs_path"]),
-            np.array([code[c] for c in val["label"]]), classes)  # fmt: skip
-
-
-def _load_images(paths: list[str], size: int) -> np.ndarray:
-    """uint8 (n, size, size, 3), the embedder's decode + resize (shorter side to size/0.875,
-    centre crop), all in memory: for a few images (scoring a small test folder); training
-    streams them (:func:`image_dataset`)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from auditor.embed.features import prepare_image
-
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        arrays = list(pool.map(lambda p: prepare_image(p, size), paths))
-    bad = [p for p, a in zip(paths, arrays, strict=True) if isinstance(a, str)]
-    if bad:
-        raise FinetuneError(f"{bad[0]}: cannot be decoded ({len(bad)} such files); run audit clean first")
-    return np.stack(arrays)
-
-
-def _decode(path: bytes, size: int, unreadable: dict[str, str]) -> tuple[np.ndarray, np.bool_]:
-    """The embedder's pixels for one file (:func:`auditor.embed.features.prepare_image`: the
-    project's one safe decoder, shorter side to size/0.875, centre crop), and whether it could
-    be decoded; a file that cannot is zeros, and its reason goes into ``unreadable``."""
-    from auditor.embed.features import prepare_image
-
-    name = path.decode()
-    try:
-        pixels = prepare_image(name, size)
-    except Exception as exc:  # a file that changed or vanished since it was listed
-        pixels = f"{type(exc).__name__}: {exc}"
-    if isinstance(pixels, str):
-        unreadable.setdefault(name, pixels)
-        return np.zeros((size, size, 3), np.uint8), np.bool_(False)
-    return pixels, np.bool_(True)
-
-
-def _decode_batch(paths: np.ndarray, size: int, unreadable: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_decode` for a batch of paths: (uint8 (b, size, size, 3), ok (b,))."""
-    images = np.zeros((len(paths), size, size, 3), np.uint8)
-    ok = np.zeros(len(paths), bool)
-    for i, path in enumerate(paths):
-        images[i], ok[i] = _decode(path, size, unreadable)
-    return images, ok
-
-
-def image_dataset(
-    paths: list[str],
-    labels: np.ndarray | None,
-    size: int,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-    skip_unreadable: bool = True,
-    unreadable: dict[str, str] | None = None,
-):
-    """A ``tf.data`` stream of the images in ``paths``: list -> (shuffle the paths, seeded, a
-    new order each epoch) -> batch the paths -> decode and resize (:func:`_decode`; batches in
-    parallel, delivered in order) -> prefetch. Yields (uint8 (b, size, size, 3), int32 labels
-    (b,)) batches, or images alone when ``labels`` is None; only a few batches are ever decoded
-    at once. Files that cannot be decoded are left out (``skip_unreadable``: a batch may then
-    be smaller) or zeros (to keep rows aligned with ``paths``), their reasons recorded in
-    ``unreadable`` (path -> reason) as they are met. One decoding call per batch, not per
-    image: TensorFlow's per-element overhead would double the time of a 32 px fine-tune.
-    Augmentation is in the model (Keras layers, active only while training), so the saved
-    model has it too."""
-    import tensorflow as tf
-
-    found = {} if unreadable is None else unreadable
-    names = tf.constant([str(p) for p in paths], dtype=tf.string)
-    ds = tf.data.Dataset.from_tensor_slices(
-        (names, tf.constant(np.zeros(len(paths)) if labels is None else labels, tf.int32))
-    )
-    if shuffle:  # the paths, not the pixels: the buffer holds names
-        ds = ds.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
-    decode = functools.partial(_decode_batch, size=size, unreadable=found)
-
-    @tf.autograph.experimental.do_not_convert  # plain graph code: AutoGraph would write temporary files
-    def load(batch, label):
-        images, ok = tf.numpy_function(decode, [batch], [tf.uint8, tf.bool], name="decode")
-        images.set_shape((None, size, size, 3))
-        ok.set_shape((None,))
-        if skip_unreadable:
-            images, label = tf.boolean_mask(images, ok), tf.boolean_mask(label, ok)
-        return images if labels is None else (images, label)
-
-    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if skip_unreadable:  # a batch of nothing but unreadable files would be an empty step
-        ds = ds.filter(tf.autograph.experimental.do_not_convert(lambda *batch: tf.shape(batch[0])[0] > 0))
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-class _FeatureFile:
-    """What the frozen backbone feeds the head, one float32 row per image, in a file read a
-    batch at a time (``os.pread``, not a memory map, whose pages would stay resident): the
-    frozen phase and the head search never hold every row in memory."""
-
-    def __init__(self, path: Path, n: int, dims: int) -> None:
-        self.path, self.n, self.dims = path, n, dims
-        self.ok = np.ones(n, bool)  # False: the image could not be decoded; its row is zeros
-        self.source = ""
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
-
-    def write(self, start: int, rows: np.ndarray) -> None:
-        data = np.ascontiguousarray(rows, np.float32).tobytes()
-        os.pwrite(self._fd, data, start * self.dims * 4)
-
-    def read(self, index: np.ndarray) -> np.ndarray:
-        """float32 (len(index), dims), the rows ``index`` in that order."""
-        out = np.empty((len(index), self.dims), np.float32)
-        width = self.dims * 4
-        for k, i in enumerate(np.asarray(index, np.int64)):
-            out[k] = np.frombuffer(os.pread(self._fd, width, int(i) * width), np.float32)
-        return out
-
-    def dataset(self, rows: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
-                seed: int = 0):  # fmt: skip
-        """(float32 (b, dims), int32 (b,)) batches of the rows ``rows`` (those that are ok)."""
-        import tensorflow as tf
-
-        keep = self.ok[rows]
-        ds = tf.data.Dataset.from_tensor_slices((rows[keep].astype(np.int64), labels[keep].astype(np.int32)))
-        if shuffle:
-            ds = ds.shuffle(max(1, int(keep.sum())), seed=seed, reshuffle_each_iteration=True)
-
-        @tf.autograph.experimental.do_not_convert
-        def load(index, label):
-            x = tf.numpy_function(self.read, [index], tf.float32, name="read_features")
-            x.set_shape((None, self.dims))
-            return x, label
-
-        return ds.batch(batch_size).map(load).prefetch(tf.data.AUTOTUNE)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
 #: Images whose head features are computed (or read from the cache) per step; bounds memory.
 FEATURE_BLOCK = 2048
 #: Unreadable files named in evaluation.json (all are counted).
@@ -277,154 +105,6 @@ UNREADABLE_EXAMPLES = 20
 #: Keras's warning at the end of a stream's first epoch when its length was unknown, as it is when
 #: unreadable files are left out: expected here, not a sign of a short dataset.
 RAN_OUT = "Your input ran out of data"
-
-
-def build(num_classes: int, options: FinetuneOptions):
-    """(model, backbone): the classifier on a frozen pretrained backbone (EfficientNet-Lite0
-    with its packaged ImageNet weights by default, or a ``keras.applications`` model)."""
-    import keras
-
-    backbone, preprocess = _base(options)
-    backbone.trainable = False
-    inputs = keras.Input((options.image_size, options.image_size, 3), name="image")
-    x = inputs
-    if options.augment:
-        x = _augmentation(options)(x)
-    for layer in preprocess:
-        x = layer(x)
-    x = backbone(x, training=False)  # BatchNorm in inference mode, in both phases
-    if len(x.shape) == 4:
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(options.dropout, name="dropout")(x)
-    outputs = _classifier(num_classes, options)(x)
-    return keras.Model(inputs, outputs, name="auditor_finetune"), backbone
-
-
-def _classifier(num_classes: int, options: FinetuneOptions):
-    import keras
-
-    return keras.layers.Dense(num_classes, activation="softmax", name="classifier",
-                              kernel_regularizer=keras.regularizers.l2(options.l2))  # fmt: skip
-
-
-#: keras.applications modules whose preprocess_input is "tf" mode (x / 127.5 - 1) or "torch"
-#: mode (ImageNet mean/std); the others in KERAS_IN_MODEL preprocess inside the model.
-KERAS_TF_MODE = ("mobilenet", "mobilenet_v2", "inception_v3", "inception_resnet_v2", "xception", "nasnet",
-                 "resnet_v2")  # fmt: skip
-KERAS_TORCH_MODE = ("densenet",)
-KERAS_IN_MODEL = ("efficientnet", "efficientnet_v2", "convnext", "regnet", "mobilenet_v3")
-
-
-def _base(options: FinetuneOptions):
-    """(backbone model without top, preprocessing layers to put in front of it)."""
-    import keras
-
-    from auditor.embed.backbones import DEFAULT_BACKBONE, LITE0, BackboneError, keras_app, load_keras_app
-
-    name = options.backbone or DEFAULT_BACKBONE
-    size = options.image_size
-    if name in (DEFAULT_BACKBONE, LITE0.id):
-        from auditor.embed.backbones import efficientnet_lite as lite
-
-        pretrained = _lite0_weights()
-        backbone = lite.build_model(include_top=False, input_size=size)
-        for layer in backbone.layers:  # weights are input-size independent
-            weights = pretrained.get(layer.name) if layer.weights else None
-            if weights:
-                layer.set_weights(weights)
-        return backbone, []
-    try:
-        fn = keras_app(name)
-    except BackboneError as exc:
-        raise FinetuneError(str(exc)) from None
-    module = fn.__module__.rsplit(".", 1)[-1]
-    if module in KERAS_TF_MODE:
-        preprocess = [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")]
-    elif module in KERAS_TORCH_MODE:
-        mean = np.array([0.485, 0.456, 0.406]) * 255
-        var = (np.array([0.229, 0.224, 0.225]) * 255) ** 2
-        preprocess = [keras.layers.Normalization(mean=mean, variance=var, name="preprocess")]
-    elif module in KERAS_IN_MODEL:
-        preprocess = []
-    else:
-        raise FinetuneError(f"{name}: its preprocessing (BGR, caffe-style) is not supported here; use efficientnet-"
-                            "lite0 or e.g. ResNet50V2, MobileNetV2, EfficientNetB0, DenseNet121")  # fmt: skip
-    try:
-        backbone = load_keras_app(name, options.weights or "imagenet", include_top=False,
-                                  input_shape=(options.image_size, options.image_size, 3))  # fmt: skip
-    except BackboneError as exc:
-        raise FinetuneError(str(exc)) from None
-    return backbone, preprocess
-
-
-@functools.lru_cache(maxsize=1)
-def _lite0_weights() -> dict[str, list[np.ndarray]]:
-    """Layer name -> the packaged ImageNet weights of EfficientNet-Lite0, read once per process
-    (a search builds the model once per fine-tuning trial)."""
-    from auditor.embed.backbones import efficientnet_lite as lite
-
-    with quiet_tensorflow():
-        pretrained = lite.load_model()
-    return {layer.name: layer.get_weights() for layer in pretrained.layers if layer.weights}
-
-
-def _augmentation(options: FinetuneOptions):
-    import keras
-
-    layers = {
-        "flip": lambda: keras.layers.RandomFlip("horizontal", seed=options.seed),
-        "rotation": lambda: keras.layers.RandomRotation(0.05, seed=options.seed),
-        "zoom": lambda: keras.layers.RandomZoom(0.1, seed=options.seed),
-        "translation": lambda: keras.layers.RandomTranslation(0.05, 0.05, seed=options.seed),
-        "contrast": lambda: keras.layers.RandomContrast(0.1, seed=options.seed),
-        "brightness": lambda: keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=options.seed),
-    }
-    unknown = [a for a in options.augment if a not in layers]
-    if unknown:
-        raise FinetuneError(f"unknown augmentation {unknown[0]!r}; expected some of {', '.join(AUGMENTATIONS)}")
-    return keras.Sequential([layers[a]() for a in options.augment], name="augmentation")
-
-
-#: Layer-name patterns that name a block in the supported backbones (Lite0 and EfficientNet
-#: ``block6a_``, MobileNetV2 ``block_16_``, ResNetV2/DenseNet ``conv5_block3_``, Xception
-#: ``block14_``, MobileNetV3 ``expanded_conv_10_``, ConvNeXt/RegNet ``..._stage_3_block_2_``).
-BLOCK_PATTERNS = re.compile(
-    r"^(?:.*?_)??(stage_?\d+_[a-z]?block_?\d+|conv\d+_block\d+|block_\d+|block\d+[a-z]?|expanded_conv(?:_\d+)?)(?:_|$)",
-    re.IGNORECASE,
-)
-
-
-def block_of(name: str) -> str | None:
-    """The block a layer belongs to, from its name (:data:`BLOCK_PATTERNS`:
-    ``block7a_project_conv`` -> ``block7a``, ``conv5_block3_2_bn`` -> ``conv5_block3``,
-    ``block_16_project`` -> ``block_16``, ``expanded_conv_10_add`` -> ``expanded_conv_10``).
-    None for stem, head and automatically named layers (``conv2d_93``, ``add_38``)."""
-    m = BLOCK_PATTERNS.match(name)
-    return m.group(1) if m else None
-
-
-def unfreeze_top(backbone, blocks: int) -> list[str]:
-    """Make the top ``blocks`` blocks (see :func:`block_of`) and the layers after the last
-    block (head convolution) trainable; every BatchNorm layer stays frozen. Returns the
-    names of the layers made trainable."""
-    import keras
-
-    keys = [block_of(layer.name) for layer in backbone.layers]
-    order = list(dict.fromkeys(k for k in keys if k is not None))
-    wanted = set(order[max(0, len(order) - blocks) :]) if blocks > 0 else set()
-    last = max((i for i, k in enumerate(keys) if k is not None), default=len(keys))
-    backbone.trainable = True
-    names = []
-    for i, layer in enumerate(backbone.layers):
-        top = keys[i] in wanted or (keys[i] is None and i > last)
-        train = top and blocks > 0 and not isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = train
-        if train and layer.weights:
-            names.append(layer.name)
-    if blocks > 0 and not order:
-        raise FinetuneError(f"cannot tell the blocks of {backbone.name} from its layer names; use --unfreeze 0 "
-                            "(head only) or another backbone")  # fmt: skip
-    return names
 
 
 def head_features(
