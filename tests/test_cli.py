@@ -233,9 +233,13 @@ def test_scan_gate_and_run_share_one_definition_of_each_scan_option():
         for param in group.commands[command].params:
             if param.param_type_name != "option":
                 continue
+            # the option's type: typer >= 0.29 keeps the annotation, earlier ones a click type
+            kind = (param.type_descriptor.annotation if hasattr(param, "type_descriptor")
+                    else (type(param.type).__name__, sorted(vars(param.type).items())))  # fmt: skip
             for flag in param.opts:
                 out[flag] = (tuple(param.opts), tuple(param.secondary_opts), param.help, param.default,
-                             repr(param.type_descriptor.annotation), param.min, param.max, param.is_flag)  # fmt: skip
+                             repr(kind), getattr(param, "min", None), getattr(param, "max", None),
+                             param.is_flag)  # fmt: skip
         return out
 
     scan_opts, gate_opts, run_opts = described("scan"), described("gate"), described("run")
