@@ -238,7 +238,8 @@ def test_scan_gate_and_run_share_one_definition_of_each_scan_option():
                     else (type(param.type).__name__, sorted(vars(param.type).items())))  # fmt: skip
             for flag in param.opts:
                 out[flag] = (tuple(param.opts), tuple(param.secondary_opts), param.help, param.default,
-                             repr(kind), getattr(param, "min", None), getattr(param, "max", None),
+                             repr(kind), getattr(param, "min", getattr(param.type, "min", None)),
+                             getattr(param, "max", getattr(param.type, "max", None)),
                              param.is_flag)  # fmt: skip
         return out
 

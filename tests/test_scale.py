@@ -78,6 +78,42 @@ def test_table_built_in_chunks_equals_the_table_built_at_once(tmp_path, monkeypa
                     assert [type(v) for v in got[col]] == [type(v) for v in want[col]]
 
 
+def test_spawned_measure_workers_measure_what_forked_ones_do(tmp_path, monkeypatch):
+    """Above SPAWN_ABOVE files the scan's measure workers are new interpreters, not forks of
+    the scan (a fork maps the scan's whole heap); they load the compiled kernels themselves and
+    give the same results, undecodable files included."""
+    import json
+
+    from auditor.demo import synth
+    from auditor.io.store import Store
+    from auditor.measure import batch
+
+    rng = np.random.default_rng(0)
+    for i in range(80):  # two chunks of 40, each enough for the pool (4 tasks); a truncated and an empty file
+        data = synth.png_bytes((rng.random((20 + i, 30 + i % 7, 3)) * 255).astype(np.uint8))
+        synth.write(tmp_path / f"f{i:02d}.png", data[:60] if i == 7 else b"" if i == 9 else data)
+    paths = sorted(str(p) for p in tmp_path.glob("*.png"))
+    started = []
+
+    def pool(workers, spawn=False, _pool=batch._pool):
+        started.append(spawn)
+        return _pool(workers, spawn)
+
+    monkeypatch.setattr(batch, "_pool", pool)
+
+    def measured(spawn_above: int) -> str:
+        monkeypatch.setattr(batch, "SPAWN_ABOVE", spawn_above)
+        with Store(tmp_path / f"cache{spawn_above}") as store:
+            got = {p: r for _, chunk in batch.measure_chunks(paths, store, 40, workers=2) for p, r in chunk.items()}
+        return json.dumps(got, sort_keys=True, default=str)
+
+    forked = measured(len(paths))
+    assert started == [False]
+    spawned = measured(len(paths) - 1)
+    assert started == [False, True]
+    assert spawned == forked and '"hash"' not in forked  # (results, not an error message)
+
+
 def test_disk_matrix_reads_back_the_float16_rows_as_float32(tmp_path):
     from auditor.embed.blocks import DiskMatrix, RowSubset, iter_blocks
 

@@ -205,7 +205,9 @@ def test_cli_tune_options(tiny, tmp_path):
     group = typer.main.get_command(app)
 
     def described(command: str) -> dict:
-        return {p.opts[0]: (tuple(p.opts), tuple(p.secondary_opts), p.help, p.default, getattr(p, "min", None), p.is_flag)
+        # (the lower bound: typer >= 0.29 keeps it on the option, earlier ones on its click type)
+        return {p.opts[0]: (tuple(p.opts), tuple(p.secondary_opts), p.help, p.default,
+                            getattr(p, "min", getattr(p.type, "min", None)), p.is_flag)
                 for p in group.commands[command].params if p.param_type_name == "option"}  # fmt: skip
 
     finetune_opts, run_opts = described("finetune"), described("run")

@@ -220,17 +220,25 @@ def _end_with(parent: int) -> None:
     threading.Thread(target=watch, name="auditor-parent-watch", daemon=True).start()
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` processes that end with this one (see :func:`_end_with`)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_end_with,
+#: Above this many files a scan's measure workers start as new interpreters ("spawn": about a
+#: second each to import and load the cached kernels) instead of forks of the scan. A fork maps
+#: the scan's whole heap at the moment it starts: with the items table and path list of a
+#: million files, about 460 MB a worker, counted again in each worker's RSS.
+SPAWN_ABOVE = 100_000
+
+
+def _pool(workers: int, spawn: bool = False) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes that end with this one (see :func:`_end_with`);
+    ``spawn``: new interpreters, never forks of this process."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(spawn), initializer=_end_with,
                                initargs=(os.getpid(),))  # fmt: skip
 
 
-def _mp_context():
+def _mp_context(spawn: bool = False):
     import multiprocessing as mp
 
     # fork is fastest, but must not copy a process that already runs TensorFlow threads.
-    if sys.platform.startswith("linux") and "tensorflow" not in sys.modules:
+    if not spawn and sys.platform.startswith("linux") and "tensorflow" not in sys.modules:
         return mp.get_context("fork")
     return mp.get_context("spawn")
 
@@ -240,15 +248,17 @@ class _Workers:
     kept for every later chunk (:func:`measure_chunks`). Fork copies the parent's whole heap
     into each worker, so a pool started per chunk maps the table built so far, once more in
     every worker; started once, the workers hold little more than the interpreter and the
-    kernels. After a worker dies the pool is replaced (:meth:`broken`)."""
+    kernels. After a worker dies the pool is replaced (:meth:`broken`). ``spawn``: the workers
+    are new interpreters (:data:`SPAWN_ABOVE`), which map nothing of the scan's heap at all."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, spawn: bool = False):
         self.workers = workers
+        self.spawn = spawn
         self._pool: ProcessPoolExecutor | None = None
 
     def pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = _pool(self.workers)
+            self._pool = _pool(self.workers, self.spawn)
         return self._pool
 
     def broken(self) -> None:
@@ -270,8 +280,8 @@ def _iter_results(paths: list[str], workers: int, options: ExtractOptions, pool:
         for p in paths:
             yield (p, *measure_file(p, options))
         return
-    if options.compiled:
-        pixel_kernels(options.cache_dir)  # compiled (or loaded) once here; forked workers inherit it
+    if options.compiled:  # compiled (or loaded) once here: forked workers inherit it, spawned ones load it
+        pixel_kernels(options.cache_dir)
     own = pool is None
     workers_ = _Workers(workers) if pool is None else pool
     tasks = [paths[i : i + TASK_SIZE] for i in range(0, len(paths), TASK_SIZE)]
@@ -375,11 +385,12 @@ def measure_chunks(
 
     One pool of worker processes serves every chunk: it starts with the first chunk that
     has files to decode (with a fresh cache, before the caller holds anything of the results)
-    and ends when the iteration does (exhausted, closed, or an exception in the caller).
+    and ends when the iteration does (exhausted, closed, or an exception in the caller). Its
+    workers are spawned, not forked, above :data:`SPAWN_ABOVE` paths.
     """
     workers = workers or os.cpu_count() or 1
     options = _with_cache_dir(options, store)
-    pool = _Workers(workers)
+    pool = _Workers(workers, spawn=len(paths) > SPAWN_ABOVE)
     try:
         for start in range(0, len(paths), chunk):
             part = paths[start : start + chunk]
