@@ -607,8 +607,10 @@ def test_crop_found_among_the_nearest_neighbours_below_the_similarity_threshold(
     assert params("near_duplicate")["crop_neighbours"] == 5
     found = run("near_duplicate", pics.context(embeddings=emb))
     assert [f.paths for f in found] == [["train/cat/002.png", "train/cat/crop_of_002.png"]]
-    assert found[0].details["evidence"] == "embedding" and found[0].details["embedding_similarity"] == pytest.approx(
+    # found as a neighbour, not by its similarity, and said so: "embedding" would claim the limit was met
+    assert found[0].details["evidence"] == "neighbour" and found[0].details["embedding_similarity"] == pytest.approx(
         0.75, abs=1e-3)  # fmt: skip
+    assert "nearest backbone neighbours at similarity 0.750" in found[0].message
     # without the nearest-neighbour candidates it goes unseen; distinct neighbours never pass
     assert run("near_duplicate", pics.context(embeddings=emb), crop_neighbours=0) == []
 

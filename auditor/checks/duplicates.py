@@ -162,7 +162,9 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
     original's first to tenth neighbour at cosine 0.71-0.94, 4-20 pHash bits away), which pass
     only by their pixels like every candidate. A candidate is a copy only when its pixels agree
     (:func:`auditor.measure.verify.verify_pairs` with :func:`pixel_thresholds`). Evidence kinds:
-    ``"phash"`` (value: bits) or ``"embedding"`` (value: cosine). Pairs of identical pixels
+    ``"phash"`` (value: bits), ``"embedding"`` (value: cosine, at least the limit) or
+    ``"neighbour"`` (value: cosine, below the limit: a candidate only as one of the nearest
+    backbone neighbours). Pairs of identical pixels
     are not listed (:func:`near_graph` joins them)."""
 
     ph = to_uint64(t["phash"])
@@ -233,7 +235,7 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
                 ctx.notes.setdefault("near_duplicate", "copies not verified at the pixel level (no thumbnails)")
         rows = zip(pairs.tolist(), kinds.tolist(), values.tolist(), diff.tolist(), how.tolist(), strict=True)
         for (a, b), k, v, d, h in rows:
-            evidence[(a, b)] = ("phash" if k == 0 else "embedding", v, d, h)
+            evidence[(a, b)] = (EVIDENCE_KINDS[k], v, d, h)
     return pairs.reshape(-1, 2), evidence, how
 
 
@@ -258,12 +260,21 @@ def closest_evidence(
     return best or ("phash", 0, 1.0, None)
 
 
+#: The evidence kind of a candidate pair by how it was found (``kinds`` in :func:`_near_edges`).
+EVIDENCE_KINDS = ("phash", "embedding", "neighbour")
+
+
 def kind_key(kind: str) -> str:
-    return {"phash": "min_phash_distance", "embedding": "embedding_similarity"}.get(kind, "distance")
+    return {"phash": "min_phash_distance", "embedding": "embedding_similarity",
+            "neighbour": "embedding_similarity"}.get(kind, "distance")  # fmt: skip
 
 
 def evidence_text(kind: str, value: float) -> str:
-    return f"pHash distance {int(value)}" if kind == "phash" else f"embedding similarity {value:.3f}"
+    if kind == "phash":
+        return f"pHash distance {int(value)}"
+    if kind == "neighbour":
+        return f"nearest backbone neighbours at similarity {value:.3f}, matched by their pixels"
+    return f"embedding similarity {value:.3f}"
 
 
 def _group_details(t: pd.DataFrame, members: list[int]) -> list[dict]:
