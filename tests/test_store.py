@@ -82,7 +82,7 @@ def test_a_file_that_kills_its_worker_becomes_a_finding(tmp_path, tiles, monkeyp
         return real(p, o)
 
     monkeypatch.setattr(extract, "measure_file", crashing)  # fork start: children inherit it
-    monkeypatch.setattr(extract, "_mp_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(extract, "_mp_context", lambda spawn=False: multiprocessing.get_context("fork"))
     with Store(None) as store:
         res = extract.measure_all(paths, store, workers=2)
     assert res[poison][1]["error_kind"] == "decoder_crash"
@@ -99,8 +99,9 @@ def test_chunks_are_measured_by_one_pool_started_once(tmp_path, tiles, monkeypat
     paths = _many_files(tmp_path, tiles, 100)
     started = []
     real_pool = extract._pool
-    monkeypatch.setattr(extract, "_pool", lambda workers: started.append(workers) or real_pool(workers))
-    monkeypatch.setattr(extract, "_mp_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(extract, "_pool",
+                        lambda workers, spawn=False: started.append(workers) or real_pool(workers, spawn))  # fmt: skip
+    monkeypatch.setattr(extract, "_mp_context", lambda spawn=False: multiprocessing.get_context("fork"))
     with Store(None) as s1, Store(None) as s2:
         want = extract.measure_all(paths, s1, workers=1)
         got = list(extract.measure_chunks(paths, s2, 40, workers=2))
@@ -120,7 +121,7 @@ def test_a_worker_killed_in_a_later_chunk_replaces_the_pool(tmp_path, tiles, mon
         return real(p, o)
 
     monkeypatch.setattr(extract, "measure_file", crashing)
-    monkeypatch.setattr(extract, "_mp_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(extract, "_mp_context", lambda spawn=False: multiprocessing.get_context("fork"))
     with Store(None) as store:
         res = {p: r for _, got in extract.measure_chunks(paths, store, 40, workers=2) for p, r in got.items()}
     assert set(res) == set(paths)
