@@ -704,7 +704,7 @@ def test_label_issue_finds_the_mislabelled_image():
     assert "label_issue" not in ctx.skipped
 
 
-def test_label_issue_needs_the_given_label_improbable_as_well_as_cleanlab():
+def test_label_issue_needs_the_given_label_improbable():
     records, vectors = _clusters(20, ("cat", "dog"), dims=8)
     records[25]["label"] = "cat"  # a dog filed as a cat
     records[25]["path"] = "train/cat/really_a_dog.jpg"
@@ -715,6 +715,34 @@ def test_label_issue_needs_the_given_label_improbable_as_well_as_cleanlab():
     assert [f.paths for f in found] == [["train/cat/really_a_dog.jpg"]]
     assert found[0].details["suggested_label"] == "dog"
     assert params("label_issue")["max_label_quality"] <= found[0].details["label_quality"] < 0.5
+    # filter_by other than none: cleanlab's filter must name it too (it does here)
+    assert run("label_issue", ctx, max_label_quality=0.5, filter_by="both") == found
+
+
+def test_label_issue_reads_the_middle_blocks_statistics_where_the_backbone_records_them():
+    """features: depths. The embeddings cannot tell the classes apart here (noise); the middle
+    layers' BatchNorm statistics can, so the mislabelled image is found from them, and only
+    with them (features: embedding, or a backbone that records no statistics, finds nothing)."""
+    classes = ("bird", "cat", "dog", "fox", "owl")
+    records, clustered = _clusters(50, classes, dims=8)
+    records[55]["label"] = "bird"  # a cat filed as a bird
+    records[55]["path"] = "train/bird/really_a_cat.jpg"
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=(len(records), 8)).astype(np.float32)
+    layers = [("stem_bn", 16), ("block5_project_bn", 80), ("head_bn", 32)]
+    total = sum(c for _, c in layers)
+    stats = rng.normal(size=(len(records), 2 * total)).astype(np.float32)
+    stats[:, 16:96] = np.tile(clustered, 10)  # the means of the middle layer carry the classes
+    with_stats = _embeddings(records, noise, bn_stats=stats, stat_layers=layers)
+
+    def flagged(embeddings, **override):  # the regression alone (no neighbour vote on the noise)
+        return run("label_issue", context(frame(records), embeddings=embeddings), neighbour_weight=0.0, **override)
+
+    found = flagged(with_stats)
+    assert [f.paths for f in found] == [["train/bird/really_a_cat.jpg"]]
+    assert found[0].details["suggested_label"] == "cat"
+    assert flagged(with_stats, features="embedding") == []
+    assert flagged(_embeddings(records, noise)) == []
 
 
 def test_label_issue_skips_without_embeddings_or_classes_and_notes_small_classes():

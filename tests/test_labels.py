@@ -28,9 +28,10 @@ def test_label_issue_finds_flipped_digits(digits):
     recall = len(flagged & flipped) / len(flipped)
     precision = len(flagged & flipped) / len(flagged)
     assert len(flipped) == 90
-    # logistic regression + a 25% neighbour vote: 0.79 / 0.85 here (0.82 / 0.78 without the
-    # vote), and higher recall and precision on the multi-domain suite (benchmarks/RESULTS.md)
-    assert recall >= 0.75 and precision >= 0.8, (recall, precision)
+    # logistic regression on the middle blocks' BatchNorm statistics + a 25% neighbour vote,
+    # given label's probability < 0.04: 0.92 / 0.98 here (on the embeddings with cleanlab's
+    # filter and < 0.05: 0.79 / 0.85); multi-domain numbers in benchmarks/RESULTS.md
+    assert recall >= 0.88 and precision >= 0.9, (recall, precision)
     assert [f.score for f in found] == sorted((f.score for f in found), reverse=True)  # ranked
     # the suggestion is the true digit for most real flips (file index -> sklearn target)
     from sklearn.datasets import load_digits

@@ -43,7 +43,7 @@ def test_extends_overrides_a_few_entries(tmp_path):
         # ranges and choices (the schema), not only types
         (
             "extends: default\nchecks:\n  label_issue: {params: {filter_by: bothh}}\n",
-            r"checks\.label_issue\.params\.filter_by: expected one of both, prune_by_noise_rate, .*got 'bothh'",
+            r"checks\.label_issue\.params\.filter_by: expected one of none, both, prune_by_noise_rate, .*got 'bothh'",
         ),
         (
             "extends: default\nchecks:\n  blurry: {params: {robust_z: -1}}\n",

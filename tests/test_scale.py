@@ -206,6 +206,38 @@ def test_label_probabilities_above_the_fit_cap():
     assert (capped.argmax(axis=1) == y).mean() > 0.95 and (full.argmax(axis=1) == y).mean() > 0.95
 
 
+def test_depth_features_read_from_disk_equal_the_columns_of_the_array(tmp_path):
+    """label_issue's BatchNorm features: the middle layers' means and standard deviations (not
+    the head, not the narrow early layers), read from the DiskMatrix a block at a time, are
+    the same numbers as those columns of the array; the capped fit on them (unit=False) gives
+    the same probabilities as on the array, and fits wider rows on fewer of them."""
+    from auditor.analysis import labels
+    from auditor.embed import blocks
+    from auditor.embed.features import Embeddings
+
+    layers = [("stem_bn", 8), ("a", 64), ("b", 96), ("head_bn", 128)]
+    total = sum(c for _, c in layers)
+    rng = np.random.default_rng(5)
+    stats = rng.normal(size=(700, 2 * total)).astype(np.float16).astype(np.float32)
+    disk = blocks.DiskMatrix(2 * total, tmp_path)
+    disk.append(stats)
+    hashes = [f"h{i}" for i in range(700)]
+    asked = pd.Series(hashes[::-1][:500])  # another order, a subset
+    rows = np.arange(699, 199, -1)
+    want = np.hstack([stats[rows][:, 8:168], stats[rows][:, total + 8 : total + 168]])
+    for matrix in (stats, disk):
+        emb = Embeddings({"id": "x"}, hashes, np.zeros((700, 4), np.float32), bn_stats=matrix, stat_layers=layers)
+        got = labels.depth_features(emb, asked)
+        assert got.shape == (500, 320) and np.array_equal(got[:], want)
+        assert np.array_equal(got[np.array([3, 1])], want[[3, 1]])
+    assert labels.depth_features(Embeddings({"id": "x"}, hashes, np.zeros((700, 4))), asked) is None
+    y = np.repeat(np.arange(4), 125)
+    on_disk = labels.out_of_fold_probabilities(got, y, 5, 0.01, fit_cap=300, unit=False)
+    in_memory = labels.out_of_fold_probabilities(want, y, 5, 0.01, fit_cap=300, unit=False)
+    assert np.array_equal(on_disk, in_memory)
+    disk.close()
+
+
 def test_approximate_knn_finds_the_exact_graph_on_a_small_set(monkeypatch):
     """Forced above EXACT_LIMIT, the pynndescent graph gives the same similar pairs (the
     near-duplicate candidates) and nearly every exact neighbour."""

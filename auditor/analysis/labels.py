@@ -2,7 +2,8 @@
 
 :func:`label_probabilities` computes, once per scan and parameter set, out-of-sample class
 probabilities of every labeled, embedded image: a ``folds``-fold logistic regression on the
-frozen embeddings averaged with a leave-one-out vote of the nearest images. ``label_issue``
+backbone's features (the BatchNorm statistics of its middle and late blocks where it records
+them, else the embeddings) averaged with a leave-one-out vote of the nearest images. ``label_issue``
 (:mod:`auditor.checks.labels`) turns them into findings with cleanlab; :func:`noise_by_split`
 gives the report's ``label_noise`` section: cleanlab's estimate of the number of wrong labels
 (``cleanlab.count.num_label_issues``) per split, which the diagnosis quotes beside the count of
@@ -42,27 +43,46 @@ class LabelProbabilities:
 #: probabilities; up to this size nothing changes. Fitting on all of 100,000 embeddings
 #: held them four times over in float64 (2 GB) and took the better part of an hour.
 FIT_CAP = 20_000
-#: Rows standardised and predicted at a time above :data:`FIT_CAP`.
+#: Rows standardised and predicted at a time above :data:`FIT_CAP` (1280-wide embeddings;
+#: wider features in proportionally fewer rows).
 PREDICT_BLOCK = 8192
+#: Values (rows x columns) a fold is fitted on at most: :data:`FIT_CAP` rows of a 1280-wide
+#: embedding (205 MB as float64). The 3,328 BatchNorm statistics ``label_issue`` reads are fitted
+#: on 7,692 rows a fold, so 100,000 images cost the same memory as with the embeddings.
+FIT_VALUES = FIT_CAP * 1280
+#: ``label_issue``'s ``features: depths``: the BatchNorm layers read are those with at least this
+#: many channels, the last (the head, which the embedding already pools) left out: for
+#: EfficientNet-Lite0 the projection BatchNorms of blocks 5-15 (1,664 channels, 1/16 and 1/32
+#: of the input's resolution), their per-image means and standard deviations. Chosen on the tuning
+#: half of benchmarks/validate.py (see rules/default.yaml's label_issue).
+DEPTH_MIN_CHANNELS = 64
 
 
 def out_of_fold_probabilities(
-    vectors: np.ndarray, labels: np.ndarray, folds: int = 5, c: float = 0.1, seed: int = 0, fit_cap: int = FIT_CAP
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    folds: int = 5,
+    c: float = 0.1,
+    seed: int = 0,
+    fit_cap: int = FIT_CAP,
+    unit: bool = True,
 ) -> np.ndarray:
     """Out-of-fold class probabilities (n, n_classes) of an L2-regularised logistic
-    regression on the L2-normalised, standardised rows of ``vectors`` (n, d), stratified
-    ``folds``-fold. ``labels``: ints 0..n_classes-1, every class at least ``folds`` times.
-    Each fold is fitted on at most ``fit_cap`` of its training rows (see :data:`FIT_CAP`)."""
+    regression on the standardised rows of ``vectors`` (n, d; an array, a
+    :class:`~auditor.embed.blocks.DiskMatrix` or a view of one), L2-normalised first when
+    ``unit``, stratified ``folds``-fold. ``labels``: ints 0..n_classes-1, every class at least
+    ``folds`` times. Each fold is fitted on at most ``fit_cap`` of its training rows and at
+    most :data:`FIT_VALUES` values (see :data:`FIT_CAP`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
-    from auditor.embed.neighbors import normalize
-
     n_classes = int(labels.max()) + 1
+    width = max(1, int(vectors.shape[1]))
+    fit_cap = min(fit_cap, max(1, FIT_VALUES // width))
     if len(vectors) > fit_cap:
-        return _capped_out_of_fold(vectors, labels, folds, c, seed, fit_cap, n_classes)
-    z = StandardScaler().fit_transform(normalize(vectors).astype(np.float64))
+        return _capped_out_of_fold(vectors, labels, folds, c, seed, fit_cap, n_classes, unit)
+    z = StandardScaler().fit_transform(_prepared(vectors[:], unit))
     probs = np.zeros((len(z), n_classes))
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, labels):
         clf = LogisticRegression(C=c, max_iter=2000, tol=1e-3, random_state=seed).fit(z[train], labels[train])
@@ -70,20 +90,26 @@ def out_of_fold_probabilities(
     return probs
 
 
-def _capped_out_of_fold(vectors, labels, folds, c, seed, fit_cap, n_classes) -> np.ndarray:
+def _prepared(rows: np.ndarray, unit: bool) -> np.ndarray:
+    """float64 rows, L2-normalised first when ``unit``."""
+    from auditor.embed.neighbors import normalize
+
+    return (normalize(rows) if unit else np.asarray(rows, np.float32)).astype(np.float64)
+
+
+def _capped_out_of_fold(vectors, labels, folds, c, seed, fit_cap, n_classes, unit=True) -> np.ndarray:
     """:func:`out_of_fold_probabilities` with each fold fitted on a class-stratified sample of
     ``fit_cap`` training rows; the standardisation (over all rows) and the predictions a
     block at a time, so no float64 copy of all rows is made."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    from auditor.embed.neighbors import normalize
-
     n = len(vectors)
+    block = max(1, min(PREDICT_BLOCK, PREDICT_BLOCK * 1280 // max(1, int(vectors.shape[1]))))
     total = np.zeros(vectors.shape[1])
     squares = np.zeros(vectors.shape[1])
-    for start in range(0, n, PREDICT_BLOCK):
-        x = normalize(vectors[start : start + PREDICT_BLOCK]).astype(np.float64)
+    for start in range(0, n, block):
+        x = _prepared(vectors[start : start + block], unit)
         total += x.sum(axis=0)
         squares += (x * x).sum(axis=0)
     mean = total / n
@@ -91,15 +117,15 @@ def _capped_out_of_fold(vectors, labels, folds, c, seed, fit_cap, n_classes) -> 
     scale[scale == 0] = 1.0  # as StandardScaler: a constant column is centred, not scaled
 
     def z(rows: np.ndarray) -> np.ndarray:
-        return (normalize(vectors[rows]).astype(np.float64) - mean) / scale
+        return (_prepared(vectors[rows], unit) - mean) / scale
 
     rng = np.random.default_rng(seed)
     probs = np.zeros((n, n_classes))
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros((n, 1)), labels):
         fit = _stratified_sample(train, labels[train], fit_cap, rng)
         clf = LogisticRegression(C=c, max_iter=2000, tol=1e-3, random_state=seed).fit(z(fit), labels[fit])
-        for start in range(0, len(test), PREDICT_BLOCK):
-            rows = test[start : start + PREDICT_BLOCK]
+        for start in range(0, len(test), block):
+            rows = test[start : start + block]
             probs[np.ix_(rows, clf.classes_)] = clf.predict_proba(z(rows))
     return probs
 
@@ -137,13 +163,23 @@ def knn_vote_probabilities(
 
 
 #: The parameters of ``label_issue`` that the probabilities depend on.
-PROBABILITY_PARAMS = ("folds", "min_class_images", "regularization", "neighbours", "neighbour_weight")
+PROBABILITY_PARAMS = (
+    "folds",
+    "min_class_images",
+    "regularization",
+    "neighbours",
+    "neighbour_weight",
+    "features",
+    "depth_regularization",
+)
+#: ``features`` of ``label_issue``: what the logistic regression reads.
+FEATURES = ("depths", "embedding")
 
 
 def label_probabilities(ctx: CheckContext, params: dict) -> LabelProbabilities | str:
     """The probabilities (see the module docstring), or why there are none (unlabeled, no
     embeddings, fewer than 2 classes with enough images). Kept in ``ctx.analyses.labels``."""
-    key = tuple(params[k] for k in PROBABILITY_PARAMS)
+    key = tuple(params.get(k) for k in PROBABILITY_PARAMS)
     if key in ctx.analyses.labels:
         return ctx.analyses.labels[key]
     ctx.analyses.labels[key] = got = _label_probabilities(ctx, params)
@@ -173,7 +209,11 @@ def _label_probabilities(ctx: CheckContext, params: dict) -> LabelProbabilities 
     positions = rows.index.to_numpy()
     whole = len(positions) == len(vectors) and bool((positions == np.arange(len(vectors))).all())
     judged = vectors if whole else vectors[positions]
-    probs = out_of_fold_probabilities(judged, y, params["folds"], params["regularization"])
+    depths = depth_features(ctx.embeddings, rows["content_hash"]) if params.get("features") == "depths" else None
+    if depths is not None:
+        probs = out_of_fold_probabilities(depths, y, params["folds"], params["depth_regularization"], unit=False)
+    else:
+        probs = out_of_fold_probabilities(judged, y, params["folds"], params["regularization"])
     if params["neighbour_weight"] > 0:
         graph = _scan_graph(ctx, whole, params["neighbours"])
         vote = knn_vote_probabilities(judged, y, params["neighbours"], graph=graph)
@@ -181,6 +221,33 @@ def _label_probabilities(ctx: CheckContext, params: dict) -> LabelProbabilities 
     quality = get_label_quality_scores(y, probs, method="self_confidence")
     left_out = sorted(set(counts.index) - set(keep_classes))
     return LabelProbabilities(rows, keep_classes, y, probs, quality, [str(c) for c in left_out])
+
+
+def depth_features(embeddings, hashes: pd.Series):
+    """The rows of ``hashes`` (all embedded) of the BatchNorm statistics ``label_issue`` reads
+    (see :data:`DEPTH_MIN_CHANNELS`), a view that reads them a block at a time
+    (:class:`~auditor.embed.blocks.ColumnSpans` of a
+    :class:`~auditor.embed.blocks.RowSubset`), or None when the backbone records none.
+    Where frozen ImageNet features are weak (glyphs, 8x8 digits, 32-px photos) these middle
+    layers separate the classes better than the pooled embedding does."""
+    from auditor.embed.blocks import ColumnSpans, RowSubset
+
+    stats, layers = getattr(embeddings, "bn_stats", None), getattr(embeddings, "stat_layers", None)
+    if stats is None or not layers:
+        return None
+    total = sum(c for _, c in layers)
+    spans, start = [], 0
+    for i, (_, channels) in enumerate(layers):
+        if i < len(layers) - 1 and channels >= DEPTH_MIN_CHANNELS:
+            if spans and spans[-1][1] == start:
+                spans[-1] = (spans[-1][0], start + channels)
+            else:
+                spans.append((start, start + channels))
+        start += channels
+    if not spans or stats.shape[1] != 2 * total:
+        return None
+    spans += [(total + a, total + b) for a, b in spans]  # the means, then the standard deviations
+    return ColumnSpans(RowSubset(stats, embeddings.positions(hashes)), spans)
 
 
 def _scan_graph(ctx: CheckContext, whole: bool, k: int) -> tuple[np.ndarray, np.ndarray] | None:

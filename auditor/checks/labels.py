@@ -2,8 +2,9 @@
 ``class_name_inconsistency``, ``class_imbalance``, ``unseen_class``.
 
 Each check skips itself (with the reason in ``report.json``) on unlabeled data.
-``label_issue`` uses confident learning (``cleanlab.filter.find_label_issues``, Apache-2.0)
-on out-of-fold predicted probabilities of a logistic regression on the frozen embeddings.
+``label_issue`` ranks images by cleanlab's label quality (Apache-2.0) on out-of-fold predicted
+probabilities of a logistic regression on the frozen backbone's features and a vote of the
+nearest images; ``filter_by`` adds confident learning (``cleanlab.filter.find_label_issues``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pandas as pd
 
-from auditor.analysis.labels import UNLABELED, label_probabilities, labeled_ok
+from auditor.analysis.labels import FEATURES, UNLABELED, label_probabilities, labeled_ok
 from auditor.checks.duplicates import NEAR_PARAMS, closest_evidence, evidence_text, kind_key, near_graph
 from auditor.checks.registry import register
 from auditor.core.constraints import AT_LEAST_ONE, COUNT, FRACTION, POSITIVE, Int, Real, choices
@@ -56,34 +57,39 @@ def label_conflict(ctx: CheckContext, params: dict) -> list[Finding]:
     return sorted(out, key=lambda f: (-f.score, f.paths[0]))
 
 
-FILTERS = ("both", "prune_by_noise_rate", "prune_by_class", "confident_learning", "predicted_neq_given")
+FILTERS = ("none", "both", "prune_by_noise_rate", "prune_by_class", "confident_learning", "predicted_neq_given")
 LABEL_ISSUE_PARAMS = {"folds": Int(2), "min_class_images": AT_LEAST_ONE, "regularization": POSITIVE,
+                      "features": choices(*FEATURES), "depth_regularization": POSITIVE,
                       "filter_by": choices(*FILTERS), "neighbours": AT_LEAST_ONE, "neighbour_weight": FRACTION,
                       "max_label_quality": Real(0, 1, "right")}  # fmt: skip
 
 
 @register("label_issue", "labels", LABEL_ISSUE_PARAMS)
 def label_issue(ctx: CheckContext, params: dict) -> list[Finding]:
-    """Likely mislabelled images, by confident learning (cleanlab's ``find_label_issues``
-    with ``filter_by``) on out-of-sample class probabilities: those of a logistic regression
-    on the backbone's embeddings (``folds``-fold out-of-fold, inverse regularisation
-    ``regularization``) averaged with a leave-one-out vote of the ``neighbours`` nearest
-    images (:func:`auditor.analysis.labels.knn_vote_probabilities`, weight ``neighbour_weight``), over the labeled
-    images of all splits, and only where the given label's probability (cleanlab's
-    self-confidence) is below ``max_label_quality``: a probability means the same in every
-    domain, where the number of issues confident learning estimates grows with how hard the
-    classes are to tell apart (ambiguous glyphs, 32-px photos). Classes with fewer than
-    ``min_class_images`` images are left out. Score: 1 - cleanlab's label quality (self-confidence), 0..1,
-    ranked; each finding names the given and the suggested label."""
+    """Likely mislabelled images: those whose given label has an out-of-sample probability
+    (cleanlab's self-confidence label quality) below ``max_label_quality``. The probabilities
+    are those of a logistic regression (``folds``-fold out-of-fold) on the backbone's
+    ``features`` (``depths``: the BatchNorm statistics of its middle and late blocks,
+    :func:`auditor.analysis.labels.depth_features`, inverse regularisation
+    ``depth_regularization``, where the backbone records them, else the embeddings;
+    ``embedding``: the embeddings, inverse regularisation ``regularization``) averaged with a
+    leave-one-out vote of the ``neighbours`` nearest images by embedding
+    (:func:`auditor.analysis.labels.knn_vote_probabilities`, weight ``neighbour_weight``), over
+    the labeled images of all splits. A probability means the same in every domain, where the
+    number of issues confident learning estimates grows with how hard the classes are to tell
+    apart (ambiguous glyphs, 32-px photos). ``filter_by`` other than ``none`` also requires
+    cleanlab's ``find_label_issues`` with that filter. Classes with fewer than
+    ``min_class_images`` images are left out. Score: 1 - the label quality, 0..1, ranked; each
+    finding names the given and the suggested label."""
     got = label_probabilities(ctx, params)
     if isinstance(got, str):
         return ctx.skip("label_issue", got)
     rows, keep_classes, y, probs, quality = got.rows, got.classes, got.y, got.probs, got.quality
-    from cleanlab.filter import find_label_issues
+    issues = quality < params["max_label_quality"]
+    if params["filter_by"] != "none":
+        from cleanlab.filter import find_label_issues
 
-    issues = find_label_issues(y, probs, filter_by=params["filter_by"], n_jobs=1) & (
-        quality < params["max_label_quality"]
-    )
+        issues &= find_label_issues(y, probs, filter_by=params["filter_by"], n_jobs=1)
     out = []
     for i in np.flatnonzero(issues):
         row = rows.iloc[i]

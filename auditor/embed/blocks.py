@@ -121,8 +121,14 @@ class RowSubset:
     or read on indexing: ``s[key]`` (as numpy indexes rows) is the float32 rows ``key`` of the
     subset, what the shift tests draw their samples from."""
 
+    ndim = 2
+
     def __init__(self, matrix, rows: np.ndarray):
         self.matrix, self.rows = matrix, np.asarray(rows, np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), self.matrix.shape[1]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -132,6 +138,29 @@ class RowSubset:
 
     def blocks(self, size: int | None = None) -> Iterator[np.ndarray]:
         return iter_blocks(self.matrix, self.rows, size)
+
+
+class ColumnSpans:
+    """Some column spans of a matrix (a :class:`DiskMatrix` or an array), side by side:
+    ``s[key]`` (as numpy indexes rows) is the float32 rows ``key`` with only those columns.
+    What ``label_issue`` reads of the BatchNorm statistics (the middle and late layers'
+    means and standard deviations, two spans of each row) without copying the rest."""
+
+    ndim = 2
+
+    def __init__(self, matrix, spans: list[tuple[int, int]]):
+        self.matrix, self.spans = matrix, [(int(a), int(b)) for a, b in spans]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.matrix), sum(b - a for a, b in self.spans)
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def __getitem__(self, key) -> np.ndarray:
+        part = np.asarray(self.matrix[key], np.float32)
+        return np.concatenate([part[..., a:b] for a, b in self.spans], axis=-1)
 
 
 def iter_blocks(matrix, rows: np.ndarray | None = None, size: int | None = None) -> Iterator[np.ndarray]:
