@@ -107,7 +107,7 @@ def _label_noise(x: Inputs) -> Cause | None:
          "train_interval": wilson(k_train, n_train) if s else None,
          "estimated_rate": {k: v.get("estimated_rate") for k, v in noise.items()} or None,
          "accuracy_ceiling": round(1 - r_eval, 4), "text": text,
-         "method": "share of labeled images that label_issue flags (confident learning, given-label probability "
+         "method": "share of labeled images that label_issue flags (given label's out-of-sample probability "
                    "under the rule's bound): wrong evaluation labels cap the measurable accuracy at 1 - share; "
                    f"train noise counts {p['train_noise_weight']:g}x"},
         {"checks": {c: len(x.by_check.get(c, [])) for c in LABEL_CHECKS},
