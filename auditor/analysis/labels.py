@@ -232,7 +232,7 @@ def depth_features(embeddings, hashes: pd.Series):
     layers separate the classes better than the pooled embedding does."""
     from auditor.embed.blocks import ColumnSpans, RowSubset
 
-    stats, layers = getattr(embeddings, "bn_stats", None), getattr(embeddings, "stat_layers", None)
+    stats, layers = embeddings.bn_stats, embeddings.stat_layers
     if stats is None or not layers:
         return None
     total = sum(c for _, c in layers)
