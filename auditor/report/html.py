@@ -53,14 +53,29 @@ def _bytecode_cache(cache_dir: Path) -> _BytecodeCache | None:
     return _BytecodeCache(str(folder), "jinja2-%s.cache") if os.access(folder, os.W_OK) else None
 
 
-def _env(cache_dir: Path) -> Environment:
+def _env(cache_dir: Path | None) -> Environment:
+    """The report's Jinja environment; compiled templates cached in ``cache_dir`` (None: not
+    cached)."""
     return Environment(
         loader=PackageLoader("auditor.report", "templates"),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
-        bytecode_cache=_bytecode_cache(cache_dir),
+        bytecode_cache=_bytecode_cache(cache_dir) if cache_dir is not None else None,
     )
+
+
+def _template(cache_dir: Path | None):
+    """report.html: the code compiled ahead of time (:mod:`auditor.report.precompile`) while it
+    matches the template and Jinja, else compiled here (cached in ``cache_dir``)."""
+    from auditor.report.precompile import TEMPLATE, load
+
+    env = _env(None)
+    template = load(env)
+    if template is None:
+        env.bytecode_cache = _bytecode_cache(cache_dir) if cache_dir is not None else None
+        template = env.get_template(TEMPLATE)
+    return template
 
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -326,39 +341,35 @@ def render_html(report: dict, table, projection, store: Store) -> str:
     anchors = set(check_groups["sections"]) | set(check_groups["clean"]) | set(check_groups["disabled"])
     anchors |= {n for names in check_groups["skipped"].values() for n in names}
     formats = ok["format"].value_counts().to_dict() if len(ok) else {}
-    return (
-        _env(store.folder)
-        .get_template("report.html")
-        .render(
-            report=report,
-            sections=shown,
-            totals=totals,
-            diagnosis=diagnosis,
-            summary=report.get("diagnosis_summary") or {},
-            fix_first=_fix_first(report),
-            rule_groups=_rule_groups(report, totals),
-            check_groups=check_groups,
-            anchors=anchors,
-            split_names=split_names,
-            class_names=class_names,
-            filter_keys=filter_keys,
-            max_evidence_thumbs=MAX_EVIDENCE_THUMBS,
-            thumbs=thumbs,
-            max_thumbs=MAX_THUMBS_PER_FINDING,
-            checks=report["checks"],
-            formats=_bars(formats),
-            split_charts=_split_charts(table),
-            classes=(
-                table.groupby([table["split"].fillna("(all)"), table["label"].fillna("(unlabeled)")])
-                .size()
-                .reset_index(name="n")
-                .to_dict("records")
-            ),  # fmt: skip
-            resolutions=_resolution_chart(ok) if len(ok) else [],
-            width_median=float(ok["width"].median()) if len(ok) else 0,
-            height_median=float(ok["height"].median()) if len(ok) else 0,
-            scatter=_scatter(projection, store),
-            histograms=_histograms(report),
-            curves=_curves(report.get("finetune")),
-        )
+    return _template(store.folder).render(
+        report=report,
+        sections=shown,
+        totals=totals,
+        diagnosis=diagnosis,
+        summary=report.get("diagnosis_summary") or {},
+        fix_first=_fix_first(report),
+        rule_groups=_rule_groups(report, totals),
+        check_groups=check_groups,
+        anchors=anchors,
+        split_names=split_names,
+        class_names=class_names,
+        filter_keys=filter_keys,
+        max_evidence_thumbs=MAX_EVIDENCE_THUMBS,
+        thumbs=thumbs,
+        max_thumbs=MAX_THUMBS_PER_FINDING,
+        checks=report["checks"],
+        formats=_bars(formats),
+        split_charts=_split_charts(table),
+        classes=(
+            table.groupby([table["split"].fillna("(all)"), table["label"].fillna("(unlabeled)")])
+            .size()
+            .reset_index(name="n")
+            .to_dict("records")
+        ),  # fmt: skip
+        resolutions=_resolution_chart(ok) if len(ok) else [],
+        width_median=float(ok["width"].median()) if len(ok) else 0,
+        height_median=float(ok["height"].median()) if len(ok) else 0,
+        scatter=_scatter(projection, store),
+        histograms=_histograms(report),
+        curves=_curves(report.get("finetune")),
     )

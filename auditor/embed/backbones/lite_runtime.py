@@ -41,7 +41,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +84,8 @@ def cpu_threads() -> int:
 
 
 def _version(dist: str) -> str:
+    from importlib import metadata  # ~25 ms to import; only the model cache key needs it
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
