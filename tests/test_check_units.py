@@ -182,7 +182,9 @@ def test_corrupt_flags_exactly_the_rows_that_did_not_decode():
     assert [f.paths for f in found] == [[b["path"]] for b in bad]  # one finding per file, in table order
     by_path = {f.paths[0]: f for f in found}
     assert by_path["train/cat/cut.jpg"].details == {"reason": "truncated", "error": bad[0]["error"]}
-    assert "image data is truncated" in by_path["train/cat/cut.jpg"].message
+    # the decoder's text names the kind already: said once, not "truncated (... truncated ...)"
+    assert by_path["train/cat/cut.jpg"].message == "train/cat/cut.jpg: image file is truncated (3 bytes not processed)"
+    assert by_path["train/cat/zero.png"].message == "train/cat/zero.png: file is empty (0 bytes)"
     assert "does not exist" in by_path["train/dog/gone.jpg"].message
     assert all(f.score == 1.0 for f in found)
     # findings of one kind and error share their details (a million missing rows, one dict)

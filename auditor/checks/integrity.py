@@ -44,7 +44,10 @@ def corrupt(ctx: CheckContext, params: dict) -> list[Finding]:
         got = shared.get((k, e))
         if got is None:
             kind, error = kinds[k], errors[e]
-            tail = f": {_REASONS.get(kind, 'unreadable')} ({error})"
+            # the decoder's own text where it already names the kind ("file is empty (0 bytes)"),
+            # else the reason with the text in brackets
+            said = isinstance(error, str) and isinstance(kind, str) and kind.replace("_", " ") in error.lower()
+            tail = f": {error}" if said else f": {_REASONS.get(kind, 'unreadable')} ({error})"
             got = shared[(k, e)] = (tail, {"reason": kind, "error": error})
         out.append(Finding("corrupt", [path], 1.0, f"{path}{got[0]}", got[1]))
     return out
