@@ -4,15 +4,32 @@ through :func:`term`: as text, never as rich markup or terminal control."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from rich.console import Console
 from rich.markup import escape
 
 from auditor.core.fsutil import printable
 
-out_console = Console()
+
+def _width(stream) -> int | None:
+    """The console's width: the terminal's (None) on a terminal or where ``COLUMNS`` says; 200
+    where output goes to a pipe, a file or a CI log, which rich would wrap at 80 columns,
+    splitting the paths in the tables mid-word."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        tty = False
+    return None if tty or os.environ.get("COLUMNS") else PIPE_WIDTH
 
 
-err_console = Console(stderr=True)
+#: Line width of the tables where output is not a terminal.
+PIPE_WIDTH = 200
+out_console = Console(width=_width(sys.stdout))
+
+
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 
 SEV_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
