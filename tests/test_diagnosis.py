@@ -124,6 +124,21 @@ def test_quality_findings_everywhere_are_image_quality():
     assert ranked[0]["effect"]["share"] == pytest.approx(0.3)
 
 
+def test_info_level_quality_notes_are_not_image_quality():
+    """Every image of a set of mixed shapes has an odd aspect ratio (info): a note, not a
+    degraded image; the blurred ones (warning) still count."""
+    odd = [{"check": "odd_aspect_ratio", "severity": "info", "paths": [f"{s}/{c}/{i}.png"], "score": 1.0,
+            "details": {}} for s, n in (("train", 40), ("val", 10)) for c in "abcde" for i in range(n)]  # fmt: skip
+    ranked, _ = diagnose(_report(odd), _table(BALANCED), PARAMS)
+    assert ranked == []
+    blur = [{"check": "blurry", "severity": "warning", "paths": [f"{s}/{c}/{i}.png"], "score": 1.0, "details": {}}
+            for s, n in (("train", 12), ("val", 3)) for c in "abcde" for i in range(n)]  # fmt: skip
+    ranked, _ = diagnose(_report(odd + blur), _table(BALANCED), PARAMS)
+    assert [e["cause"] for e in ranked] == ["image_quality"]
+    assert ranked[0]["effect"]["share"] == pytest.approx(0.3)
+    assert "odd_aspect_ratio" not in ranked[0]["effect"]["text"]
+
+
 def test_embedding_shift_between_splits():
     entry = {"kind": "split", "reference": "train", "target": "val", "verdict": "shift", "magnitude": 0.9,
              "auc": 0.95, "auc_ci": [0.9, 0.99], "classes": [{"class": "a", "significant": True}],

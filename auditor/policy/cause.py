@@ -99,8 +99,10 @@ def confidence_level(value: float, high: float, count: int, p: dict) -> str:
 
 
 def quality_shares(x: Inputs) -> tuple[dict[str, float], dict[str, set[str]]]:
+    # info-level findings are notes, not degraded images (an odd aspect ratio in a set of mixed
+    # shapes, a low-contrast tile of sky): they do not count
     flagged = {q for c in QUALITY_CHECKS for f in x.by_check.get(c, []) for q in f["paths"]
-               if (f.get("details") or {}).get("scope") != "dataset"}  # fmt: skip
+               if (f.get("details") or {}).get("scope") != "dataset" and f.get("severity") != "info"}  # fmt: skip
     shares, paths = {}, {}
     for split in ["train", x.eval_split] if x.eval_split else [None]:
         own = x.split_paths(split)

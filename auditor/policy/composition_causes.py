@@ -102,7 +102,7 @@ def _image_quality(x: Inputs) -> Cause | None:
     share = shares[s]
     if share < p["min_quality_share"]:
         return None
-    counts = {c: len(x.by_check.get(c, [])) for c in QUALITY_CHECKS if x.by_check.get(c)}
+    counts = {c: n for c in QUALITY_CHECKS if (n := sum(f.get("severity") != "info" for f in x.by_check.get(c, [])))}
     top = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4])
     k = len(paths[s])
     n = len(x.split_paths(None if s == "all" else s))
