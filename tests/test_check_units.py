@@ -338,7 +338,8 @@ def test_low_information_blank_images_and_near_binary_datasets():
     poor = row("train/dog/poor.jpg", rng, label="dog", entropy=1.0)  # few grey levels among photos
     found = run("low_information", context(frame(rows(40) + [blank, poor])))
     assert flagged(found) == {"train/cat/blank.jpg", "train/dog/poor.jpg"}
-    assert "(blank)" in next(f for f in found if f.paths == ["train/cat/blank.jpg"]).message
+    blank = next(f for f in found if f.paths == ["train/cat/blank.jpg"])
+    assert ": blank (luma standard deviation" in blank.message and blank.details["blank"] and blank.score == 1.0
     # ink on paper: every image under the entropy bound; one dataset-level finding, and only
     # the blank page gets one of its own
     digits = rows(40)

@@ -434,11 +434,21 @@ def low_information(ctx: CheckContext, params: dict) -> list[Finding]:
         z = peer_z(ctx, t, np.log1p(e), local=False)
         flag &= (e < params["relative_factor"] * peer_center(ctx, t, e)) & (z < -params["robust_z"])
     flag |= blank
+
+    def message(r) -> str:
+        # a blank image is blank by its contrast, whatever its entropy (a flat tile's noise can
+        # spread over a dozen gray levels: "entropy 3.4 bits" alone read as above the bound)
+        if r["contrast"] < params["blank_contrast"]:
+            return (
+                f"{r['path']}: blank (luma standard deviation {r['contrast']:.1f} of 255, under "
+                f"{params['blank_contrast']:g})"
+            )
+        return f"{r['path']}: entropy {abs(r['entropy']):.2f} bits (under {lim:g})"
+
     out = _findings(
-        "low_information", t[flag], (lim - e).clip(lower=0.0),
-        lambda r: f"{r['path']}: entropy {abs(r['entropy']):.2f} bits" + (" (blank)" if r["contrast"] <
-                                                                        params["blank_contrast"] else ""),
-        lambda r: {"entropy": float(r["entropy"]), "threshold": lim},
+        "low_information", t[flag], (lim - e).clip(lower=0.0).where(~blank, 1.0), message,
+        lambda r: {"entropy": float(r["entropy"]), "threshold": lim, "contrast": float(r["contrast"]),
+                   "blank": bool(r["contrast"] < params["blank_contrast"])},
     )  # fmt: skip
     if share > 0.5:
         out.append(_dataset_finding(
