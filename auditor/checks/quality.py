@@ -283,10 +283,14 @@ def noisy(ctx: CheckContext, params: dict) -> list[Finding]:
     flag = (sigma > params["always_above"]) & (np.expm1(center) <= params["always_above"])
     if ctx.relative_ok(len(t)):
         flag |= (peer_z(ctx, t, logs, min_spread=0.1) > params["robust_z"]) & (sigma > params["min_sigma"])
+    # the content peers' median sigma (its class's, else the dataset's)
+    rows = t[flag].assign(peer_sigma=np.expm1(center)[flag])
     out = _findings(
-        "noisy", t[flag], sigma,
-        lambda r: f"{r['path']}: noise sigma {r['noise_sigma']:.1f} (dataset median {med:.1f})",
-        lambda r: {"noise_sigma": float(r["noise_sigma"]), "dataset_median": med},
+        "noisy", rows, sigma,
+        lambda r: f"{r['path']}: noise sigma {r['noise_sigma']:.1f} (its peers' median {r['peer_sigma']:.1f}, "
+                  f"dataset median {med:.1f})",
+        lambda r: {"noise_sigma": float(r["noise_sigma"]), "dataset_median": med,
+                   "peer_median": float(r["peer_sigma"])},
     )  # fmt: skip
     if med > params["always_above"]:
         out.append(_dataset_finding(
