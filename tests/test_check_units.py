@@ -279,6 +279,8 @@ def test_noisy_flags_a_noisy_image_and_needs_peers_for_moderate_noise():
     found = run("noisy", context(frame(rows(40) + [very, some])))
     assert [f.paths[0] for f in found] == ["train/cat/very_noisy.jpg", "train/dog/noisy.jpg"]  # worst first
     assert found[0].score == pytest.approx(40.0)
+    # the message names the peers' median it was judged against (the dog class's, ~3)
+    assert 1.0 < found[1].details["peer_median"] < 6.0 and "its peers' median" in found[1].message
     # with too few images for a relative judgement only the absolute bound speaks
     few = run("noisy", context(frame(rows(10) + [very, some])))
     assert flagged(few) == {"train/cat/very_noisy.jpg"}
