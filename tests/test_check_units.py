@@ -413,6 +413,13 @@ def test_odd_size_and_aspect_ratio():
     assert found[0].score == pytest.approx(4.0)  # the elongation (3x off the dataset's 4:3 too)
     # odd_size is a relative judgement only
     assert run("odd_size", context(frame(rows(10) + [huge]))) == []
+    # most of the dataset elongated (slices of a volume): said once, and the odd one out still named
+    slices = [row(f"train/cat/s{i}.png", rng, width=256, height=60 + i % 5) for i in range(40)]
+    square = row("train/cat/square.png", rng, width=256, height=256)
+    found = run("odd_aspect_ratio", context(frame(slices + [square])))
+    assert image_findings(found) and [f.paths for f in image_findings(found)] == [["train/cat/square.png"]]
+    (whole,) = dataset_findings(found)
+    assert whole.details["fraction"] == pytest.approx(40 / 41)
 
 
 def test_quality_checks_ignore_rows_that_did_not_decode():

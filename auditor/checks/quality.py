@@ -166,7 +166,10 @@ def odd_size(ctx: CheckContext, params: dict) -> list[Finding]:
 @register("odd_aspect_ratio", "quality", {"max_ratio": Real(1), "relative_factor": Real(1)})
 def odd_aspect_ratio(ctx: CheckContext, params: dict) -> list[Finding]:
     """Images with long/short side ratio above ``max_ratio``, or whose aspect differs from
-    the dataset median aspect by more than ``relative_factor``x. Score: the factor."""
+    the dataset median aspect by more than ``relative_factor``x. Where most of the dataset is
+    beyond ``max_ratio`` (slices of a volume, text lines), one dataset-level finding says so
+    and only the images far from the dataset's median aspect get one of their own. Score:
+    the factor."""
     t = ctx.ok
     if t.empty:
         return []
@@ -174,15 +177,23 @@ def odd_aspect_ratio(ctx: CheckContext, params: dict) -> list[Finding]:
     elong = np.maximum(aspect, 1.0 / aspect)
     med = float(aspect.median())
     rel = np.exp(np.abs(np.log(aspect / med)))
-    flag = elong > params["max_ratio"]
+    share = _share(elong > params["max_ratio"])
+    flag = (elong > params["max_ratio"]) & (share <= 0.5)
     if ctx.relative_ok(len(t)):
         flag |= rel > params["relative_factor"]
     score = np.maximum(elong, rel)
-    return _findings(
+    out = _findings(
         "odd_aspect_ratio", t[flag], score,
         lambda r: f"{r['path']}: aspect {r['width']}:{r['height']} vs dataset median {med:.2f}",
         lambda r: {"aspect": float(r["width"]) / max(float(r["height"]), 1.0), "dataset_median_aspect": med},
     )  # fmt: skip
+    if share > 0.5:
+        out.append(_dataset_finding(
+            "odd_aspect_ratio", f"{100 * share:.0f}% of the images are more than {params['max_ratio']:g}x longer "
+            f"than wide (median aspect {med:.2f}): resizing them to a square input distorts them; pad or tile "
+            "instead", float(np.median(elong)), {"fraction": share, "dataset_median_aspect": med},
+        ))  # fmt: skip
+    return out
 
 
 def _dataset_finding(check: str, message: str, score: float, details: dict) -> Finding:
