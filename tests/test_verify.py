@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,20 +30,38 @@ def _digits(n: int = 60) -> list[np.ndarray]:
 
 
 def _verify(
-    originals: list[np.ndarray], others: list[np.ndarray], aligned: float, crop: float, sharpness: float = -np.inf
+    originals: list[np.ndarray],
+    others: list[np.ndarray],
+    aligned: float,
+    crop: float,
+    sharpness: float = -np.inf,
+    refined: float = -np.inf,
 ) -> np.ndarray:
-    return _verify_how(originals, others, aligned, crop, sharpness)[0]
+    return _verify_how(originals, others, aligned, crop, sharpness, refined)[0]
 
 
 def _verify_how(
-    originals: list[np.ndarray], others: list[np.ndarray], aligned: float, crop: float, sharpness: float
+    originals: list[np.ndarray],
+    others: list[np.ndarray],
+    aligned: float,
+    crop: float,
+    sharpness: float,
+    refined: float = -np.inf,
 ) -> tuple[np.ndarray, np.ndarray]:
     thumbs = {f"a{i}": _thumb(x) for i, x in enumerate(originals)}
     thumbs |= {f"b{i}": _thumb(x) for i, x in enumerate(others)}
     keys = sorted(thumbs)
     pairs = np.array([[keys.index(f"a{i}"), keys.index(f"b{i}")] for i in range(len(originals))])
-    ok, _, how = verify.verify_pairs(lambda hs: {h: thumbs[h] for h in hs}, keys, pairs, aligned, crop, None, sharpness)
+    ok, _, how = verify.verify_pairs(
+        lambda hs: {h: thumbs[h] for h in hs}, keys, pairs, aligned, crop, None, sharpness, refined
+    )
     return ok, how
+
+
+def _default_params() -> dict:
+    from auditor.policy.rules import load_rules
+
+    return load_rules("default").checks["near_duplicate"].params
 
 
 def _default_crop_sharpness() -> float:
@@ -75,6 +94,46 @@ def test_crops_verify_by_template_search():
     assert _verify(photos, crops, 0.3, 0.35, _default_crop_sharpness()).mean() >= 0.8  # the goal for 80%-area crops
 
 
+def test_crops_of_small_digits_verify_once_refined_and_their_nearest_distinct_digits_do_not():
+    """80%-area crops of 28-px MNIST digits, resized back and saved as JPEG as validate.py makes
+    them: on the template search's whole-pixel grid a thin-stroked crop differs from its
+    original as much as a distinct digit does; refined to a fraction of a pixel it fits, and
+    the nearest distinct digit of each still does not."""
+    import sys
+    from pathlib import Path
+
+    from auditor.demo.validation import _reencode
+    from auditor.measure.hashing import perceptual_hashes
+    from auditor.policy.rules import load_rules
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from domains import DOMAINS
+
+    digits = [np.repeat(img[..., None], 3, axis=2) for _, img in DOMAINS["digits"](80, seed=5)]
+    n = len(digits)
+    crops = [np.asarray(Image.open(io.BytesIO(_reencode(synth.crop_area(d, 0.8), 90, 1.0))).convert("RGB"))
+             for d in digits[:30]]  # fmt: skip
+    thumbs = {str(i): _thumb(d) for i, d in enumerate(digits)}
+    sig, _ = verify.signatures(thumbs, list(thumbs))
+    flat = sig.reshape(n, -1)
+    corr = flat @ flat.T
+    np.fill_diagonal(corr, -2)
+    nearest = [digits[j] for j in corr[:30].argmax(axis=1)]
+    # the default crop limit: max_relative_crop_difference x these digits' typical difference
+    ph = np.array([perceptual_hashes(d[..., 0])["phash"] for d in digits], np.uint64)
+    typical = verify.typical_difference(lambda hs: {h: thumbs[h] for h in hs}, list(thumbs), ph, np.arange(n))
+    params = load_rules("default").checks["near_duplicate"].params
+    limit = params["max_relative_crop_difference"] * typical
+    refined = params["max_relative_refined_crop_difference"] * typical
+    assert 0.1 < limit < 0.35 and 0.05 < refined < limit
+    sharp = params["min_crop_sharpness"]
+    # at the refined limit, the template search's grid alone finds few crops; refined, nearly all
+    assert _verify(digits[:30], crops, 0.0, refined, sharp).mean() <= 0.3
+    assert _verify(digits[:30], crops, 0.0, -np.inf, sharp, refined).mean() >= 0.8  # the goal for crops
+    assert _verify(digits[:30], crops, 0.0, limit, sharp, refined).mean() >= 0.9
+    assert not _verify(digits[:30], nearest, 0.0, limit, sharp, refined).any()
+
+
 def test_near_featureless_tiles_are_not_crops_of_each_other():
     """Neighbouring tiles of a smooth gradient (real photos blurred until nearly featureless,
     like a dark micrograph or an even sky) fit into each other's windows about equally well
@@ -98,6 +157,45 @@ def test_near_featureless_tiles_are_not_crops_of_each_other():
     assert (ok & (how == verify.CROP)).sum() >= 2  # the template search alone calls some crops
     ok, how = _verify_how(a, b, 0.0, 0.35, _default_crop_sharpness())
     assert not ok.any()
+
+
+def test_framed_flat_patches_of_other_gray_levels_are_not_copies():
+    """LFW's non-face patches (scikit-image): a flat area framed by a dark border. Normalised
+    for brightness and contrast, any two look alike (as crops too); their contrasts are 1.6-2.7x
+    apart, which no re-encoded, resized or jittered copy is. A brightness-jittered copy still is."""
+    import skimage.data
+    from PIL import ImageEnhance
+
+    patches = np.load(Path(skimage.data.__file__).parent / "lfw_subset.npy")
+    rgb = {i: np.repeat((patches[i] * 255).round().astype(np.uint8)[..., None], 3, axis=2) for i in (100, 158, 170)}
+    params = _default_params()
+    pairs = [(100, 158), (158, 170), (100, 170)]
+    limits = [params[k] for k in ("max_pixel_difference", "max_crop_difference", "min_crop_sharpness",
+                                   "max_refined_crop_difference")]  # fmt: skip
+    found = _verify([rgb[i] for i, _ in pairs], [rgb[j] for _, j in pairs], *limits)
+    assert not found.any()
+    jittered = np.asarray(ImageEnhance.Brightness(Image.fromarray(rgb[158])).enhance(1.15))
+    assert _verify([rgb[158]], [jittered], params["max_pixel_difference"], params["max_crop_difference"]).all()
+
+
+def test_near_copies_are_grouped_around_an_image_they_all_copy_not_chained(tmp_path):
+    """41 blends from one real photo into another, 2.5% apart, each a near copy of the next (as
+    adjacent slices of a volume are). Connected components chained blends 15% apart into one
+    group (04 to 10 here, and whole MRI volumes in a user's trial); grouped around a centre that
+    every member copies, no group spans more than 10%."""
+    import skimage.data
+
+    from auditor.pipeline.api import scan
+
+    a = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((96, 96)), np.float64)
+    b = np.asarray(Image.fromarray(skimage.data.coffee()).resize((96, 96)), np.float64)
+    for k in range(41):
+        blend = ((1 - k / 40) * a + (k / 40) * b).round().astype(np.uint8)
+        synth.write(tmp_path / "ds" / f"{k:02d}.png", synth.png_bytes(blend))
+    report = scan(tmp_path / "ds", write=False, embed=False).report
+    groups = [sorted(int(p[:2]) for p in f["paths"]) for f in report["findings"] if f["check"] == "near_duplicate"]
+    assert len(groups) >= 5  # neighbours in the chain are copies ...
+    assert max(g[-1] - g[0] for g in groups) <= 4, groups  # ... blends far apart are not
 
 
 def test_flat_images_are_never_verified():

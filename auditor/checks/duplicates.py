@@ -35,7 +35,9 @@ NEAR_PARAMS = {"max_phash_distance": Int(0, 64), "max_dhash_distance": Int(0, 64
                "max_candidates_per_image": AT_LEAST_ONE, "max_pixel_difference": NON_NEGATIVE,
                "max_relative_pixel_difference": NON_NEGATIVE, "max_crop_difference": NON_NEGATIVE,
                "max_relative_crop_difference": NON_NEGATIVE, "min_pixel_difference": NON_NEGATIVE,
-               "crop_neighbours": Int(0, EMBEDDING_NEIGHBOURS), "min_crop_sharpness": NON_NEGATIVE}  # fmt: skip
+               "crop_neighbours": Int(0, EMBEDDING_NEIGHBOURS), "min_crop_sharpness": NON_NEGATIVE,
+               "max_refined_crop_difference": NON_NEGATIVE,
+               "max_relative_refined_crop_difference": NON_NEGATIVE}  # fmt: skip
 
 
 def phash_radius(hashes: np.ndarray, params: dict) -> int:
@@ -112,25 +114,104 @@ def near_graph(
         by_pixels[ph_].append(pos)
     exact = [(g[0], other) for g in by_pixels.values() for other in g[1:]]
     all_pairs = np.concatenate([pairs.reshape(-1, 2), np.asarray(exact, dtype=np.int64).reshape(-1, 2)])
-    return group_pairs(len(t), all_pairs), evidence
+    groups = group_pairs(len(t), all_pairs)
+    if ctx.thumbnails is not None and any(len(g) > 2 for g in groups):
+        groups = _unchain(ctx, t, params, groups, pairs.reshape(-1, 2), pixel, aligned_only)
+    return groups, evidence
 
 
-def pixel_thresholds(ctx: CheckContext, t: pd.DataFrame, ph: np.ndarray, params: dict) -> tuple[float, float, float]:
-    """(typical difference, aligned limit, crop limit) for :func:`auditor.measure.verify.verify_pairs`:
-    ``max_pixel_difference`` and ``max_crop_difference``, each at most its relative share of
-    the dataset's typical difference between close distinct pictures
+#: Verification pairs :func:`_unchain` may add per image of a chained group (a bound on a
+#: group of thousands whose members are copies only of their neighbours).
+UNCHAIN_PAIRS_PER_IMAGE = 50
+#: Components of more distinct images than this stay one group (regrouping is quadratic).
+UNCHAIN_MAX_GROUP = 1000
+
+
+def _unchain(ctx, t, params, groups, pairs, pixel, aligned_only: bool) -> list[list[int]]:
+    """Groups in which every member is a copy of one image, the group's centre, rather than
+    connected components: copies are not transitive. Adjacent slices of an MRI volume are
+    each a near copy of the next, and their component joined a whole volume (24 distinct
+    slices, of which ``audit clean`` kept one). In a component that is not already one group of
+    mutual copies, the image with most copies is the centre; every other member is verified
+    against it at the pixel level (:func:`auditor.measure.verify.verify_pairs`, the same limits;
+    ``aligned_only``: no mirrors or crops); those that match, with the centre, are a group, and
+    the rest are grouped again the same way. Identical pixels always go together."""
+    edges = {(int(a), int(b)) for a, b in pairs.tolist()}
+    edges |= {(b, a) for a, b in edges}
+    adjacent: dict[int, set[int]] = defaultdict(set)
+    for a, b in edges:
+        adjacent[a].add(b)
+    thresholds = ctx.analyses.near_edges.get(("thresholds", *(params[k] for k in sorted(NEAR_PARAMS))))
+    if thresholds is None:
+        thresholds = pixel_thresholds(ctx, t, to_uint64(t["phash"]), params)
+        ctx.analyses.near_edges[("thresholds", *(params[k] for k in sorted(NEAR_PARAMS)))] = thresholds
+    _, aligned, crop, refined = thresholds
+    keys = list(t["content_hash"])
+    labels = t["label"].to_numpy() if "label" in t else np.full(len(t), None, object)
+    out: list[list[int]] = []
+    for group in groups:
+        first: dict = {}
+        same: dict[int, list[int]] = defaultdict(list)
+        for m in sorted(group):
+            same[first.setdefault(pixel[m], m)].append(m)
+        reps = sorted(same)
+        everyone = set(reps)
+        mutual = all(len(adjacent[r] & everyone) == len(reps) - 1 for r in reps)
+        if len(reps) <= 2 or len(reps) > UNCHAIN_MAX_GROUP or mutual:
+            out.append(group)  # mutual copies already (or too many to regroup)
+            continue
+        left, budget = list(reps), UNCHAIN_PAIRS_PER_IMAGE * len(reps)
+        while len(left) > 1:
+            remaining = set(left)
+            centre = min(left, key=lambda r: (-len(adjacent[r] & remaining), r))
+            others = [r for r in left if r != centre]
+            known = np.array([(centre, o) in edges for o in others], bool)
+            ask = [o for o, k in zip(others, known, strict=True) if not k]
+            matched = {o for o, k in zip(others, known, strict=True) if k}
+            if ask and budget >= len(ask):
+                budget -= len(ask)
+                pairs_ = np.array([[centre, o] for o in ask], np.int64)
+                no = -np.inf
+                ok, _, how = verify_pairs(
+                    ctx.thumbnails, keys, pairs_, aligned, no if aligned_only else crop, None,
+                    params["min_crop_sharpness"], no if aligned_only else refined,
+                )  # fmt: skip
+                # a mirror or a crop between two labels is no copy (b and d), as in _near_edges
+                same_label = np.array([labels[centre] == labels[o] or not isinstance(labels[o], str) for o in ask])
+                ok &= (how == ALIGNED) | (same_label & (not aligned_only))
+                matched |= {o for o, k in zip(ask, ok.tolist(), strict=True) if k}
+            members = [centre, *sorted(matched)]
+            if len(members) > 1:
+                out.append(sorted(m for r in members for m in same[r]))
+            elif len(same[centre]) > 1:
+                out.append(sorted(same[centre]))
+            left = [r for r in left if r not in set(members)]
+        if left and len(same[left[0]]) > 1:
+            out.append(sorted(same[left[0]]))
+    return sorted(out, key=lambda g: g[0])
+
+
+def pixel_thresholds(
+    ctx: CheckContext, t: pd.DataFrame, ph: np.ndarray, params: dict
+) -> tuple[float, float, float, float]:
+    """(typical difference, aligned limit, crop limit, refined crop limit) for
+    :func:`auditor.measure.verify.verify_pairs`: ``max_pixel_difference``,
+    ``max_crop_difference`` and ``max_refined_crop_difference``, each at most its relative
+    share of the dataset's typical difference between close distinct pictures
     (:func:`auditor.measure.verify.typical_difference`: on glyphs or silhouettes, distinct images
-    differ far less than photos do) and at least ``min_pixel_difference``."""
+    differ far less than photos do); the first two at least ``min_pixel_difference``."""
 
     codes = pd.factorize(t["pixel_hash"])[0]
     typical = typical_difference(ctx.thumbnails, list(t["content_hash"]), ph, codes)
     aligned, crop = params["max_pixel_difference"], params["max_crop_difference"]
+    refined = params["max_refined_crop_difference"]
     if np.isfinite(typical):
         aligned = min(aligned, params["max_relative_pixel_difference"] * typical)
         crop = min(crop, params["max_relative_crop_difference"] * typical)
+        refined = min(refined, params["max_relative_refined_crop_difference"] * typical)
     # never below what a re-encoded copy differs by, whatever the dataset holds
     floor = params["min_pixel_difference"]
-    return typical, max(aligned, floor), max(crop, floor)
+    return typical, max(aligned, floor), max(crop, floor), refined
 
 
 def _cap_per_image(pairs: np.ndarray, dist: np.ndarray, cap: int) -> np.ndarray:
@@ -216,9 +297,9 @@ def _near_edges(ctx: CheckContext, t: pd.DataFrame, params: dict) -> tuple[np.nd
         keep = _cap_per_image(pairs, rank, int(params["max_candidates_per_image"]))
         pairs, kinds, values, by_backbone = pairs[keep], kinds[keep], values[keep], by_backbone[keep]
         if ctx.thumbnails is not None and len(pairs):
-            _, aligned, crop = pixel_thresholds(ctx, t, ph, params)
+            _, aligned, crop, refined = pixel_thresholds(ctx, t, ph, params)
             ok, diff, how = verify_pairs(ctx.thumbnails, list(t["content_hash"]), pairs, aligned, crop, by_backbone,
-                                         params["min_crop_sharpness"])  # fmt: skip
+                                         params["min_crop_sharpness"], refined)  # fmt: skip
             labels = t["label"].to_numpy()
             # a mirror or a crop can turn one class into another (b and d; an I cut from an
             # l): between labelled images, those are copies only under the same label
