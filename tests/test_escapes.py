@@ -217,7 +217,12 @@ def test_no_runtime_cache_is_written_into_the_installed_package(tmp_path, small)
         assert done.returncode == 0, done.stderr
     assert _snapshot(site) == before
     assert list(cache.rglob("*.nbi")), "numba's cache belongs in the cache folder"
-    assert list(cache.rglob("jinja2-*")), "the template cache belongs in the cache folder"
+    # the report template comes compiled ahead of time (auditor/report/precompile.py) under the
+    # Jinja that compiled it; under another, Jinja compiles it and caches it in the cache folder
+    from auditor.report import precompile
+
+    ahead = precompile.load(precompile._env(None)) is not None
+    assert bool(list(cache.rglob("jinja2-*"))) is not ahead, "a template cache belongs in the cache folder"
 
 
 # -- 4. workers die with their parent ----------------------------------------------------------

@@ -4,7 +4,7 @@ bytes either way (issue 17 part 4: ~0.15 s of a scan whose cache folder is new).
 
 from auditor.demo import synth
 from auditor.pipeline import api
-from auditor.report import html, precompile
+from auditor.report import precompile
 
 
 def test_the_shipped_compiled_template_matches_the_template():
@@ -12,7 +12,7 @@ def test_the_shipped_compiled_template_matches_the_template():
 
     import jinja2
 
-    env = html._env(None)
+    env = precompile._env(None)
     shipped = importlib.import_module(precompile.MODULE)
     assert precompile.source_key(env) == shipped.SOURCE_KEY, (
         "templates/report.html changed: run `python -m auditor.report.precompile`"
@@ -36,7 +36,7 @@ def test_precompiled_and_compiled_templates_render_the_same_bytes(tmp_path, tile
 
     # a stale module (an edited template, another Jinja) is not used: the template is compiled
     monkeypatch.setattr(precompile, "key", lambda env: "another template")
-    assert precompile.load(html._env(None)) is None
+    assert precompile.load(precompile._env(None)) is None
     api.scan(root, tmp_path / "o2", embed=False, cache_dir=cache, workers=1)
     assert any((cache / "templates").iterdir())  # compiled, and cached as before
     assert (tmp_path / "o1" / "report.html").read_bytes() == (tmp_path / "o2" / "report.html").read_bytes()

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import heapq
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from jinja2 import Environment, FileSystemBytecodeCache, PackageLoader, select_autoescape
 
 from auditor.io.dataset import labeled as labeled_rows
 from auditor.measure.pixels import THUMBNAIL_VERSIONS
 from auditor.report.encode import rows_named
+from auditor.report.precompile import _template
 
 if TYPE_CHECKING:
     from auditor.io.store import Store
@@ -26,56 +23,6 @@ MAX_THUMBS_PER_FINDING = 6
 MAX_THUMBS_TOTAL = 1200
 #: Thumbnails per diagnosis cause (of its evidence's worst paths).
 MAX_EVIDENCE_THUMBS = 5
-
-
-class _BytecodeCache(FileSystemBytecodeCache):
-    """Jinja's file cache, made optional: a cache folder that is full or cannot be read costs
-    the compile (~0.1 s), never the report."""
-
-    def load_bytecode(self, bucket) -> None:
-        with contextlib.suppress(OSError):
-            super().load_bytecode(bucket)
-
-    def dump_bytecode(self, bucket) -> None:
-        with contextlib.suppress(OSError):
-            super().dump_bytecode(bucket)
-
-
-def _bytecode_cache(cache_dir: Path) -> _BytecodeCache | None:
-    """Compiled templates in ``cache_dir/templates`` (the cache folder: never beside this
-    file, which an installed package must not have written into); an edited template gets a
-    new entry (keyed by its checksum). Compiling report.html costs ~0.1 s a scan."""
-    folder = Path(cache_dir) / "templates"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return _BytecodeCache(str(folder), "jinja2-%s.cache") if os.access(folder, os.W_OK) else None
-
-
-def _env(cache_dir: Path | None) -> Environment:
-    """The report's Jinja environment; compiled templates cached in ``cache_dir`` (None: not
-    cached)."""
-    return Environment(
-        loader=PackageLoader("auditor.report", "templates"),
-        autoescape=select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        bytecode_cache=_bytecode_cache(cache_dir) if cache_dir is not None else None,
-    )
-
-
-def _template(cache_dir: Path | None):
-    """report.html: the code compiled ahead of time (:mod:`auditor.report.precompile`) while it
-    matches the template and Jinja, else compiled here (cached in ``cache_dir``)."""
-    from auditor.report.precompile import TEMPLATE, load
-
-    env = _env(None)
-    template = load(env)
-    if template is None:
-        env.bytecode_cache = _bytecode_cache(cache_dir) if cache_dir is not None else None
-        template = env.get_template(TEMPLATE)
-    return template
 
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
